@@ -1,0 +1,71 @@
+"""gnflow: Gauss-Newton and gradient flows of two-layer networks as particle ODEs.
+
+The public API is what this module exports; implementation modules are documented in the API
+reference.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gnflow")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from gnflow.config import (  # noqa: E402
+    ConfigError,
+    DataConfig,
+    FlowConfig,
+    ModelConfig,
+    ObserveConfig,
+    OutputConfig,
+    RunConfig,
+    SolverConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
+from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solve_damped  # noqa: E402
+from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student  # noqa: E402
+from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
+from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
+from gnflow.model import Linearization, ParticleModel  # noqa: E402
+from gnflow.run import build_experiment, run, simulate  # noqa: E402
+from gnflow.solve import Solution, integrate, save_times  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "ConstantDamping",
+    "DataConfig",
+    "DataError",
+    "EigminDamping",
+    "Flow",
+    "FlowConfig",
+    "FlowError",
+    "GaussNewtonFlow",
+    "GradientFlow",
+    "Linearization",
+    "ModelConfig",
+    "ObserveConfig",
+    "OutputConfig",
+    "ParticleModel",
+    "RegressionData",
+    "RelativeDamping",
+    "RunConfig",
+    "Solution",
+    "SolverConfig",
+    "__version__",
+    "build_experiment",
+    "config_from_dict",
+    "config_to_dict",
+    "integrate",
+    "load_config",
+    "load_data_file",
+    "make_data",
+    "read_dataset",
+    "run",
+    "save_times",
+    "simulate",
+    "solve_damped",
+    "teacher_student",
+    "write_dataset",
+]

@@ -1,0 +1,242 @@
+"""The ``gnflow`` command line.
+
+Errors print one line (no traceback unless ``--debug``) and exit non-zero; progress bars go to
+stderr and switch off when stderr is not a terminal. Library code logs; only this module prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tomllib
+import warnings
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from gnflow import __version__
+
+__all__ = ["main"]
+
+logger = logging.getLogger("gnflow.cli")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_config_text() -> str:
+    """The TOML text of the embedded default run."""
+    return resources.files("gnflow").joinpath("default_run.toml").read_text()
+
+
+def _free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else the first free ``stem-K.suffix`` beside it."""
+    if not path.exists():
+        return path
+    k = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        k += 1
+
+
+def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path:
+    if explicit is not None:
+        path = Path(explicit)
+        if path.suffix != ".nc":
+            raise CommandError(f"-o {explicit}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
+        if path.exists() and not overwrite:
+            raise CommandError(f"{path} exists; pass --overwrite to replace it or choose another -o")
+        return path
+    path = Path(configured)
+    if overwrite:
+        return path
+    free = _free_path(path)
+    if free != path:
+        logger.info("%s exists; writing %s instead (use --overwrite to replace)", path, free)
+    return free
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gnflow.config import apply_overrides, config_from_dict
+    from gnflow.run import run
+
+    if args.config is None:
+        values = tomllib.loads(default_config_text())
+    else:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CommandError(f"config file {args.config!r} does not exist", EXIT_USAGE)
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
+    config = config_from_dict(apply_overrides(values, args.set or []))
+    out = _output_path(args.output, config.output.path, args.overwrite)
+    progress = False if args.quiet else None
+    ds, written = run(config, path=out, progress=progress)
+    _print_summary(ds, written, quiet=args.quiet)
+    return EXIT_ERROR if str(ds.attrs["gnflow_status"]).startswith("failed") else 0
+
+
+def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
+    import xarray as xr
+
+    assert isinstance(ds, xr.Dataset)
+    status = ds.attrs["gnflow_status"]
+    if quiet and not str(status).startswith("failed"):
+        return
+    loss = ds["train_loss"].values
+    lines = [
+        f"{status}: t = {float(ds['t'][-1]):.6g}, train loss {loss[0]:.4g} -> {loss[-1]:.4g} "
+        f"(ratio {loss[-1] / loss[0] if loss[0] > 0 else 0.0:.3g})",
+    ]
+    if "test_loss" in ds and np.isfinite(ds["test_loss"].values[-1]):
+        test = ds["test_loss"].values
+        lines.append(f"test loss {test[0]:.4g} -> {test[-1]:.4g}")
+    lines.append(
+        f"{ds.attrs['gnflow_nfe']} evaluations, {ds.attrs['gnflow_steps']} steps "
+        f"({ds.attrs['gnflow_rejected_steps']} rejected), {float(ds.attrs['gnflow_wall_time_s']):.2f} s"
+    )
+    lines.append(f"wrote {path}")
+    print("\n".join(lines))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from gnflow.dataset import read_dataset
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"no such file: {args.file}")
+    try:
+        ds = read_dataset(path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    attrs = ds.attrs
+    print(f"{path}: {attrs.get('title', 'NetCDF file')}")
+    for key in ("gnflow_status", "gnflow_flow", "gnflow_solver", "gnflow_data", "gnflow_device", "gnflow_dtype"):
+        if key in attrs:
+            print(f"  {key.removeprefix('gnflow_'):<10} {attrs[key]}")
+    if "gnflow_wall_time_s" in attrs:
+        print(
+            f"  {'cost':<10} {attrs.get('gnflow_nfe', '?')} evaluations, {attrs.get('gnflow_steps', '?')} steps "
+            f"({attrs.get('gnflow_rejected_steps', '?')} rejected), {float(attrs['gnflow_wall_time_s']):.2f} s"
+        )
+    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+    print(f"  {'sizes':<10} {sizes}")
+    if "t" in ds.coords and ds.sizes.get("t", 0) > 0:
+        print(f"  {'flow time':<10} {float(ds['t'][0]):.6g} .. {float(ds['t'][-1]):.6g}")
+    for name in ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping"):
+        if name in ds and ds[name].size:
+            values = ds[name].values
+            print(f"  {name:<12} {values[0]:.6g} -> {values[-1]:.6g}")
+    print(f"  {'variables':<10} {', '.join(sorted(str(v) for v in ds.data_vars))}")
+    if args.config and "gnflow_config" in attrs:
+        print(json.dumps(json.loads(attrs["gnflow_config"]), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``gnflow`` (exposed for documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="gnflow",
+        description="Gauss-Newton and gradient flows of two-layer networks as particle ODEs.",
+        epilog="Run 'gnflow COMMAND --help' for the options and examples of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gnflow {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only; no progress bars")
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser(
+        "run",
+        help="integrate one trajectory and write it as NetCDF",
+        description="Integrate one trajectory (SPEC section 2 config) and write it as a CF NetCDF file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow run                                   # the embedded default run\n"
+            "  gnflow run config.toml -o data/runs/gn.nc\n"
+            "  gnflow run config.toml --set model.init_scale=0.1 --set flow.kind=gradient\n"
+        ),
+    )
+    run.add_argument("config", nargs="?", help="TOML run config (default: the embedded default run)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. solver.rtol=1e-8")
+    run.add_argument("-o", "--output", metavar="OUT.nc", help="output file (default: output.path of the config)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    run.set_defaults(handler=_cmd_run)
+
+    info = sub.add_parser(
+        "info",
+        help="summarize a gnflow NetCDF file",
+        description="Print what a file holds: status, flow and solver, sizes, first and last losses.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  gnflow info data/runs/default.nc\n  gnflow info run.nc --config\n",
+    )
+    info.add_argument("file", help="a NetCDF file written by gnflow")
+    info.add_argument("--config", action="store_true", help="also print the stored run config as JSON")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    root = logging.getLogger("gnflow")
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers = [handler]
+    warnings_logger.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gnflow``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    from gnflow.config import ConfigError
+    from gnflow.data import DataError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handler(args)
+    except CommandError as exc:
+        if args.debug:
+            raise
+        print(f"gnflow: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ConfigError, DataError) as exc:
+        if args.debug:
+            raise
+        print(f"gnflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError, RuntimeError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"gnflow: error: {message}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,554 @@
+"""Run configuration: frozen dataclasses parsed once from TOML and validated there.
+
+Every section of the TOML file of SPEC section 2 is one dataclass below. The rest of gnflow
+receives these typed objects, never raw dictionaries. Parsing is generic over the dataclass
+fields (their type annotations and ``Literal`` choices), so the allowed values stated in error
+messages and in the generated documentation are the ones the code checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FlowConfig",
+    "ModelConfig",
+    "ObserveConfig",
+    "OutputConfig",
+    "RunConfig",
+    "SolverConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+Activation = Literal["silu", "tanh", "gelu", "relu"]
+Scaling = Literal["mean_field", "ntk"]
+OutputInit = Literal["zero", "normal", "sign"]
+Trainable = Literal["all", "hidden", "output"]
+FlowKind = Literal["gauss_newton", "gradient"]
+DampingKind = Literal["eigmin", "constant", "relative"]
+AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
+FixedMethod = Literal["euler", "midpoint", "rk4"]
+SolverMethod = Literal[
+    "dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2", "euler", "midpoint", "rk4"
+]
+SaveSpacing = Literal["log", "linear"]
+DType = Literal["float64", "float32"]
+
+ADAPTIVE_METHODS: tuple[str, ...] = get_args(AdaptiveMethod)
+FIXED_METHODS: tuple[str, ...] = get_args(FixedMethod)
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type, or out of range.
+
+    The message is one line that names the key and what is allowed.
+    """
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """The ``[data]`` section: where the regression data come from.
+
+    Attributes
+    ----------
+    kind:
+        ``"teacher"`` (the teacher--student task of SPEC section 1) or ``"file"`` (user data).
+    input_dim:
+        Input dimension d of the teacher--student task.
+    teacher_width:
+        Number of hidden units of the teacher network.
+    n_train, n_test:
+        Training and test set sizes. Training sets of different sizes drawn with the same seed are
+        nested prefixes of one draw.
+    noise:
+        Standard deviation of Gaussian label noise added to the teacher's outputs (0 = noiseless).
+    path:
+        ``kind = "file"``: a NetCDF, CSV or ``.npz`` file with ``x``, ``y`` (and optionally
+        ``x_test``, ``y_test``).
+    """
+
+    kind: str = "teacher"
+    input_dim: int = 10
+    teacher_width: int = 5
+    n_train: int = 500
+    n_test: int = 10000
+    noise: float = 0.0
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds = data_kinds()
+        _require(self.kind in kinds, "data.kind", f"unknown data kind {self.kind!r}; allowed: {', '.join(kinds)}")
+        _require(self.input_dim >= 1, "data.input_dim", f"must be >= 1, got {self.input_dim}")
+        _require(self.teacher_width >= 1, "data.teacher_width", f"must be >= 1, got {self.teacher_width}")
+        _require(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
+        _require(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
+        _require(math.isfinite(self.noise) and self.noise >= 0, "data.noise", f"must be a finite number >= 0, got {self.noise}")
+        if self.kind == "file":
+            _require(self.path is not None and self.path != "", "data.path", 'required when data.kind = "file"')
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The ``[model]`` section: the two-layer network as particles.
+
+    Attributes
+    ----------
+    width:
+        Number of particles (hidden neurons) M.
+    activation:
+        sigma: one of silu, tanh, gelu, relu.
+    scaling:
+        ``"mean_field"``: f = (1/M) sum_i v_i sigma(u_i.x + b_i); ``"ntk"``: 1/sqrt(M) instead.
+    init_scale:
+        tau0: hidden weights and biases start as N(0, tau0^2).
+    output_init:
+        Output weights v at t = 0: ``"zero"``, ``"normal"`` (N(0, 1)) or ``"sign"`` (+-1, equal
+        probability).
+    train:
+        Which components move: ``"all"``, ``"hidden"`` (u and b) or ``"output"`` (v: random
+        features).
+    """
+
+    width: int = 5000
+    activation: Activation = "silu"
+    scaling: Scaling = "mean_field"
+    init_scale: float = 1.0
+    output_init: OutputInit = "zero"
+    train: Trainable = "all"
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        _require(
+            math.isfinite(self.init_scale) and self.init_scale > 0,
+            "model.init_scale",
+            f"must be a finite number > 0, got {self.init_scale}",
+        )
+        _require(
+            not (self.train == "hidden" and self.output_init == "zero"),
+            "model.output_init",
+            '"zero" with model.train = "hidden" freezes the network at f = 0; use "normal" or "sign"',
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """The ``[flow]`` section: which vector field is integrated.
+
+    Attributes
+    ----------
+    kind:
+        ``"gauss_newton"`` or ``"gradient"``.
+    damping:
+        Gauss--Newton damping eps(w): ``"eigmin"`` (max(eps0, lambda_min(A))), ``"constant"``
+        (eps0) or ``"relative"`` (kappa * trace(A) / N).
+    epsilon:
+        eps0 for eigmin and constant damping, kappa for relative damping.
+    """
+
+    kind: FlowKind = "gauss_newton"
+    damping: DampingKind = "eigmin"
+    epsilon: float = 1e-7
+
+    def __post_init__(self) -> None:
+        _require(
+            math.isfinite(self.epsilon) and self.epsilon >= 0,
+            "flow.epsilon",
+            f"must be a finite number >= 0, got {self.epsilon}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObserveConfig:
+    """The ``[observe]`` section: extra observables computed at the saved times.
+
+    Attributes
+    ----------
+    names:
+        Observable names; each adds documented variables to the trajectory dataset.
+    """
+
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        allowed = observable_names()
+        for name in self.names:
+            _require(
+                name in allowed,
+                "observe.names",
+                f"unknown observable {name!r}; allowed: {', '.join(allowed) or 'none available'}",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolverConfig:
+    """The ``[solver]`` section: integration of the flow in flow time t.
+
+    Attributes
+    ----------
+    method:
+        Adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2) or fixed-step (euler,
+        midpoint, rk4) torchdiffeq method.
+    rtol, atol:
+        Relative and absolute tolerances of the adaptive methods.
+    step_size:
+        Step size h of the fixed-step methods (flow time).
+    t_end:
+        Final flow time.
+    n_save:
+        Number of saved times (including t = 0 and t_end) when ``save_times`` is not given.
+    save_spacing:
+        ``"log"``: t = 0 followed by log-spaced times over ``save_decades`` decades up to t_end;
+        ``"linear"``: equally spaced from 0 to t_end.
+    save_decades:
+        Number of decades covered by log-spaced saved times.
+    save_times:
+        Explicit saved times (increasing, within [0, t_end]); overrides n_save and save_spacing.
+    stop_loss_ratio:
+        Stop when train loss <= ratio * initial train loss (0 = never stop early).
+    max_steps:
+        Maximum number of solver steps (accepted and rejected) before the run fails.
+    first_step:
+        First step size of adaptive methods (default: torchdiffeq's estimate).
+    """
+
+    method: SolverMethod = "dopri5"
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    step_size: float = 10.0
+    t_end: float = 10000.0
+    n_save: int = 201
+    save_spacing: SaveSpacing = "log"
+    save_decades: float = 4.0
+    save_times: tuple[float, ...] | None = None
+    stop_loss_ratio: float = 1e-8
+    max_steps: int = 1_000_000
+    first_step: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("rtol", "atol"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value > 0, f"solver.{key}", f"must be a finite number > 0, got {value}")
+        _require(
+            math.isfinite(self.step_size) and self.step_size > 0,
+            "solver.step_size",
+            f"must be a finite number > 0, got {self.step_size}",
+        )
+        _require(math.isfinite(self.t_end) and self.t_end > 0, "solver.t_end", f"must be a finite number > 0, got {self.t_end}")
+        _require(self.n_save >= 2, "solver.n_save", f"must be >= 2, got {self.n_save}")
+        _require(
+            math.isfinite(self.save_decades) and self.save_decades > 0,
+            "solver.save_decades",
+            f"must be a finite number > 0, got {self.save_decades}",
+        )
+        if self.save_times is not None:
+            times = self.save_times
+            _require(len(times) >= 1, "solver.save_times", "must hold at least one time")
+            _require(
+                all(math.isfinite(t) and 0 <= t <= self.t_end for t in times),
+                "solver.save_times",
+                f"every time must lie in [0, solver.t_end = {self.t_end}]",
+            )
+            _require(
+                all(b > a for a, b in zip(times, times[1:], strict=False)),
+                "solver.save_times",
+                "must be strictly increasing",
+            )
+        _require(
+            math.isfinite(self.stop_loss_ratio) and 0 <= self.stop_loss_ratio < 1,
+            "solver.stop_loss_ratio",
+            f"must lie in [0, 1), got {self.stop_loss_ratio}",
+        )
+        _require(self.max_steps >= 1, "solver.max_steps", f"must be >= 1, got {self.max_steps}")
+        if self.first_step is not None:
+            _require(
+                math.isfinite(self.first_step) and self.first_step > 0,
+                "solver.first_step",
+                f"must be a finite number > 0, got {self.first_step}",
+            )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method chooses its own step sizes."""
+        return self.method in ADAPTIVE_METHODS
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """The ``[output]`` section: where and what the run writes.
+
+    Attributes
+    ----------
+    path:
+        NetCDF file written by ``gnflow run``.
+    save_test:
+        Store the test inputs and labels in the file (set false for very large test sets).
+    """
+
+    path: str = "data/runs/run.nc"
+    save_test: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.path != "", "output.path", "must not be empty")
+        _require(
+            self.path.endswith(".nc"), "output.path", f"must name a NetCDF file ending in .nc, got {self.path!r}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """One run: the whole TOML file of SPEC section 2.
+
+    Attributes
+    ----------
+    seed:
+        Seed of every random draw (teacher, data, initial particles).
+    device:
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.
+    dtype:
+        State dtype (``"float64"`` or ``"float32"``); Gram solves and spectra are float64 always.
+    """
+
+    seed: int = 1
+    device: str = "auto"
+    dtype: DType = "float64"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed}")
+        device = self.device
+        ok = device in ("auto", "cpu", "cuda") or (
+            device.startswith("cuda:") and device[5:].isdigit()
+        )
+        _require(ok, "device", f'unknown device {device!r}; allowed: "auto", "cpu", "cuda", "cuda:K"')
+
+
+# --- registries filled by other modules (data kinds, observables) -------------------------------
+
+_DATA_KINDS: list[str] = ["teacher", "file"]
+_OBSERVABLES: list[str] = []
+
+
+def data_kinds() -> tuple[str, ...]:
+    """Names accepted by ``data.kind``."""
+    return tuple(_DATA_KINDS)
+
+
+def observable_names() -> tuple[str, ...]:
+    """Names accepted by ``observe.names``."""
+    return tuple(_OBSERVABLES)
+
+
+def register_data_kind(name: str) -> None:
+    """Allow ``data.kind = name`` (used by modules that provide named data sets)."""
+    if name not in _DATA_KINDS:
+        _DATA_KINDS.append(name)
+
+
+def register_observable(name: str) -> None:
+    """Allow ``name`` in ``observe.names``."""
+    if name not in _OBSERVABLES:
+        _OBSERVABLES.append(name)
+
+
+# --- generic parsing ---------------------------------------------------------------------------
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "flow": FlowConfig,
+    "observe": ObserveConfig,
+    "solver": SolverConfig,
+    "output": OutputConfig,
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return "a list of " + _type_name(get_args(tp)[0])
+    if tp is type(None):
+        return "absent"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a TOML value to the annotated type, or raise ConfigError naming the key."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        item_type = get_args(tp)[0]
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config field type {tp!r}")  # pragma: no cover - programming error
+
+
+def _section_from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names or key in _SECTIONS and not prefix:
+            allowed = [n for n in names if not (not prefix and n in _SECTIONS)]
+            raise ConfigError(f"unknown key {full!r}; allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(allowed)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a nested mapping (as read from TOML)."""
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: expected a table [{key}], got {value!r}")
+            sections[key] = _section_from_dict(_SECTIONS[key], value, f"{key}.")
+        else:
+            top[key] = value
+    run = _section_from_dict(RunConfig, top, "")
+    return dataclasses.replace(run, **sections) if sections else run
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as a nested plain dictionary (tuples as lists, None values left out)."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return obj
+
+    result: dict[str, Any] = clean(dataclasses.asdict(config))
+    return result
+
+
+def config_to_json(config: RunConfig) -> str:
+    """The resolved config as a JSON string (stored in the ``gnflow_config`` attribute)."""
+    return json.dumps(config_to_dict(config), sort_keys=True)
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Inverse of :func:`config_to_json`."""
+    return config_from_dict(json.loads(text))
+
+
+def _parse_override_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set model.activation=tanh
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings)."""
+    result = json.loads(json.dumps(values))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.width=1000")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p for p in parts) or len(parts) > 2:
+            raise ConfigError(f"--set {item!r}: KEY must be 'key' or 'section.key', e.g. solver.rtol")
+        target = result
+        if len(parts) == 2:
+            if parts[0] not in _SECTIONS:
+                raise ConfigError(f"unknown section {parts[0]!r}; allowed: {', '.join(_SECTIONS)}")
+            target = result.setdefault(parts[0], {})
+        target[parts[-1]] = _parse_override_value(text.strip())
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a TOML run config (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+def config_fields() -> list[tuple[str, str, Any, str]]:
+    """(key, type description, default, section) for every config key, for documentation."""
+    rows: list[tuple[str, str, Any, str]] = []
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        if f.name in _SECTIONS:
+            continue
+        rows.append((f.name, _type_name(hints[f.name]), f.default, ""))
+    for section, cls in _SECTIONS.items():
+        section_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            rows.append((f"{section}.{f.name}", _type_name(section_hints[f.name]), default, section))
+    return rows

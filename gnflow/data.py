@@ -1,0 +1,262 @@
+"""Regression data: the teacher--student task and user files (NetCDF, CSV, .npz).
+
+Every data set is a :class:`RegressionData` of float64 NumPy arrays, validated on construction.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gnflow.config import DataConfig, register_data_kind
+from gnflow.model import ParticleModel
+
+__all__ = [
+    "DataError",
+    "RegressionData",
+    "load_data_file",
+    "make_data",
+    "register_dataset",
+    "teacher_student",
+]
+
+
+class DataError(ValueError):
+    """Training or test data are missing, malformed or non-finite (one-line message)."""
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionData:
+    """Training and test data of a scalar regression problem.
+
+    Attributes
+    ----------
+    x_train:
+        Training inputs, shape (sample, input_dim).
+    y_train:
+        Training labels, shape (sample,).
+    x_test, y_test:
+        Test inputs (test_sample, input_dim) and labels (test_sample,); may hold zero samples.
+    name:
+        Short description of where the data come from.
+    teacher_weights:
+        For teacher--student data, the teacher's particles (teacher_particle, component).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    name: str = "data"
+    teacher_weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        x, y = self.x_train, self.y_train
+        if x.ndim != 2:
+            raise DataError(f"{self.name}: x must be 2-d (sample, input_dim), got shape {x.shape}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(f"{self.name}: y must be 1-d with one label per row of x; got x {x.shape}, y {y.shape}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise DataError(f"{self.name}: need at least one training sample and one input feature, got x {x.shape}")
+        xt, yt = self.x_test, self.y_test
+        if xt.ndim != 2 or xt.shape[1] != x.shape[1]:
+            raise DataError(f"{self.name}: x_test must be (test_sample, {x.shape[1]}), got {xt.shape}")
+        if yt.ndim != 1 or yt.shape[0] != xt.shape[0]:
+            raise DataError(f"{self.name}: y_test must have one label per row of x_test; got {xt.shape}, {yt.shape}")
+        for label, array in (("x", x), ("y", y), ("x_test", xt), ("y_test", yt)):
+            if not np.all(np.isfinite(array)):
+                raise DataError(f"{self.name}: {label} has non-finite values (NaN or inf)")
+
+    @property
+    def input_dim(self) -> int:
+        """d, the number of input features."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def n_train(self) -> int:
+        """N, the number of training samples."""
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        """The number of test samples."""
+        return int(self.x_test.shape[0])
+
+
+def teacher_student(
+    *,
+    input_dim: int,
+    teacher_width: int,
+    n_train: int,
+    n_test: int,
+    activation: str,
+    seed: int | np.random.SeedSequence,
+    noise: float = 0.0,
+) -> RegressionData:
+    """The teacher--student task of Arbel et al.
+
+    The teacher is the mean-field network f*(x) = (1/M*) sum_j v*_j sigma(u*_j . x + b*_j) with
+    all parameters N(0, 1); inputs x ~ N(0, I_d); labels y = f*(x) (+ N(0, noise^2)).
+    Teacher, training inputs, test inputs and noise come from four independent streams of
+    ``seed``, and rows are drawn one after the other, so training sets of different sizes are
+    nested prefixes of one draw and the test set does not depend on n_train.
+    """
+    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    teacher_seq, train_seq, test_seq, noise_seq = seq.spawn(4)
+    teacher = np.random.default_rng(teacher_seq).standard_normal((teacher_width, input_dim + 2))
+    x_train = np.random.default_rng(train_seq).standard_normal((n_train, input_dim))
+    x_test = np.random.default_rng(test_seq).standard_normal((n_test, input_dim))
+    model = ParticleModel(input_dim=input_dim, activation=activation, scaling="mean_field")
+    w = torch.as_tensor(teacher)
+    y_train = model.predict(w, torch.as_tensor(x_train)).numpy()
+    y_test = model.predict(w, torch.as_tensor(x_test)).numpy()
+    if noise > 0:
+        rng = np.random.default_rng(noise_seq)
+        y_train = y_train + noise * rng.standard_normal(n_train)
+        y_test = y_test + noise * rng.standard_normal(n_test)
+    return RegressionData(
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        name=f"teacher-student (d={input_dim}, teacher width {teacher_width}, {activation})",
+        teacher_weights=teacher,
+    )
+
+
+def _as_float_array(value: object, label: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {label} is not numeric") from None
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> RegressionData:
+    def pick(*names: str) -> np.ndarray | None:
+        for name in names:
+            if name in arrays:
+                return _as_float_array(arrays[name], name, path)
+        return None
+
+    x = pick("x", "x_train")
+    y = pick("y", "y_train")
+    if x is None or y is None:
+        raise DataError(f"{path}: needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); found: {', '.join(sorted(arrays)) or 'none'}")
+    if x.ndim == 1:
+        x = x[:, None]
+    y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    x_test = pick("x_test")
+    y_test = pick("y_test")
+    if (x_test is None) != (y_test is None):
+        raise DataError(f"{path}: 'x_test' and 'y_test' must be given together")
+    if x_test is None or y_test is None:
+        x_test = np.zeros((0, x.shape[1] if x.ndim == 2 else 1))
+        y_test = np.zeros(0)
+    elif x_test.ndim == 1:
+        x_test = x_test[:, None]
+    return RegressionData(x_train=x, y_train=y, x_test=x_test, y_test=y_test.reshape(-1), name=str(path))
+
+
+def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise DataError(f"{path}: empty CSV file")
+    header = [h.strip() for h in rows[0]]
+    if "y" not in header:
+        raise DataError(f"{path}: CSV needs a header row with a 'y' column (other columns are inputs; optional 'split' = train|test)")
+    body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
+    if not body:
+        raise DataError(f"{path}: CSV has a header but no data rows")
+    if any(len(r) != len(header) for r in body):
+        raise DataError(f"{path}: every CSV row must have {len(header)} fields")
+    split_col = header.index("split") if "split" in header else None
+    feature_cols = [i for i, h in enumerate(header) if h not in ("y", "split")]
+    y_col = header.index("y")
+    try:
+        values = np.array([[float(r[i]) for i in [*feature_cols, y_col]] for r in body], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: non-numeric CSV value ({exc})") from None
+    if split_col is None:
+        return {"x": values[:, :-1], "y": values[:, -1]}
+    split = np.array([r[split_col].strip() for r in body])
+    bad = set(split) - {"train", "test"}
+    if bad:
+        raise DataError(f"{path}: 'split' values must be train or test, got {sorted(bad)}")
+    train, test = split == "train", split == "test"
+    return {"x": values[train, :-1], "y": values[train, -1], "x_test": values[test, :-1], "y_test": values[test, -1]}
+
+
+def load_data_file(path: str | Path) -> RegressionData:
+    """Read regression data from a NetCDF (.nc), CSV (.csv) or NumPy (.npz) file.
+
+    NetCDF and .npz files hold arrays ``x`` (sample, input_dim) and ``y`` (sample,), optionally
+    ``x_test`` and ``y_test`` (``x_train``/``y_train`` are accepted for ``x``/``y``, so a gnflow
+    trajectory file can be reused). A CSV file has a header row, a ``y`` column, input columns,
+    and optionally a ``split`` column with values ``train`` or ``test``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read .npz file ({exc})") from None
+    elif suffix == ".csv":
+        arrays = _read_csv(path)
+    elif suffix in (".nc", ".nc4", ".netcdf"):
+        import xarray as xr
+
+        try:
+            with xr.open_dataset(path) as ds:
+                arrays = {k: ds[k].values for k in ds.variables if k in ("x", "y", "x_train", "y_train", "x_test", "y_test")}
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read NetCDF file ({exc})") from None
+    else:
+        raise DataError(f"{path}: unknown data file type {suffix!r}; allowed: .nc, .csv, .npz")
+    return _from_arrays(arrays, path)
+
+
+def make_data(config: DataConfig, *, activation: str, seed: int | np.random.SeedSequence) -> RegressionData:
+    """The data set described by the ``[data]`` section.
+
+    For ``kind = "teacher"`` the teacher uses the student's activation; for ``kind = "file"`` the
+    file's arrays are used as they are (``input_dim``, ``n_train``, ``n_test`` and ``noise`` apply to
+    the teacher task only).
+    """
+    if config.kind == "teacher":
+        return teacher_student(
+            input_dim=config.input_dim,
+            teacher_width=config.teacher_width,
+            n_train=config.n_train,
+            n_test=config.n_test,
+            activation=activation,
+            seed=seed,
+            noise=config.noise,
+        )
+    if config.kind == "file":
+        assert config.path is not None  # checked by DataConfig
+        return load_data_file(config.path)
+    loader = _NAMED_LOADERS.get(config.kind)
+    if loader is None:
+        raise DataError(f"unknown data kind {config.kind!r}")
+    seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return loader(config, seq)
+
+
+DatasetLoader = Callable[[DataConfig, np.random.SeedSequence], RegressionData]
+_NAMED_LOADERS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str, loader: DatasetLoader) -> None:
+    """Make ``data.kind = name`` load data with ``loader(config, seed_sequence)``."""
+    _NAMED_LOADERS[name] = loader
+    register_data_kind(name)

@@ -1,0 +1,171 @@
+"""Vector fields over particles: the gradient flow and the Gauss--Newton flow.
+
+Both are callables ``(t, weights) -> d weights / dt`` on states of shape (particle, component), as
+torchdiffeq expects. With r = f(X) - y, g = r / N and A = J J^T:
+
+    gradient flow:  dw/dt = -J^T g
+    Gauss--Newton:  dw/dt = -J^T (A + eps(w) I)^{-1} g
+
+The fields count their own evaluations (``nfe``) and remember the residual of the last state they
+saw, so that the solver loop can read the train loss of an accepted state without another
+forward pass.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solve_damped
+from gnflow.model import Linearization, ParticleModel
+
+__all__ = ["Flow", "FlowError", "GaussNewtonFlow", "GradientFlow", "StateDiagnostics"]
+
+
+class FlowError(RuntimeError):
+    """The vector field cannot be evaluated (non-finite state or residual, singular solve)."""
+
+
+@dataclass(frozen=True)
+class StateDiagnostics:
+    """Scalar measurements of one state.
+
+    Attributes
+    ----------
+    train_loss:
+        L = ||r||^2 / (2N) on the training data.
+    gram_eigmin, gram_eigmax:
+        Extreme eigenvalues of A = J J^T (float64).
+    damping:
+        eps(w) of the Gauss--Newton flow (NaN for the gradient flow).
+    """
+
+    train_loss: float
+    gram_eigmin: float
+    gram_eigmax: float
+    damping: float
+
+
+class Flow(ABC):
+    """Common part of the particle flows: data, model, evaluation count, residual cache.
+
+    Parameters
+    ----------
+    model:
+        The particle model.
+    x:
+        Training inputs, shape (sample, d), in the state's dtype and device.
+    y:
+        Training labels, shape (sample,).
+    """
+
+    name = "flow"
+
+    def __init__(self, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"x must be (sample, d) and y (sample,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        self.model = model
+        self.x = x
+        self.y = y
+        self.nfe = 0
+        self._last_state: torch.Tensor | None = None
+        self._last_residual: torch.Tensor | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """N, the number of training points."""
+        return int(self.x.shape[0])
+
+    def _linearize(self, weights: torch.Tensor) -> tuple[Linearization, torch.Tensor]:
+        lin = self.model.linearize(weights, self.x)
+        residual = lin.predict() - self.y
+        if not bool(torch.isfinite(residual).all()):
+            raise FlowError("non-finite network output: the state has diverged")
+        self._last_state = weights
+        self._last_residual = residual
+        return lin, residual
+
+    def residual(self, weights: torch.Tensor) -> torch.Tensor:
+        """r = f(X) - y at ``weights``, shape (sample,)."""
+        if weights is self._last_state and self._last_residual is not None:
+            return self._last_residual
+        return self.model.predict(weights, self.x) - self.y
+
+    def train_loss(self, weights: torch.Tensor) -> float:
+        """L = ||r||^2 / (2N) at ``weights``."""
+        r = self.residual(weights).double()
+        return float(r @ r) / (2 * self.n_samples)
+
+    def __call__(self, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """d weights / dt at flow time t; weights and result have shape (particle, component)."""
+        self.nfe += 1
+        lin, residual = self._linearize(weights)
+        return -lin.vjp(self.function_space_direction(lin, residual)).to(weights.dtype)
+
+    @abstractmethod
+    def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
+        """The vector c with dw/dt = -J^T c, shape (sample,)."""
+
+    def epsilon(self, gram: torch.Tensor) -> float:
+        """Damping used at a state with Gram matrix ``gram`` (NaN when the flow has none)."""
+        return float("nan")
+
+    def diagnostics(self, weights: torch.Tensor) -> StateDiagnostics:
+        """Train loss, extreme Gram eigenvalues and damping at ``weights``."""
+        lin = self.model.linearize(weights, self.x)
+        r = (lin.predict() - self.y).double()
+        gram = lin.gram()
+        eig = torch.linalg.eigvalsh(gram)
+        return StateDiagnostics(
+            train_loss=float(r @ r) / (2 * self.n_samples),
+            gram_eigmin=float(eig[0]),
+            gram_eigmax=float(eig[-1]),
+            damping=self.epsilon(gram),
+        )
+
+
+class GradientFlow(Flow):
+    """dw/dt = -J^T g = -grad_w L, with g = r / N."""
+
+    name = "gradient"
+
+    def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
+        """g = r / N."""
+        return residual / self.n_samples
+
+
+class GaussNewtonFlow(Flow):
+    """dw/dt = -J^T (A + eps(w) I)^{-1} g, solved in float64 by Cholesky.
+
+    Parameters
+    ----------
+    model, x, y:
+        As for :class:`Flow`.
+    damping:
+        The rule eps(w): :class:`~gnflow.damping.EigminDamping`,
+        :class:`~gnflow.damping.ConstantDamping` or :class:`~gnflow.damping.RelativeDamping`.
+    """
+
+    name = "gauss_newton"
+
+    def __init__(
+        self,
+        model: ParticleModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        damping: EigminDamping | ConstantDamping | RelativeDamping,
+    ) -> None:
+        super().__init__(model, x, y)
+        self.damping = damping
+
+    def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
+        """(A + eps I)^{-1} g in float64."""
+        gram = lin.gram()
+        g = residual.double() / self.n_samples
+        return solve_damped(gram, g, self.damping.epsilon(gram))
+
+    def epsilon(self, gram: torch.Tensor) -> float:
+        """eps(w) from the damping rule."""
+        return float(self.damping.epsilon(gram))

@@ -1,0 +1,227 @@
+"""One run from a :class:`~gnflow.config.RunConfig` to a trajectory dataset.
+
+``simulate(config)`` draws the data and the initial particles, builds the flow, integrates it and
+measures the saved states; ``run(config)`` also writes the NetCDF file. This is what
+``gnflow run`` calls.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchdiffeq
+import xarray as xr
+
+from gnflow import __version__
+from gnflow.config import ConfigError, FlowConfig, RunConfig, config_to_json
+from gnflow.damping import make_damping
+from gnflow.data import RegressionData, make_data
+from gnflow.dataset import apply_variable_attrs, write_dataset
+from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
+from gnflow.model import ParticleModel
+from gnflow.solve import Solution, integrate
+
+__all__ = ["Experiment", "build_experiment", "make_flow", "resolve_device", "run", "simulate", "trajectory_dataset"]
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = (
+    "Arbel, Menegaux, Wolinski (2023), Rethinking Gauss-Newton for learning over-parameterized models, "
+    "arXiv:2302.02904; Cai et al. (2019), Gram-Gauss-Newton Method: Learning Overparameterized Neural "
+    "Networks for Regression Problems, arXiv:1905.11675"
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available; use \"auto\" or \"cpu\"")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device: {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device(name)
+
+
+def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> Flow:
+    """The vector field described by the ``[flow]`` section."""
+    if config.kind == "gradient":
+        return GradientFlow(model, x, y)
+    if model.activation == "relu":
+        warnings.warn(
+            "relu is not differentiable at 0: the Gauss-Newton flow is then only piecewise smooth, "
+            "and adaptive solvers may take many small steps near the kinks",
+            UserWarning,
+            stacklevel=2,
+        )
+    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon))
+
+
+@dataclass(frozen=True, eq=False)
+class Experiment:
+    """Everything a run needs before integration: data, model, flow and initial state."""
+
+    config: RunConfig
+    data: RegressionData
+    model: ParticleModel
+    flow: Flow
+    weights0: torch.Tensor  # (particle, component)
+    device: torch.device
+    dtype: torch.dtype
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A NumPy array as a tensor of the run's dtype and device."""
+        return torch.as_tensor(array, dtype=self.dtype, device=self.device)
+
+
+def build_experiment(config: RunConfig) -> Experiment:
+    """Draw the data and initial particles (seeded) and build the flow of ``config``."""
+    device = resolve_device(config.device)
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    data_seed, init_seed = np.random.SeedSequence(config.seed).spawn(2)
+    data = make_data(config.data, activation=config.model.activation, seed=data_seed)
+    model = ParticleModel(
+        input_dim=data.input_dim,
+        activation=config.model.activation,
+        scaling=config.model.scaling,
+        train=config.model.train,
+    )
+    weights0 = model.initial_weights(
+        config.model.width,
+        init_scale=config.model.init_scale,
+        output_init=config.model.output_init,
+        seed=init_seed,
+        dtype=dtype,
+        device=device,
+    )
+    x = torch.as_tensor(data.x_train, dtype=dtype, device=device)
+    y = torch.as_tensor(data.y_train, dtype=dtype, device=device)
+    flow = make_flow(config.flow, model, x, y)
+    return Experiment(config=config, data=data, model=model, flow=flow, weights0=weights0, device=device, dtype=dtype)
+
+
+def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
+    """Run ``config`` and return its trajectory dataset (nothing is written)."""
+    experiment = build_experiment(config)
+    logger.info(
+        "%s flow, N=%d, M=%d, d=%d, %s on %s (%s)",
+        experiment.flow.name,
+        experiment.data.n_train,
+        config.model.width,
+        experiment.data.input_dim,
+        config.solver.method,
+        experiment.device,
+        config.dtype,
+    )
+    solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=progress)
+    logger.info(
+        "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
+        solution.status,
+        solution.t[-1],
+        solution.wall_time_s,
+        solution.nfe[-1],
+        solution.n_accepted[-1],
+        solution.n_rejected[-1],
+    )
+    return trajectory_dataset(experiment, solution)
+
+
+def run(config: RunConfig, *, path: str | Path | None = None, progress: bool | None = None) -> tuple[xr.Dataset, Path]:
+    """Run ``config`` and write its dataset to ``path`` (default ``config.output.path``).
+
+    Returns the dataset and the path written. A failed integration is still written, with
+    ``gnflow_status = "failed: <reason>"``.
+    """
+    ds = simulate(config, progress=progress)
+    target = write_dataset(ds, path if path is not None else config.output.path)
+    return ds, target
+
+
+def _test_loss(experiment: Experiment, weights: torch.Tensor) -> np.ndarray:
+    """Test loss at each saved state, shape (t,) (NaN when there is no test set)."""
+    data = experiment.data
+    if data.n_test == 0:
+        return np.full(weights.shape[0], np.nan)
+    x_test = experiment.tensor(data.x_test)
+    y_test = experiment.tensor(data.y_test)
+    losses = []
+    for w in weights:
+        r = (experiment.model.predict(w, x_test) - y_test).double()
+        losses.append(float(r @ r) / (2 * data.n_test))
+    return np.asarray(losses)
+
+
+def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset:
+    """The CF-1.8 trajectory dataset of SPEC section 3 for an integrated run."""
+    config = experiment.config
+    flow = experiment.flow
+    data = experiment.data
+    n_saved = len(solution.t)
+    diagnostics = [flow.diagnostics(w) for w in solution.weights]
+    test_loss = _test_loss(experiment, solution.weights)
+    time_dims = ("t",)
+    variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "weights": (("t", "particle", "component"), solution.weights.detach().cpu().double().numpy()),
+        "train_loss": (time_dims, np.asarray([d.train_loss for d in diagnostics])),
+        "test_loss": (time_dims, test_loss),
+        "gram_eigmin": (time_dims, np.asarray([d.gram_eigmin for d in diagnostics])),
+        "gram_eigmax": (time_dims, np.asarray([d.gram_eigmax for d in diagnostics])),
+        "nfe": (time_dims, solution.nfe.astype(np.int64)),
+        "n_steps": (time_dims, solution.n_accepted.astype(np.int64)),
+        "n_rejected": (time_dims, solution.n_rejected.astype(np.int64)),
+        "x_train": (("sample", "input_dim"), data.x_train),
+        "y_train": (("sample",), data.y_train),
+    }
+    if isinstance(flow, GaussNewtonFlow):
+        variables["damping"] = (time_dims, np.asarray([d.damping for d in diagnostics]))
+    if config.output.save_test and data.n_test > 0:
+        variables["x_test"] = (("test_sample", "input_dim"), data.x_test)
+        variables["y_test"] = (("test_sample",), data.y_test)
+    if data.teacher_weights is not None:
+        variables["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
+    coords = {
+        "t": ("t", solution.t[:n_saved]),
+        "particle": ("particle", np.arange(config.model.width, dtype=np.int32)),
+        "component_name": ("component", np.asarray(experiment.model.component_names, dtype=object)),
+    }
+    ds = xr.Dataset(variables, coords=coords)
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+    solver = config.solver
+    solver_text = (
+        f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
+        if solver.adaptive
+        else f"{solver.method} (step_size={solver.step_size:g})"
+    )
+    flow_text = flow.name if flow.name == "gradient" else f"{flow.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+    ds.attrs = {
+        "Conventions": "CF-1.8",
+        "title": f"gnflow {flow.name} flow of a two-layer network of {config.model.width} particles",
+        "institution": "gnflow",
+        "source": f"gnflow {__version__}; torch {torch.__version__}; torchdiffeq {torchdiffeq.__version__}; "
+        f"python {platform.python_version()}",
+        "history": f"{now} gnflow run ({experiment.data.name})",
+        "references": REFERENCES,
+        "date_created": now,
+        "gnflow_version": __version__,
+        "gnflow_config": config_to_json(config),
+        "gnflow_flow": flow_text,
+        "gnflow_solver": solver_text,
+        "gnflow_status": solution.status,
+        "gnflow_wall_time_s": float(solution.wall_time_s),
+        "gnflow_nfe": int(solution.nfe[-1]),
+        "gnflow_steps": int(solution.n_accepted[-1]),
+        "gnflow_rejected_steps": int(solution.n_rejected[-1]),
+        "gnflow_device": str(experiment.device),
+        "gnflow_dtype": config.dtype,
+        "gnflow_data": data.name,
+    }
+    return apply_variable_attrs(ds)
