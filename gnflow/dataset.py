@@ -119,6 +119,10 @@ def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
     apply_variable_attrs(ds)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates the file private (0600); give it the permissions of an ordinary new file
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     try:
         ds.to_netcdf(tmp_name, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
         os.replace(tmp_name, path)

@@ -39,13 +39,17 @@ logger = logging.getLogger(__name__)
 def save_times(config: SolverConfig) -> np.ndarray:
     """The flow times at which states are saved, always starting at t = 0.
 
-    ``config.save_times`` when given (with 0 prepended if absent); otherwise ``n_save`` times,
+    ``config.save_times`` when given (with 0 and t_end added if absent); otherwise ``n_save`` times,
     linearly spaced on [0, t_end] or t = 0 followed by log-spaced times over ``save_decades``
     decades ending at t_end.
     """
     if config.save_times is not None:
         times = np.asarray(config.save_times, dtype=np.float64)
-        return times if times[0] == 0.0 else np.concatenate([[0.0], times])
+        if times[0] != 0.0:
+            times = np.concatenate([[0.0], times])
+        if times[-1] != config.t_end:
+            times = np.concatenate([times, [config.t_end]])
+        return times
     if config.save_spacing == "linear":
         return np.linspace(0.0, config.t_end, config.n_save)
     t_min = config.t_end * 10.0 ** (-config.save_decades)
