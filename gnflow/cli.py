@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         parents=[common],
         help="integrate one trajectory and write it as NetCDF",
-        description="Integrate one trajectory (SPEC section 2 config) and write it as a CF NetCDF file.",
+        description="Integrate one trajectory described by a TOML run config and write it as a CF NetCDF file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"

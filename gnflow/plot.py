@@ -390,12 +390,12 @@ def plot_run(ds: xr.Dataset) -> Figure:
     and the weight movement (and any stored ``*movement*`` observables) against flow time t.
     Bottom row: the hidden features u_i projected on the plane of the first two teacher
     directions at three saved times (on the first two principal directions when the file holds
-    no teacher). Marker area grows with |v_i|.
+    no teacher). Marker area grows with the magnitude of the output weight v_i.
 
     Parameters
     ----------
     ds:
-        A trajectory dataset with at least ``t`` and ``train_loss`` (SPEC section 3).
+        A trajectory dataset with at least ``t`` and ``train_loss``.
 
     Returns
     -------
@@ -552,7 +552,8 @@ def _colours(runs: Sequence[RunCurves], keys: Sequence[str]) -> list[Any]:
 
 def _sort_key(run: RunCurves, keys: Sequence[str]) -> tuple[Any, ...]:
     flat = flatten_config(run.config)
-    return tuple((0, flat[k], "") if _is_number(flat.get(k)) else (1, 0, str(flat.get(k))) for k in keys) + (run.name,)
+    parts = [(0, flat[k], "") if _is_number(flat.get(k)) else (1, 0, str(flat.get(k))) for k in keys]
+    return (*parts, run.name)
 
 
 def _plot_final(ax: Axes, runs: Sequence[RunCurves], key: str, keys: Sequence[str]) -> None:
