@@ -175,6 +175,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from gnflow.plot import differing_config_keys, load_run_curves, plot_run, plot_runs, save_figure
 
     source = Path(args.path)
+    if args.output is not None:
+        _figure_path(args.output, source, args.overwrite)  # reject a bad -o before reading anything
     progress = False if args.quiet else None
     if source.is_dir():
         files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))
