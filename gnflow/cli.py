@@ -52,21 +52,27 @@ def _free_path(path: Path) -> Path:
         k += 1
 
 
-def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path:
+def _new_file_path(explicit: str | None, default: str | Path, overwrite: bool, suffixes: Sequence[str], what: str) -> Path:
+    """The file a command writes: ``-o`` as given, which must not exist unless ``overwrite``; or
+    ``default``, moved to the first free ``stem-K.suffix`` beside an existing file unless
+    ``overwrite``. The name must end in one of ``suffixes``."""
+    path = Path(explicit) if explicit is not None else Path(default)
+    if path.suffix.lower() not in suffixes:
+        raise CommandError(f"-o {path}: the output must be {what} ending in {', '.join(suffixes)}", EXIT_USAGE)
     if explicit is not None:
-        path = Path(explicit)
-        if path.suffix != ".nc":
-            raise CommandError(f"-o {explicit}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
         if path.exists() and not overwrite:
             raise CommandError(f"{path} exists; pass --overwrite to replace it or choose another -o")
         return path
-    path = Path(configured)
     if overwrite:
         return path
     free = _free_path(path)
     if free != path:
         logger.info("%s exists; writing %s instead (use --overwrite to replace)", path, free)
     return free
+
+
+def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path:
+    return _new_file_path(explicit, configured, overwrite, (".nc",), "a NetCDF file")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -151,23 +157,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _figure_path(explicit: str | None, default: Path, overwrite: bool) -> Path:
-    """The figure to write: ``-o`` as given (never replacing a file without ``--overwrite``), or
-    ``default`` made unique beside existing files."""
     from gnflow.plot import FIGURE_SUFFIXES
 
-    path = Path(explicit) if explicit is not None else default
-    if path.suffix.lower() not in FIGURE_SUFFIXES:
-        raise CommandError(f"-o {path}: the figure name must end in {', '.join(FIGURE_SUFFIXES)}", EXIT_USAGE)
-    if explicit is not None:
-        if path.exists() and not overwrite:
-            raise CommandError(f"{path} exists; pass --overwrite to replace it or choose another -o")
-        return path
-    if overwrite:
-        return path
-    free = _free_path(path)
-    if free != path:
-        logger.info("%s exists; writing %s instead (use --overwrite to replace)", path, free)
-    return free
+    return _new_file_path(explicit, default, overwrite, FIGURE_SUFFIXES, "a figure")
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -176,7 +168,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     source = Path(args.path)
     if args.output is not None:
-        _figure_path(args.output, source, args.overwrite)  # reject a bad -o before reading anything
+        _figure_path(args.output, source.with_suffix(".png"), args.overwrite)  # reject a bad -o before reading
     progress = False if args.quiet else None
     if source.is_dir():
         files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))

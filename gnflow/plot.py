@@ -213,16 +213,12 @@ def _run_title(ds: xr.Dataset) -> str:
 # --- one run ------------------------------------------------------------------------------------
 
 
-def _plot_losses(ax: Axes, ds: xr.Dataset) -> None:
+def _plot_series(ax: Axes, ds: xr.Dataset, styles: Mapping[str, tuple[str, str, str]]) -> tuple[np.ndarray, list[float]]:
+    """Plot the (t,) variables named in ``styles`` (name -> label, colour, line style) that ``ds``
+    holds, at t > 0; return the times and every plotted value (for choosing the axis scales)."""
     keep = _positive_time(ds)
     t = ds["t"].values[keep]
     plotted: list[float] = []
-    styles = {
-        "train_loss": ("train", OKABE_ITO[0], "-"),
-        "test_loss": ("test", OKABE_ITO[1], "-"),
-        "refit_test_loss": ("test, output layer refit", OKABE_ITO[2], "--"),
-        "refit_train_loss": ("train, output layer refit", OKABE_ITO[4], "--"),
-    }
     for name, (label, color, style) in styles.items():
         values = _series(ds, name)
         if values is None:
@@ -230,6 +226,17 @@ def _plot_losses(ax: Axes, ds: xr.Dataset) -> None:
         ax.plot(t, values[keep], style, color=color, label=label)
         plotted.extend(values[keep])
     ax.set_xlabel(_time_label(ds))
+    return t, plotted
+
+
+def _plot_losses(ax: Axes, ds: xr.Dataset) -> None:
+    styles = {
+        "train_loss": ("train", OKABE_ITO[0], "-"),
+        "test_loss": ("test", OKABE_ITO[1], "-"),
+        "refit_test_loss": ("test, output layer refit", OKABE_ITO[2], "--"),
+        "refit_train_loss": ("train, output layer refit", OKABE_ITO[4], "--"),
+    }
+    t, plotted = _plot_series(ax, ds, styles)
     ax.set_ylabel(f"loss L = ‖f − y‖² / 2N ({_units(ds, 'train_loss')})")
     ax.set_title("losses")
     _scale_axis(ax, "x", t)
@@ -238,21 +245,12 @@ def _plot_losses(ax: Axes, ds: xr.Dataset) -> None:
 
 
 def _plot_spectrum(ax: Axes, ds: xr.Dataset) -> None:
-    keep = _positive_time(ds)
-    t = ds["t"].values[keep]
-    plotted: list[float] = []
     styles = {
         "gram_eigmax": ("λ_max(A)", OKABE_ITO[5], "-"),
         "gram_eigmin": ("λ_min(A)", OKABE_ITO[0], "-"),
         "damping": ("damping ε(w)", "#000000", ":"),
     }
-    for name, (label, color, style) in styles.items():
-        values = _series(ds, name)
-        if values is None:
-            continue
-        ax.plot(t, values[keep], style, color=color, label=label)
-        plotted.extend(values[keep])
-    ax.set_xlabel(_time_label(ds))
+    t, plotted = _plot_series(ax, ds, styles)
     ax.set_ylabel(f"eigenvalue of A = J Jᵀ ({_units(ds, 'gram_eigmin')})")
     ax.set_title("Gram spectrum and damping")
     _scale_axis(ax, "x", t)
