@@ -206,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gnflow",
         description="Gauss-Newton and gradient flows of two-layer networks as particle ODEs.",
-        epilog="Run 'gnflow COMMAND --help' for the options and examples of each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow run                          # the embedded default run -> data/runs/default.nc\n"
+            "  gnflow info data/runs/default.nc    # what the file holds\n"
+            "  gnflow plot data/runs/default.nc    # summary figure -> data/runs/default.png\n"
+            "\nRun 'gnflow COMMAND --help' for the options and examples of each command."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"gnflow {__version__}")
     _add_common_options(parser, None)
