@@ -52,21 +52,27 @@ def _free_path(path: Path) -> Path:
         k += 1
 
 
-def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path:
+def _new_file_path(explicit: str | None, default: str | Path, overwrite: bool, suffixes: Sequence[str], what: str) -> Path:
+    """The file a command writes: ``-o`` as given, which must not exist unless ``overwrite``; or
+    ``default``, moved to the first free ``stem-K.suffix`` beside an existing file unless
+    ``overwrite``. The name must end in one of ``suffixes``."""
+    path = Path(explicit) if explicit is not None else Path(default)
+    if path.suffix.lower() not in suffixes:
+        raise CommandError(f"-o {path}: the output must be {what} ending in {', '.join(suffixes)}", EXIT_USAGE)
     if explicit is not None:
-        path = Path(explicit)
-        if path.suffix != ".nc":
-            raise CommandError(f"-o {explicit}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
         if path.exists() and not overwrite:
             raise CommandError(f"{path} exists; pass --overwrite to replace it or choose another -o")
         return path
-    path = Path(configured)
     if overwrite:
         return path
     free = _free_path(path)
     if free != path:
         logger.info("%s exists; writing %s instead (use --overwrite to replace)", path, free)
     return free
+
+
+def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path:
+    return _new_file_path(explicit, configured, overwrite, (".nc",), "a NetCDF file")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -150,25 +156,79 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure_path(explicit: str | None, default: Path, overwrite: bool) -> Path:
+    from gnflow.plot import FIGURE_SUFFIXES
+
+    return _new_file_path(explicit, default, overwrite, FIGURE_SUFFIXES, "a figure")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from gnflow.dataset import read_dataset
+    from gnflow.plot import differing_config_keys, load_run_curves, plot_run, plot_runs, save_figure
+
+    source = Path(args.path)
+    if args.output is not None:
+        _figure_path(args.output, source.with_suffix(".png"), args.overwrite)  # reject a bad -o before reading
+    progress = False if args.quiet else None
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))
+        if not files:
+            raise CommandError(f"{source}: no NetCDF (.nc) files in this directory")
+        runs = load_run_curves(files, progress=progress)
+        if not runs:
+            raise CommandError(f"{source}: none of the {len(files)} .nc files is a gnflow run file")
+        out = _figure_path(args.output, source / "comparison.png", args.overwrite)
+        written = save_figure(plot_runs(runs), out, dpi=args.dpi)
+        varying = ", ".join(differing_config_keys([r.config for r in runs])) or "nothing"
+        summary = f"{len(runs)} runs compared (varying: {varying})"
+    elif source.is_file():
+        try:
+            ds = read_dataset(source)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if "train_loss" not in ds or "t" not in ds.coords:
+            raise CommandError(f"{source}: not a gnflow trajectory file (no t coordinate or train_loss variable)")
+        out = _figure_path(args.output, source.with_suffix(".png"), args.overwrite)
+        written = save_figure(plot_run(ds), out, dpi=args.dpi)
+        summary = (
+            f"summary of {source.name}: {ds.attrs.get('gnflow_status', 'unknown status')}, "
+            f"{ds.sizes['t']} saved times up to t = {float(ds['t'][-1]):.6g}"
+        )
+    else:
+        raise CommandError(f"no such file or directory: {args.path}")
+    if not args.quiet:
+        print(f"{summary}\nwrote {written}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gnflow`` (exposed for documentation)."""
     parser = argparse.ArgumentParser(
         prog="gnflow",
         description="Gauss-Newton and gradient flows of two-layer networks as particle ODEs.",
-        epilog="Run 'gnflow COMMAND --help' for the options and examples of each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow run                          # the embedded default run -> data/runs/default.nc\n"
+            "  gnflow info data/runs/default.nc    # what the file holds\n"
+            "  gnflow plot data/runs/default.nc    # summary figure -> data/runs/default.png\n"
+            "\nRun 'gnflow COMMAND --help' for the options and examples of each command."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"gnflow {__version__}")
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only; no progress bars")
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_common_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    # The same options after the command name (``gnflow run -q``); SUPPRESS keeps a value given
+    # before the command from being reset by the subcommand's default.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_options(common, argparse.SUPPRESS)
 
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="integrate one trajectory and write it as NetCDF",
-        description="Integrate one trajectory (SPEC section 2 config) and write it as a CF NetCDF file.",
+        description="Integrate one trajectory described by a TOML run config and write it as a CF NetCDF file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
@@ -185,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser(
         "info",
+        parents=[common],
         help="summarize a gnflow NetCDF file",
         description="Print what a file holds: status, flow and solver, sizes, first and last losses.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,7 +254,43 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("file", help="a NetCDF file written by gnflow")
     info.add_argument("--config", action="store_true", help="also print the stored run config as JSON")
     info.set_defaults(handler=_cmd_info)
+
+    plot = sub.add_parser(
+        "plot",
+        parents=[common],
+        help="draw a summary figure of a run, or compare the runs in a directory",
+        description=(
+            "FILE.nc: summary of one run (losses, Gram spectrum and damping, weight and kernel movement,\n"
+            "particles projected on the teacher directions at three times).\n"
+            "DIR: comparison of every run file below DIR (loss curves labeled by the config values that\n"
+            "differ, final losses against tau0 = model.init_scale or N = data.n_train when they vary)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow plot data/runs/default.nc              # writes data/runs/default.png\n"
+            "  gnflow plot data/runs/default.nc -o fig.pdf\n"
+            "  gnflow plot data/sweeps/tau0/                 # writes data/sweeps/tau0/comparison.png\n"
+        ),
+    )
+    plot.add_argument("path", metavar="FILE.nc|DIR", help="a run file, or a directory searched recursively for run files")
+    plot.add_argument(
+        "-o", "--output", metavar="FIG.png",
+        help="figure file, .png, .pdf or .svg (default: FILE.png beside the run, or DIR/comparison.png)",
+    )
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing figure file")
+    plot.add_argument("--dpi", type=float, default=120, help="resolution of raster figures (default: 120)")
+    plot.set_defaults(handler=_cmd_plot)
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """-q/--quiet, -v/--verbose and --debug (``default=None`` means False)."""
+    verbosity = parser.add_mutually_exclusive_group()
+    flags = {} if default is None else {"default": default}
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only; no progress bars", **flags)
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details", **flags)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors", **flags)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -215,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gnflow``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
     _configure_logging(args)
     handler: Callable[[argparse.Namespace], int] = args.handler
     from gnflow.config import ConfigError

@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses parsed once from TOML and validated there.
 
-Every section of the TOML file of SPEC section 2 is one dataclass below. The rest of gnflow
+Every section of the TOML run file is one dataclass below. The rest of gnflow
 receives these typed objects, never raw dictionaries. Parsing is generic over the dataclass
 fields (their type annotations and ``Literal`` choices), so the allowed values stated in error
 messages and in the generated documentation are the ones the code checks.
@@ -71,7 +71,7 @@ class DataConfig:
     Attributes
     ----------
     kind:
-        ``"teacher"`` (the teacher--student task of SPEC section 1) or ``"file"`` (user data).
+        ``"teacher"`` (the teacher--student task of Arbel et al.) or ``"file"`` (user data).
     input_dim:
         Input dimension d of the teacher--student task.
     teacher_width:
@@ -315,7 +315,7 @@ class OutputConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """One run: the whole TOML file of SPEC section 2.
+    """One run: the whole TOML run file.
 
     Attributes
     ----------

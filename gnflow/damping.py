@@ -1,8 +1,8 @@
 """Damping eps(w) of the Gauss--Newton flow and the damped Gram solve.
 
 The Gauss--Newton field is dw/dt = -J^T (A + eps(w) I)^{-1} g with A = J J^T. The three damping
-rules of SPEC section 1 are small objects with one method, ``epsilon(gram)``; the solve that uses
-them is :func:`solve_damped`. Everything here runs in float64 whatever the state dtype.
+rules (eigmin, constant, relative) are small objects with one method, ``epsilon(gram)``; the
+solve that uses them is :func:`solve_damped`. Everything here runs in float64 whatever the state dtype.
 """
 
 from __future__ import annotations

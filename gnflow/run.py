@@ -161,7 +161,7 @@ def _test_loss(experiment: Experiment, weights: torch.Tensor) -> np.ndarray:
 
 
 def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset:
-    """The CF-1.8 trajectory dataset of SPEC section 3 for an integrated run."""
+    """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``)."""
     config = experiment.config
     flow = experiment.flow
     data = experiment.data
