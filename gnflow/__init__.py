@@ -30,9 +30,21 @@ from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
 from gnflow.model import Linearization, ParticleModel  # noqa: E402
 from gnflow.run import build_experiment, run, simulate  # noqa: E402
-from gnflow.solve import Solution, integrate, save_times  # noqa: E402
+from gnflow.solve import Solution, StepSchedule, integrate, save_times  # noqa: E402
+from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size  # noqa: E402
+from gnflow import realdata  # noqa: E402,F401  (registers data.kind "diabetes" and "concrete")
+from gnflow.training import history_dataset, train_module  # noqa: E402
 
 __all__ = [
+    "GGN",
+    "RegressionBatch",
+    "StepSchedule",
+    "ggn_damping",
+    "ggn_flow",
+    "ggn_schedule",
+    "ggn_step_size",
+    "history_dataset",
+    "train_module",
     "ConfigError",
     "ConstantDamping",
     "DataConfig",
