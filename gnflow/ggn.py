@@ -369,13 +369,17 @@ def per_sample_gram(
         block = {n: trainable[n].detach() for n in names}
         others = {**fixed, **{n: p.detach() for n, p in trainable.items() if n not in block}}
 
-        def f_single(p: Mapping[str, torch.Tensor], x_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def f_single(
+            p: Mapping[str, torch.Tensor], x_i: torch.Tensor, others: Mapping[str, torch.Tensor] = others
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             value = functional_call(model, {**others, **p}, (x_i.unsqueeze(0),)).reshape(())
             return value, value
 
         jac_fn = vmap(jacrev(f_single, has_aux=True), in_dims=(None, 0))
 
-        def rows(index: slice, jac_fn: Any = jac_fn, names: list[str] = names, block: dict = block) -> torch.Tensor:
+        def rows(
+            index: slice, jac_fn: Any = jac_fn, names: list[str] = names, block: dict = block
+        ) -> torch.Tensor:
             with torch.enable_grad():
                 jac, values = jac_fn(block, x[index])
             if outputs is not None:

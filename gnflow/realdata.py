@@ -68,7 +68,7 @@ def standardized_split(
         raise DataError(f"{name}: test_fraction must lie in [0, 1), got {test_fraction}")
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     order = np.random.default_rng(seq).permutation(n)
-    n_test = int(round(test_fraction * n))
+    n_test = round(test_fraction * n)
     test, train = order[:n_test], order[n_test:]
     if max_train is not None:
         train = train[:max_train]

@@ -26,8 +26,8 @@ from gnflow.damping import make_damping
 from gnflow.data import RegressionData, make_data
 from gnflow.dataset import apply_variable_attrs, write_dataset
 from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
-from gnflow.model import ParticleModel
 from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
+from gnflow.model import ParticleModel
 from gnflow.solve import Solution, integrate
 
 __all__ = ["Experiment", "build_experiment", "make_flow", "resolve_device", "run", "simulate", "trajectory_dataset"]

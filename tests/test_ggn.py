@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -174,7 +175,7 @@ def test_full_batch_ggn_converges_quadratically_on_wide_theory_network():
     assert len(above_floor) >= 2, e
     ratios = [np.log(e[k + 1]) / np.log(e[k]) for k in above_floor]
     # e_{k+1} = C e_k^2 gives log e_{k+1} / log e_k = 2 + log C / log e_k -> 2 from above
-    assert all(r1 < r0 for r0, r1 in zip(ratios, ratios[1:], strict=False)), ratios
+    assert all(r1 < r0 for r0, r1 in itertools.pairwise(ratios)), ratios
     assert 1.9 < ratios[-1] < 3.0, ratios
     # the estimated order log(e_{k+1}/e_k) / log(e_k/e_{k-1}) is close to 2 (1 for a linear method)
     k = above_floor[-1]
