@@ -34,6 +34,11 @@ for _name, _info in {
     "elapsed_s": VariableInfo("cumulative optimizer time after the step", "s", "excludes evaluation of losses"),
     "wall_time_s": VariableInfo("cumulative optimizer time at the end of the epoch", "s", "excludes evaluation of losses"),
     "epoch_time_s": VariableInfo("optimizer time spent in the epoch", "s", "excludes evaluation of losses"),
+    "cpu_time_s": VariableInfo(
+        "cumulative processor time of the optimizer at the end of the epoch",
+        "s",
+        "CPU time of this process (all threads) during optimizer steps; less sensitive than wall time to other load",
+    ),
     "iteration_train_loss": VariableInfo("training loss L = ||f(X) - y||^2 / (2N) after the step", "1"),
     "iteration_test_loss": VariableInfo("test loss after the step", "1"),
     "iteration_epoch": VariableInfo("epoch the step belongs to (1 = first pass)", "1"),
@@ -62,9 +67,9 @@ class TrainingHistory:
     ----------
     batch_loss, elapsed_s, iteration_epoch:
         Per step (iteration,): mini-batch loss before the step, cumulative optimizer seconds, epoch.
-    train_loss, test_loss, wall_time_s:
-        Per epoch (epoch + 1,), entry 0 before training: losses on all samples and cumulative
-        optimizer seconds.
+    train_loss, test_loss, wall_time_s, cpu_time_s:
+        Per epoch (epoch + 1,), entry 0 before training: losses on all samples, cumulative
+        optimizer wall-clock seconds and processor seconds.
     iteration_train_loss, iteration_test_loss:
         Per step, losses on all samples after the step (only with ``evaluate_iterations``).
     epochs, steps_per_epoch:
@@ -79,6 +84,7 @@ class TrainingHistory:
     train_loss: list[float]
     test_loss: list[float]
     wall_time_s: list[float]
+    cpu_time_s: list[float]
     iteration_train_loss: list[float]
     iteration_test_loss: list[float]
     epochs: int
@@ -145,18 +151,20 @@ def train_module(
     per_epoch = math.ceil(n / batch_size) if batch_size >= 1 else 0
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     batches = minibatches(n, batch_size, epochs * per_epoch, batch_order, np.random.default_rng(seq))
-    history = TrainingHistory([], [], [], [], [], [], [], [], epochs=epochs, steps_per_epoch=per_epoch)
+    history = TrainingHistory([], [], [], [], [], [], [], [], [], epochs=epochs, steps_per_epoch=per_epoch)
     history.train_loss.append(mean_half_squared_error(model, x, y))
     history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
     history.wall_time_s.append(0.0)
+    history.cpu_time_s.append(0.0)
     elapsed = 0.0
+    cpu = 0.0
     device = reference.device
     for k, index_array in enumerate(batches):
         epoch = k // per_epoch + 1
         index = torch.as_tensor(index_array, device=device)
         xb, yb = x[index], y[index]
         _synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             loss = _step(model, optimizer, xb, yb)
         except FloatingPointError as exc:
@@ -164,6 +172,7 @@ def train_module(
             break
         _synchronize(device)
         elapsed += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
         history.batch_loss.append(loss)
         history.elapsed_s.append(elapsed)
         history.iteration_epoch.append(epoch)
@@ -177,6 +186,7 @@ def train_module(
             history.train_loss.append(mean_half_squared_error(model, x, y))
             history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
             history.wall_time_s.append(elapsed)
+            history.cpu_time_s.append(cpu)
             logger.info("epoch %d: train loss %.4g, test loss %.4g, %.2f s", epoch, history.train_loss[-1], history.test_loss[-1], elapsed)
     if history.status != "completed":
         logger.warning("training stopped: %s", history.status)
@@ -236,6 +246,7 @@ def history_dataset(
         "train_loss": (("epoch",), padded(history.train_loss, n_epochs + 1)),
         "test_loss": (("epoch",), padded(history.test_loss, n_epochs + 1)),
         "wall_time_s": (("epoch",), padded(history.wall_time_s, n_epochs + 1)),
+        "cpu_time_s": (("epoch",), padded(history.cpu_time_s, n_epochs + 1)),
     }
     variables["epoch_time_s"] = (("epoch",), np.concatenate([[0.0], np.diff(variables["wall_time_s"][1])]))
     if history.iteration_train_loss:

@@ -423,3 +423,18 @@ def test_batch_size_error_from_the_command_line(tmp_path, capsys):
                  "--set", "model.width=10", "-o", str(tmp_path / "x.nc")])
     assert code != 0
     assert "flow.batch_size: must lie in 1..N = 1..50" in capsys.readouterr().err
+
+
+def test_uniform_fixed_step_schedule_keeps_grid_saving_and_steps():
+    model, x, y, w0 = _particle_problem(n=6, width=8)
+    flow = GaussNewtonFlow(model, x, y, ConstantDamping(1e-3))
+    config = SolverConfig(method="euler", step_size=0.5, t_end=3.0, stop_loss_ratio=0.0)
+    solution = integrate(flow, w0, config, times=np.array([0.0, 1.0, 1.8, 3.0]), progress=False)
+    np.testing.assert_allclose(solution.t, [0.0, 1.0, 2.0, 3.0])  # saved at the nearest grid points
+    assert solution.epoch is None and list(solution.n_accepted) == [0, 2, 4, 6]
+    w = w0.clone()
+    states = [w0]
+    for k in range(6):
+        w = w + 0.5 * flow(torch.tensor(0.5 * k), w)
+        states.append(w)
+    np.testing.assert_allclose(solution.weights.numpy(), torch.stack(states)[[0, 2, 4, 6]].numpy(), rtol=0, atol=1e-14)
