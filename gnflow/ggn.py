@@ -226,6 +226,11 @@ class GGN(torch.optim.Optimizer):
         Memory bound: the per-sample Jacobian blocks held at once have at most this many entries
         (blocks over parameter tensors and over samples; a smaller bound costs more passes).
 
+    Attributes
+    ----------
+    last_gram:
+        A_B of the last step, (batch, batch) float64, for diagnostics (conditioning, spectrum).
+
     Notes
     -----
     ``step(closure)`` calls ``closure()``, which returns a :class:`RegressionBatch`

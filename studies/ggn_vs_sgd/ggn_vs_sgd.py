@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"N = {data.n_train} train / {data.n_test} test, network {summary['network']} "
         f"({summary['n_parameters']} parameters), batch {common['batch_size']} ({common['batch_order']}), "
-        f"{epochs} epochs, {summary['torch_threads']} torch threads. Loss = ||f(X) - y||^2 / (2N) on standardized targets.",
+        f"{epochs} epochs, {summary['torch_threads']} torch thread(s). Loss = ||f(X) - y||^2 / (2N) on standardized targets.",
         "",
         "| epoch | " + " | ".join(f"{v['optimizer']} train" for v in chosen.values()) + " |",
         "|---|" + "---|" * len(chosen),
