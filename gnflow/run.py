@@ -191,9 +191,9 @@ def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset
         "test_loss": (time_dims, test_loss),
         "gram_eigmin": (time_dims, np.asarray([d.gram_eigmin for d in diagnostics])),
         "gram_eigmax": (time_dims, np.asarray([d.gram_eigmax for d in diagnostics])),
-        "nfe": (time_dims, solution.nfe.astype(np.int64)),
-        "n_steps": (time_dims, solution.n_accepted.astype(np.int64)),
-        "n_rejected": (time_dims, solution.n_rejected.astype(np.int64)),
+        "nfe": (time_dims, solution.nfe.astype(np.int32)),  # CF 1.8 allows no 64-bit integers
+        "n_steps": (time_dims, solution.n_accepted.astype(np.int32)),
+        "n_rejected": (time_dims, solution.n_rejected.astype(np.int32)),
         "x_train": (("sample", "input_dim"), data.x_train),
         "y_train": (("sample",), data.y_train),
     }

@@ -415,6 +415,15 @@ batch_order = "shuffled"
     v = ds["weights"].values[:, :, -1]
     assert np.all(v == v[0]) and set(np.abs(v[0]).tolist()) == {1.0}  # hidden layer only
 
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    report = tmp_path / "cf.txt"
+    ok, errors = ComplianceChecker.run_checker(
+        str(out), ["cf:1.8"], verbose=0, criteria="strict", output_filename=str(report), output_format="text"
+    )
+    assert ok and not errors, report.read_text()
+
 
 def test_batch_size_error_from_the_command_line(tmp_path, capsys):
     from gnflow.cli import main
