@@ -258,11 +258,11 @@ class GGN(torch.optim.Optimizer):
         _check_lam_alpha(lam, alpha)
         if max_jacobian_elements < 1:
             raise ValueError(f"GGN: max_jacobian_elements must be >= 1, got {max_jacobian_elements}")
-        params = list(params)
-        tensors = [t for g in params for t in (g["params"] if isinstance(g, dict) else [g])]
+        given: list[Any] = list(params)
+        tensors = [t for g in given for t in (g["params"] if isinstance(g, dict) else [g])]
         if not _trainable(tensors):
             raise ValueError("GGN: the model has no trainable parameters (none given, or none requires grad)")
-        super().__init__(params, {"lam": lam, "alpha": alpha})
+        super().__init__(given, {"lam": lam, "alpha": alpha})
         if len(self.param_groups) != 1:
             raise ValueError("GGN: one parameter group only (the Gauss-Newton step couples all parameters)")
         self.max_jacobian_elements = int(max_jacobian_elements)
@@ -280,7 +280,7 @@ class GGN(torch.optim.Optimizer):
 
     def _named_trainable(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         own = {id(p) for p in _trainable(self.param_groups[0]["params"])}
-        named = {name: p for name, p in model.named_parameters() if id(p) in own}
+        named: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if id(p) in own}
         if len(named) != len(own):
             raise ValueError("GGN: some optimized parameters are not parameters of the model returned by the closure")
         return named
@@ -309,7 +309,7 @@ class GGN(torch.optim.Optimizer):
             return _per_sample_output(functional_call(model, {**fixed, **p}, (x,)), b)
 
         with torch.enable_grad():
-            outputs, pullback = vjp(f_batch, {n: p.detach() for n, p in trainable.items()})
+            outputs, pullback = vjp(f_batch, {n: p.detach() for n, p in trainable.items()})[:2]
         residual = outputs.detach() - y.to(outputs.dtype)
         if not bool(torch.isfinite(residual).all()):
             raise FloatingPointError("GGN: non-finite model output: the parameters have diverged")

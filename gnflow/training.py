@@ -209,7 +209,8 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Te
         loss.backward()
         return loss
 
-    return float(optimizer.step(closure).detach())
+    loss = optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub types closures as -> float
+    return float(torch.as_tensor(loss).detach())
 
 
 def history_dataset(
