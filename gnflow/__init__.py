@@ -11,6 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+from gnflow import realdata  # noqa: E402,F401  (registers data.kind "diabetes" and "concrete")
 from gnflow.config import (  # noqa: E402
     ConfigError,
     DataConfig,
@@ -28,11 +29,14 @@ from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solv
 from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student  # noqa: E402
 from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
+from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size  # noqa: E402
 from gnflow.model import Linearization, ParticleModel  # noqa: E402
 from gnflow.run import build_experiment, run, simulate  # noqa: E402
-from gnflow.solve import Solution, integrate, save_times  # noqa: E402
+from gnflow.solve import Solution, StepSchedule, integrate, save_times  # noqa: E402
+from gnflow.training import history_dataset, train_module  # noqa: E402
 
 __all__ = [
+    "GGN",
     "ConfigError",
     "ConstantDamping",
     "DataConfig",
@@ -48,15 +52,22 @@ __all__ = [
     "ObserveConfig",
     "OutputConfig",
     "ParticleModel",
+    "RegressionBatch",
     "RegressionData",
     "RelativeDamping",
     "RunConfig",
     "Solution",
     "SolverConfig",
+    "StepSchedule",
     "__version__",
     "build_experiment",
     "config_from_dict",
     "config_to_dict",
+    "ggn_damping",
+    "ggn_flow",
+    "ggn_schedule",
+    "ggn_step_size",
+    "history_dataset",
     "integrate",
     "load_config",
     "load_data_file",
@@ -67,5 +78,6 @@ __all__ = [
     "simulate",
     "solve_damped",
     "teacher_student",
+    "train_module",
     "write_dataset",
 ]

@@ -38,7 +38,9 @@ Activation = Literal["silu", "tanh", "gelu", "relu"]
 Scaling = Literal["mean_field", "ntk"]
 OutputInit = Literal["zero", "normal", "sign"]
 Trainable = Literal["all", "hidden", "output"]
-FlowKind = Literal["gauss_newton", "gradient"]
+FlowKind = Literal["gauss_newton", "gradient", "ggn"]
+BatchOrder = Literal["cyclic", "shuffled"]
+GGNSave = Literal["epoch", "iteration"]
 DampingKind = Literal["eigmin", "constant", "relative"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
@@ -71,7 +73,8 @@ class DataConfig:
     Attributes
     ----------
     kind:
-        ``"teacher"`` (the teacher--student task of Arbel et al.) or ``"file"`` (user data).
+        ``"teacher"`` (the teacher--student task of Arbel et al.), ``"file"`` (user data) or a
+        named real data set (``"diabetes"``, ``"concrete"``).
     input_dim:
         Input dimension d of the teacher--student task.
     teacher_width:
@@ -84,6 +87,12 @@ class DataConfig:
     path:
         ``kind = "file"``: a NetCDF, CSV or ``.npz`` file with ``x``, ``y`` (and optionally
         ``x_test``, ``y_test``).
+    test_fraction:
+        Named real data sets (e.g. ``"diabetes"``, ``"concrete"``): fraction of the samples held
+        out as the test set by a seeded random split (0 = no test set).
+    max_train:
+        Named real data sets: use only the first ``max_train`` samples of the (shuffled) training
+        split; unset = all of it.
     """
 
     kind: str = "teacher"
@@ -93,6 +102,8 @@ class DataConfig:
     n_test: int = 10000
     noise: float = 0.0
     path: str | None = None
+    test_fraction: float = 0.1
+    max_train: int | None = None
 
     def __post_init__(self) -> None:
         kinds = data_kinds()
@@ -104,6 +115,13 @@ class DataConfig:
         _require(math.isfinite(self.noise) and self.noise >= 0, "data.noise", f"must be a finite number >= 0, got {self.noise}")
         if self.kind == "file":
             _require(self.path is not None and self.path != "", "data.path", 'required when data.kind = "file"')
+        _require(
+            math.isfinite(self.test_fraction) and 0 <= self.test_fraction < 1,
+            "data.test_fraction",
+            f"must lie in [0, 1), got {self.test_fraction}",
+        )
+        if self.max_train is not None:
+            _require(self.max_train >= 1, "data.max_train", f"must be >= 1, got {self.max_train}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,17 +174,42 @@ class FlowConfig:
     Attributes
     ----------
     kind:
-        ``"gauss_newton"`` or ``"gradient"``.
+        ``"gauss_newton"``, ``"gradient"`` or ``"ggn"`` (discrete Gram--Gauss--Newton: Euler steps
+        of size h = b / lam of the Gauss--Newton flow restricted to mini-batches of b samples, with
+        constant damping eps = alpha / lam; ``damping``, ``epsilon`` and the solver's method, step
+        size and horizon are then not used).
     damping:
         Gauss--Newton damping eps(w): ``"eigmin"`` (max(eps0, lambda_min(A))), ``"constant"``
         (eps0) or ``"relative"`` (kappa * trace(A) / N).
     epsilon:
         eps0 for eigmin and constant damping, kappa for relative damping.
+    lam:
+        GGN: lam > 0 in w <- w - J_B^T (lam A_B + alpha I)^{-1} r_B.
+    alpha:
+        GGN: ridge alpha >= 0 (alpha = 0: minimum-norm Gauss--Newton step on the batch).
+    batch_size:
+        GGN: b, the number of samples per step; must lie in 1..N (b = N: full-batch GGN).
+    epochs:
+        GGN: number of passes over the training set (default 10 when ``iterations`` is not set).
+    iterations:
+        GGN: number of steps instead of ``epochs`` (the last epoch may be partial).
+    batch_order:
+        GGN: ``"cyclic"`` (the same consecutive batches every epoch, as in Cai et al.'s Theorem 2)
+        or ``"shuffled"`` (a new random partition every epoch, seeded by the run's seed).
+    save_every:
+        GGN: save the state after every ``"epoch"`` or every ``"iteration"``.
     """
 
     kind: FlowKind = "gauss_newton"
     damping: DampingKind = "eigmin"
     epsilon: float = 1e-7
+    lam: float = 1.0
+    alpha: float = 0.1
+    batch_size: int = 128
+    epochs: int | None = None
+    iterations: int | None = None
+    batch_order: BatchOrder = "cyclic"
+    save_every: GGNSave = "epoch"
 
     def __post_init__(self) -> None:
         _require(
@@ -174,6 +217,20 @@ class FlowConfig:
             "flow.epsilon",
             f"must be a finite number >= 0, got {self.epsilon}",
         )
+        _require(math.isfinite(self.lam) and self.lam > 0, "flow.lam", f"must be a finite number > 0, got {self.lam}")
+        _require(
+            math.isfinite(self.alpha) and self.alpha >= 0, "flow.alpha", f"must be a finite number >= 0, got {self.alpha}"
+        )
+        _require(self.batch_size >= 1, "flow.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(
+            self.epochs is None or self.iterations is None,
+            "flow.iterations",
+            "give flow.epochs or flow.iterations, not both",
+        )
+        if self.epochs is not None:
+            _require(self.epochs >= 1, "flow.epochs", f"must be >= 1, got {self.epochs}")
+        if self.iterations is not None:
+            _require(self.iterations >= 1, "flow.iterations", f"must be >= 1, got {self.iterations}")
 
 
 @dataclass(frozen=True, kw_only=True)

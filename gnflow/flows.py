@@ -13,6 +13,7 @@ forward pass.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -86,6 +87,29 @@ class Flow(ABC):
         self._last_state = weights
         self._last_residual = residual
         return lin, residual
+
+    def restrict(self, index: torch.Tensor) -> Flow:
+        """The same vector field on the training samples ``index`` only (a mini-batch).
+
+        Parameters
+        ----------
+        index:
+            Sample indices, shape (batch,), on the device of the data.
+
+        Returns
+        -------
+        Flow
+            A flow of the same kind and parameters (damping rule included) whose data are
+            ``x[index]``, ``y[index]``, so that N becomes the batch size b. Its evaluation count
+            starts at zero. Subclasses that keep data-dependent state must override this.
+        """
+        batch = copy.copy(self)
+        batch.x = self.x[index]
+        batch.y = self.y[index]
+        batch.nfe = 0
+        batch._last_state = None
+        batch._last_residual = None
+        return batch
 
     def residual(self, weights: torch.Tensor) -> torch.Tensor:
         """r = f(X) - y at ``weights``, shape (sample,)."""

@@ -7,6 +7,7 @@ measures the saved states; ``run(config)`` also writes the NetCDF file. This is 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import platform
@@ -25,6 +26,7 @@ from gnflow.damping import make_damping
 from gnflow.data import RegressionData, make_data
 from gnflow.dataset import apply_variable_attrs, write_dataset
 from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
+from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import ParticleModel
 from gnflow.solve import Solution, integrate
 
@@ -53,7 +55,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> Flow:
-    """The vector field described by the ``[flow]`` section."""
+    """The vector field described by the ``[flow]`` section.
+
+    For ``kind = "ggn"`` it is the Gauss--Newton flow with constant damping alpha / lam, whose
+    Euler steps on mini-batches are the GGN steps (see :mod:`gnflow.ggn`).
+    """
     if config.kind == "gradient":
         return GradientFlow(model, x, y)
     if model.activation == "relu":
@@ -63,6 +69,9 @@ def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torc
             UserWarning,
             stacklevel=2,
         )
+    if config.kind == "ggn":
+        check_batch_size(config.batch_size, int(x.shape[0]))
+        return ggn_flow(model, x, y, lam=config.lam, alpha=config.alpha)
     return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon))
 
 
@@ -122,7 +131,14 @@ def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
         experiment.device,
         config.dtype,
     )
-    solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=progress)
+    if config.flow.kind == "ggn":
+        # the batch order draws from a third stream of the seed, after data and initial particles
+        batch_seed = np.random.SeedSequence(config.seed).spawn(3)[2]
+        schedule = ggn_schedule(config.flow, experiment.data.n_train, batch_seed)
+        euler = dataclasses.replace(config.solver, method="euler")
+        solution = integrate(experiment.flow, experiment.weights0, euler, progress=progress, schedule=schedule)
+    else:
+        solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=progress)
     logger.info(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
         solution.status,
@@ -184,6 +200,9 @@ def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset
     }
     if isinstance(flow, GaussNewtonFlow):
         variables["damping"] = (time_dims, np.asarray([d.damping for d in diagnostics]))
+    if config.flow.kind == "ggn" and solution.epoch is not None:
+        variables["iteration"] = (time_dims, solution.n_accepted.astype(np.int32))  # CF 1.8 has no int64
+        variables["epoch"] = (time_dims, solution.epoch)
     if config.output.save_test and data.n_test > 0:
         variables["x_test"] = (("test_sample", "input_dim"), data.x_test)
         variables["y_test"] = (("test_sample",), data.y_test)
@@ -195,6 +214,8 @@ def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset
         "component_name": ("component", np.asarray(experiment.model.component_names, dtype=object)),
     }
     ds = xr.Dataset(variables, coords=coords)
+    if "iteration" in ds:
+        ds = ds.set_coords(["iteration", "epoch"])
     now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     solver = config.solver
     solver_text = (
@@ -203,9 +224,18 @@ def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset
         else f"{solver.method} (step_size={solver.step_size:g})"
     )
     flow_text = flow.name if flow.name == "gradient" else f"{flow.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+    if config.flow.kind == "ggn":
+        fc = config.flow
+        b = min(fc.batch_size, data.n_train)
+        solver_text = f"euler (step_size = b / lam = {ggn_step_size(b, fc.lam):g} per full batch of b = {b})"
+        flow_text = (
+            f"ggn (lam={fc.lam:g}, alpha={fc.alpha:g}, batch_size={b}, batch_order={fc.batch_order}): Euler steps "
+            f"of size b/lam of the gauss_newton flow on each batch with constant damping alpha/lam = {fc.alpha / fc.lam:g}"
+        )
     ds.attrs = {
         "Conventions": "CF-1.8",
-        "title": f"gnflow {flow.name} flow of a two-layer network of {config.model.width} particles",
+        "title": f"gnflow {config.flow.kind} {'steps' if config.flow.kind == 'ggn' else 'flow'} of a two-layer network "
+        f"of {config.model.width} particles",
         "institution": "gnflow",
         "source": f"gnflow {__version__}; torch {torch.__version__}; torchdiffeq {torchdiffeq.__version__}; "
         f"python {platform.python_version()}",

@@ -11,6 +11,12 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
 rounded to the nearest grid point, so a saved state is exactly the state after k steps.
+
+A :class:`StepSchedule` generalizes the fixed-step grid: step k has its own size h_k and may use
+the vector field restricted to a mini-batch of the training samples (:meth:`Flow.restrict`).
+Discrete Gram--Gauss--Newton is this driver with the Euler method, h_k = b_k / lam and constant
+damping alpha / lam (see :mod:`gnflow.ggn`); a uniform fixed-step run is the schedule with
+h_k = h on all samples.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torchdiffeq._impl.interp import _interp_evaluate
-from torchdiffeq._impl.misc import _check_inputs
+from torchdiffeq._impl.misc import _check_inputs, _PerturbFunc
 from torchdiffeq._impl.odeint import SOLVERS
 from tqdm.auto import tqdm
 
@@ -31,7 +37,7 @@ from gnflow.config import SolverConfig
 from gnflow.damping import GramSolveError
 from gnflow.flows import Flow, FlowError
 
-__all__ = ["Solution", "integrate", "save_times"]
+__all__ = ["Solution", "StepSchedule", "integrate", "save_times"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +79,9 @@ class Solution:
         ``"failed: <reason>"``.
     wall_time_s:
         Wall-clock time of the integration in seconds.
+    epoch:
+        Runs with a :class:`StepSchedule` of known N: passes over the training set completed at
+        each saved time (samples used / N), shape (t,); None otherwise.
     """
 
     t: np.ndarray
@@ -84,6 +93,7 @@ class Solution:
     wall_time_s: float
     method: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    epoch: np.ndarray | None = None
 
     @property
     def failed(self) -> bool:
@@ -103,11 +113,13 @@ class _Recorder:
         self.rejected: list[int] = []
         self.n_accepted = 0
         self.n_rejected = 0
+        self.epoch: list[float] = []
 
-    def save(self, t: float, weights: torch.Tensor) -> None:
+    def save(self, t: float, weights: torch.Tensor, epoch: float = math.nan) -> None:
         if self.t and t <= self.t[-1]:
             return
         self.t.append(float(t))
+        self.epoch.append(float(epoch))
         self.weights.append(weights.detach().clone())
         self.nfe.append(self.flow.nfe)
         self.accepted.append(self.n_accepted)
@@ -123,6 +135,7 @@ class _Recorder:
             status=status,
             wall_time_s=wall_time,
             method=method,
+            epoch=np.asarray(self.epoch) if not np.isnan(self.epoch).any() else None,
         )
 
 
@@ -170,6 +183,7 @@ def integrate(
     *,
     times: np.ndarray | None = None,
     progress: bool | None = None,
+    schedule: StepSchedule | None = None,
 ) -> Solution:
     """Integrate ``flow`` from ``weights0`` at t = 0 to ``config.t_end``.
 
@@ -185,6 +199,11 @@ def integrate(
         Saved flow times (increasing, starting at 0); default :func:`save_times` of ``config``.
     progress:
         Show a progress bar: True, False, or None (only when stderr is a terminal).
+    schedule:
+        Explicit steps for a fixed-step method (sizes, mini-batches, saved steps); replaces
+        ``times`` and ``config.step_size`` and ``config.t_end``. Early stopping then looks at the
+        train loss on all samples at saved steps only (and after every step when the schedule has
+        no mini-batches).
 
     Returns
     -------
@@ -192,7 +211,12 @@ def integrate(
         The saved states and counters. A failure does not raise: the trajectory up to the failure
         is returned with ``status = "failed: <reason>"``.
     """
-    times = save_times(config) if times is None else np.asarray(times, dtype=np.float64)
+    if schedule is not None:
+        if config.adaptive:
+            raise ValueError(f"a step schedule needs a fixed-step method, got solver.method = {config.method!r}")
+        times = schedule.times()
+    else:
+        times = save_times(config) if times is None else np.asarray(times, dtype=np.float64)
     if times.ndim != 1 or times.size == 0 or times[0] != 0.0 or np.any(np.diff(times) <= 0):
         raise ValueError("saved times must be a strictly increasing 1-d array starting at 0")
     recorder = _Recorder(flow)
@@ -202,11 +226,13 @@ def integrate(
     try:
         loss0 = flow.train_loss(weights0)
         threshold = config.stop_loss_ratio * loss0
-        recorder.save(0.0, weights0)
+        recorder.save(0.0, weights0, 0.0 if schedule is not None and schedule.n_samples else math.nan)
         if config.adaptive:
             status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
         else:
-            status = _integrate_fixed(flow, weights0, config, times, recorder, bar, loss0, threshold)
+            if schedule is None:
+                schedule = StepSchedule.uniform(config.step_size, times)
+            status = _integrate_fixed(flow, weights0, config, schedule, recorder, bar, loss0, threshold)
     except (FlowError, GramSolveError, AssertionError, RuntimeError, KeyboardInterrupt) as exc:
         status = f"failed: {_failure_reason(exc)}"
         logger.warning("integration stopped at t=%.6g: %s", recorder.t[-1] if recorder.t else 0.0, status)
@@ -269,38 +295,120 @@ def _integrate_fixed(
     flow: Flow,
     weights0: torch.Tensor,
     config: SolverConfig,
-    times: np.ndarray,
+    schedule: StepSchedule,
     recorder: _Recorder,
     bar: _Progress,
     loss0: float,
     threshold: float,
 ) -> str:
-    h = config.step_size
-    n_total = int(math.floor(times[-1] / h + 1e-9))
-    if n_total < 1:
-        raise ValueError(f"solver.step_size = {h} is larger than the horizon {times[-1]}")
-    save_steps = set(np.clip(np.rint(times / h).astype(np.int64), 0, n_total).tolist())
-    t_tensor = torch.as_tensor([0.0, n_total * h], dtype=torch.float64, device=weights0.device)
-    options = {"step_size": h}
+    t_grid = schedule.times()
+    epochs = schedule.epochs()
+    t_tensor = torch.as_tensor([0.0, t_grid[-1]], dtype=torch.float64, device=weights0.device)
+    options = {"step_size": float(schedule.step_sizes[0])}
     _, func, y, _, rtol, atol, method, options, _, _ = _check_inputs(
         flow, weights0, t_tensor, config.rtol, config.atol, config.method, options, None, SOLVERS
     )
     solver = SOLVERS[method](func=func, y0=y, rtol=rtol, atol=atol, **options)
-    dt = torch.as_tensor(h, dtype=weights0.dtype, device=weights0.device)
-    for k in range(n_total):
+    batches = None
+    if schedule.batches is not None:
+        batches = [torch.as_tensor(b, dtype=torch.long, device=weights0.device) for b in schedule.batches]
+    for k in range(schedule.n_steps):
         if k >= config.max_steps:
             return f"failed: more than solver.max_steps = {config.max_steps} steps"
-        t0 = torch.as_tensor(k * h, dtype=weights0.dtype, device=weights0.device)
-        dy, _ = solver._step_func(func, t0, dt, t0 + dt, y)
+        t0 = torch.as_tensor(t_grid[k], dtype=weights0.dtype, device=weights0.device)
+        dt = torch.as_tensor(schedule.step_sizes[k], dtype=weights0.dtype, device=weights0.device)
+        if batches is None:
+            dy, _ = solver._step_func(func, t0, dt, t0 + dt, y)
+        else:
+            batch_flow = flow.restrict(batches[k])
+            dy, _ = solver._step_func(_PerturbFunc(batch_flow), t0, dt, t0 + dt, y)
+            flow.nfe += batch_flow.nfe
         y = y + dy
         recorder.n_accepted += 1
-        if k + 1 in save_steps:
-            recorder.save((k + 1) * h, y)
+        t1 = float(t_grid[k + 1])
+        if schedule.save[k]:
+            recorder.save(t1, y, epochs[k + 1])
+        if batches is not None and not schedule.save[k]:
+            continue  # the loss on all samples costs a forward pass: look at it when saving only
         loss = flow.train_loss(y)
-        bar.update((k + 1) * h, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        bar.update(t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
         if not math.isfinite(loss):
             return "failed: non-finite train loss"
         if config.stop_loss_ratio > 0 and loss <= threshold:
-            recorder.save((k + 1) * h, y)
+            recorder.save(t1, y, epochs[k + 1])
             return "converged"
     return "completed"
+
+
+@dataclass(frozen=True, eq=False)
+class StepSchedule:
+    """The steps of a fixed-step integration, one entry per step.
+
+    Attributes
+    ----------
+    step_sizes:
+        h_k, flow time advanced by step k, shape (step,), all > 0.
+    save:
+        Whether the state after step k is saved, shape (step,) bool.
+    batches:
+        None: every step uses all training samples. Otherwise one integer index array per step:
+        step k integrates the vector field restricted to the samples ``batches[k]``.
+    n_samples:
+        N, the number of training samples, to count epochs (samples used / N); None when unknown.
+    """
+
+    step_sizes: np.ndarray
+    save: np.ndarray
+    batches: tuple[np.ndarray, ...] | None = None
+    n_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        h = np.asarray(self.step_sizes, dtype=np.float64)
+        if h.ndim != 1 or h.size == 0 or not np.all(np.isfinite(h)) or np.any(h <= 0):
+            raise ValueError("step sizes must be a non-empty 1-d array of finite numbers > 0")
+        if np.shape(self.save) != h.shape:
+            raise ValueError(f"save must have one flag per step ({h.size}), got shape {np.shape(self.save)}")
+        if self.batches is not None:
+            if len(self.batches) != h.size:
+                raise ValueError(f"batches must hold one index array per step ({h.size}), got {len(self.batches)}")
+            if any(np.asarray(b).ndim != 1 or len(b) == 0 for b in self.batches):
+                raise ValueError("every batch must be a non-empty 1-d index array")
+        if self.n_samples is not None and self.n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
+
+    @classmethod
+    def uniform(cls, step_size: float, times: np.ndarray) -> StepSchedule:
+        """Steps of size h on all samples up to times[-1], saving at the grid points t = k h
+        nearest to ``times``."""
+        n_total = int(math.floor(times[-1] / step_size + 1e-9))
+        if n_total < 1:
+            raise ValueError(f"solver.step_size = {step_size} is larger than the horizon {times[-1]}")
+        save = np.zeros(n_total, dtype=bool)
+        save_steps = np.clip(np.rint(np.asarray(times) / step_size).astype(np.int64), 0, n_total)
+        save[save_steps[save_steps >= 1] - 1] = True
+        return cls(step_sizes=np.full(n_total, float(step_size)), save=save)
+
+    @property
+    def n_steps(self) -> int:
+        """The number of steps."""
+        return int(np.size(self.step_sizes))
+
+    def times(self) -> np.ndarray:
+        """Flow times before the first and after every step, shape (step + 1,).
+
+        Equal steps give t_k = k h exactly; otherwise t_k is the running sum of the h's.
+        """
+        h = np.asarray(self.step_sizes, dtype=np.float64)
+        if np.all(h == h[0]):
+            return h[0] * np.arange(h.size + 1, dtype=np.float64)
+        return np.concatenate([[0.0], np.cumsum(h)])
+
+    def epochs(self) -> np.ndarray:
+        """Passes over the training set completed before the first and after every step (samples
+        used / N), shape (step + 1,); NaN when N is unknown."""
+        if self.n_samples is None:
+            return np.full(self.n_steps + 1, np.nan)
+        if self.batches is None:
+            return np.arange(self.n_steps + 1, dtype=np.float64)
+        used = np.cumsum([len(b) for b in self.batches])
+        return np.concatenate([[0.0], used / self.n_samples])
