@@ -174,14 +174,9 @@ def ggn_schedule(config: FlowConfig, n_samples: int, seed: int | np.random.SeedS
 class RegressionBatch(NamedTuple):
     """What a :class:`GGN` closure returns: the model and one mini-batch.
 
-    Attributes
-    ----------
-    model:
-        The regression network; f(w, x) must depend on one sample x only.
-    x:
-        Inputs of the batch, shape (batch, ...).
-    y:
-        Targets, shape (batch,) or (batch, 1).
+    The fields are ``model`` (the regression network; f(w, x) must depend on one sample x only),
+    ``x`` (inputs of the batch, shape (batch, ...)) and ``y`` (targets, shape (batch,) or
+    (batch, 1)).
     """
 
     model: torch.nn.Module
