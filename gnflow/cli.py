@@ -201,6 +201,36 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from gnflow.studies import STUDIES, StudyError, claims_table, run_study
+
+    if args.list or args.name is None:
+        if args.name is None and not args.list:
+            raise CommandError("study: NAME is required (or --list); allowed: " + ", ".join(STUDIES), EXIT_USAGE)
+        for name, description in STUDIES.items():
+            print(f"{name:<18} {description}")
+        return 0
+    if args.name not in STUDIES:
+        raise CommandError(f"study: unknown study {args.name!r}; allowed: {', '.join(STUDIES)}", EXIT_USAGE)
+    executor = None if args.workers is None else "serial" if args.workers == 0 else "auto"
+    try:
+        report = run_study(
+            args.name,
+            args.scale,
+            args.output,
+            executor=executor,
+            workers=args.workers or None,
+            progress=False if args.quiet else None,
+        )
+    except StudyError as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        for number, claim, _measured, verdict in claims_table(report.read_text()):
+            print(f"{number}. [{verdict}] {claim}")
+        print(f"wrote {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``gnflow`` (exposed for documentation)."""
     parser = argparse.ArgumentParser(
@@ -281,6 +311,36 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--overwrite", action="store_true", help="replace an existing figure file")
     plot.add_argument("--dpi", type=float, default=120, help="resolution of raster figures (default: 120)")
     plot.set_defaults(handler=_cmd_plot)
+
+    study = sub.add_parser(
+        "study",
+        parents=[common],
+        help="run a scripted reproduction study and write its data, figures and claims report",
+        description=(
+            "Run the study NAME (a folder studies/NAME/ of the source tree) at a scale: smoke (seconds,\n"
+            "for tests), small (a laptop CPU, under an hour) or paper (the published setting, through the\n"
+            "sweep engine on dask workers or GPUs). Writes the runs (NetCDF), PNG figures and report.md,\n"
+            "which states each claim of the paper, the numbers measured for it and a verdict."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow study --list\n"
+            "  gnflow study arbel2023 --scale smoke -o /tmp/arbel\n"
+            "  gnflow study cai2019 --scale small          # writes data/studies/cai2019/small/report.md\n"
+            "  gnflow study mean_field_limit --scale paper --workers 4\n"
+        ),
+    )
+    study.add_argument("name", nargs="?", metavar="NAME", help="arbel2023, cai2019 or mean_field_limit")
+    study.add_argument("--scale", choices=("smoke", "small", "paper"), default="smoke", help="size of the study (default: smoke)")
+    study.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/studies/NAME/SCALE)")
+    study.add_argument(
+        "--workers", type=int, metavar="K",
+        help="run the runs on K local dask worker processes (0: serially in this process; default: serially "
+        "for smoke and small, dask with the sweep engine's default workers for paper)",
+    )
+    study.add_argument("--list", action="store_true", help="list the studies and exit")
+    study.set_defaults(handler=_cmd_study)
     return parser
 
 

@@ -25,7 +25,7 @@ from gnflow.data import DataError, RegressionData
 from gnflow.dataset import VariableInfo, apply_variable_attrs, register_variable
 from gnflow.ggn import GGN, RegressionBatch, check_per_sample_model, minibatches
 
-__all__ = ["TrainingHistory", "history_dataset", "mean_half_squared_error", "train_module"]
+__all__ = ["TrainingHistory", "history_dataset", "mean_half_squared_error", "mlp", "train_module"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,27 @@ for _name, _info in {
     "iteration_epoch": VariableInfo("epoch the step belongs to (1 = first pass)", "1"),
 }.items():
     register_variable(_name, _info)
+
+
+def mlp(
+    input_dim: int, hidden: list[int], activation: str, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.nn.Module:
+    """A fully connected regression network input_dim -> hidden... -> 1, PyTorch's default
+    initialization drawn with ``torch.manual_seed(seed)``.
+
+    ``activation`` is one of ``"tanh"``, ``"silu"``, ``"gelu"``, ``"relu"``.
+    """
+    layer = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU, "gelu": torch.nn.GELU, "relu": torch.nn.ReLU}
+    if activation not in layer:
+        raise ValueError(f"activation: unknown {activation!r}; allowed: {', '.join(layer)}")
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    width = input_dim
+    for h in hidden:
+        layers += [torch.nn.Linear(width, h), layer[activation]()]
+        width = h
+    layers.append(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*layers).to(dtype)
 
 
 def mean_half_squared_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:

@@ -28,22 +28,9 @@ from gnflow.config import DataConfig
 from gnflow.data import make_data
 from gnflow.dataset import write_dataset
 from gnflow.ggn import GGN
-from gnflow.training import history_dataset, train_module
+from gnflow.training import history_dataset, mlp, train_module
 
 HERE = Path(__file__).resolve().parent
-
-
-def mlp(input_dim: int, hidden: list[int], activation: str, seed: int) -> torch.nn.Module:
-    """A fully connected network input_dim -> hidden... -> 1 with PyTorch's default initialization."""
-    torch.manual_seed(seed)
-    act = {"tanh": torch.nn.Tanh, "silu": torch.nn.SiLU, "gelu": torch.nn.GELU}[activation]
-    layers: list[torch.nn.Module] = []
-    width = input_dim
-    for h in hidden:
-        layers += [torch.nn.Linear(width, h), act()]
-        width = h
-    layers.append(torch.nn.Linear(width, 1))
-    return torch.nn.Sequential(*layers).double()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,467 @@
+"""Arbel, Menegaux, Wolinski (2023), "Rethinking Gauss-Newton for learning over-parameterized
+models": GN against GD on the teacher-student task, across tau0 and N, and hidden learning of
+slowed GN.
+
+Run with ``gnflow study arbel2023 [--scale smoke|small|paper] [-o DIR]``; the sizes of each scale
+are the tables of ``arbel2023.toml``. Three grids go through the sweep engine:
+
+- ``tau0``: GN (continuous flow) and GD for every tau0 and seed at N = ``n_train``;
+- ``n_train``: the same for every N of ``n_grid`` at the tau0 values ``n_grid_tau0``;
+- ``slowed``: GN as Euler steps of size h = fraction x N for each fraction of ``slow_steps`` at
+  tau0 = ``slow_tau0`` (the continuous flow is the limit h -> 0).
+
+Every run records the observables ``refit`` (output layer refit on the current features; its
+value at t = 0 is the random-features baseline) and ``teacher_alignment``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gnflow.studies import (  # noqa: E402
+    Claim,
+    GridRun,
+    StudyContext,
+    StudyReport,
+    fmt,
+    run_grid,
+    save_study_figure,
+    select,
+    table,
+    time_to_level,
+)
+
+TITLE = "Arbel, Menegaux, Wolinski (2023): Gauss-Newton vs gradient flow on the teacher-student task"
+OBSERVE = ["refit", "teacher_alignment"]
+FLOWS = {"gn": "Gauss-Newton flow", "gd": "gradient flow"}
+
+
+def _base(s: dict[str, Any], n_train: int) -> dict[str, Any]:
+    return {
+        "data": {"kind": "teacher", "n_train": n_train, "n_test": s["n_test"]},
+        "model": {"width": s["width"]},
+        "observe": {"names": OBSERVE},
+        "solver": {
+            "n_save": s["n_save"],
+            "save_decades": s["save_decades"],
+            "stop_loss_ratio": s["stop_loss_ratio"],
+            "max_steps": s["max_steps"],
+        },
+        "output": {"save_test": False},
+    }
+
+
+def _flow_runs(s: dict[str, Any], n_train: int) -> list[dict[str, Any]]:
+    return [
+        {"name": "gn", "flow.kind": "gauss_newton", "solver.t_end": s["gn_t_end_per_n"] * n_train},
+        {
+            "name": "gd",
+            "flow.kind": "gradient",
+            "solver.method": s["gd_method"],
+            "solver.t_end": s["gd_t_end"],
+        },
+    ]
+
+
+def _final(run: GridRun, name: str) -> float:
+    return float(run.dataset[name].values[-1])
+
+
+def _loss_ratio(run: GridRun) -> float:
+    loss = run.dataset["train_loss"].values
+    return float(loss[-1] / loss[0])
+
+
+def _converged(run: GridRun) -> bool:
+    return str(run.dataset.attrs["gnflow_status"]) == "converged"
+
+
+def _common_level(gn: GridRun, gd: GridRun, stop_ratio: float) -> float:
+    """Train-loss level both flows reached: the stopping level, or the higher of their lowest
+    losses when one of them stopped at its horizon."""
+    l0 = float(gn.dataset["train_loss"].values[0])
+    lowest = max(float(np.nanmin(r.dataset["train_loss"].values)) for r in (gn, gd))
+    return max(stop_ratio * l0, lowest)
+
+
+def _times(gn: GridRun, gd: GridRun, stop_ratio: float) -> tuple[float, float, float]:
+    level = _common_level(gn, gd, stop_ratio)
+    times = [time_to_level(r.dataset["t"].values, r.dataset["train_loss"].values, level) for r in (gn, gd)]
+    l0 = float(gn.dataset["train_loss"].values[0])
+    return times[0], times[1], level / l0
+
+
+def _pairs(runs: list[GridRun], key: str, value: Any, seeds: list[int], **fixed: Any) -> list[tuple[GridRun, GridRun]]:
+    out = []
+    for seed in seeds:
+        where = {key.replace(".", "__"): value, "seed": seed, **fixed}
+        out.append((select(runs, "gn", **where)[0], select(runs, "gd", **where)[0]))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
+    """Execute the three grids, measure the four claims and draw the figures."""
+    seeds = list(s["seeds"])
+    n_main = int(s["n_train"])
+    stop = float(s["stop_loss_ratio"])
+    tau_runs = run_grid(
+        context,
+        "tau0",
+        _base(s, n_main),
+        grid={"model.init_scale": s["tau0"], "seed": seeds},
+        runs=_flow_runs(s, n_main),
+    )
+    n_runs: list[GridRun] = []
+    for n in s["n_grid"]:
+        n_runs += run_grid(
+            context,
+            f"n_train_{n}",
+            _base(s, n),
+            grid={"model.init_scale": s["n_grid_tau0"], "seed": seeds},
+            runs=_flow_runs(s, n),
+        )
+    slow_base = _base(s, n_main)
+    slow_base["model"]["init_scale"] = s["slow_tau0"]
+    slow_base["seed"] = seeds[0]
+    slow_base["solver"].update({"method": "euler", "t_end": s["gn_t_end_per_n"] * n_main})
+    slow_runs = run_grid(
+        context,
+        "slowed",
+        slow_base,
+        runs=[
+            {"name": f"h={frac:g}N", "solver.step_size": frac * n_main} for frac in s["slow_steps"]
+        ],
+    )
+    continuous = select(tau_runs, "gn", model__init_scale=s["slow_tau0"], seed=seeds[0])
+    gd_slow = select(tau_runs, "gd", model__init_scale=s["slow_tau0"], seed=seeds[0])
+
+    # --- measurements per tau0 (means over seeds) ---
+    rows, per_tau = [], {}
+    for tau in s["tau0"]:
+        pairs = _pairs(tau_runs, "model.init_scale", tau, seeds)
+        t_gn, t_gd, levels = zip(*(_times(gn, gd, stop) for gn, gd in pairs), strict=True)
+        m = {
+            "t_gn": _mean(list(t_gn)),
+            "t_gd": _mean(list(t_gd)),
+            "level": max(levels),
+            "test_gn": _mean([_final(gn, "test_loss") for gn, _ in pairs]),
+            "test_gd": _mean([_final(gd, "test_loss") for _, gd in pairs]),
+            "refit_gn": _mean([_final(gn, "refit_test_loss") for gn, _ in pairs]),
+            "rf": _mean([float(gn.dataset["random_features_test_loss"]) for gn, _ in pairs]),
+            "ratio_gd": max(_loss_ratio(gd) for _, gd in pairs),
+            "gd_converged": all(_converged(gd) for _, gd in pairs),
+            "gn_converged": all(_converged(gn) for gn, _ in pairs),
+            "eigmin_gn": _mean([float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]),
+            "eigmin_gd": _mean([float(np.min(gd.dataset["gram_eigmin"].values[1:])) for _, gd in pairs]),
+        }
+        per_tau[tau] = m
+        rows.append(
+            [
+                f"{tau:g}",
+                fmt(m["t_gn"]),
+                fmt(m["t_gd"]),
+                fmt(m["level"], 2),
+                fmt(m["ratio_gd"], 2),
+                fmt(m["test_gn"]),
+                fmt(m["test_gd"]),
+                fmt(m["rf"]),
+                fmt(m["refit_gn"]),
+                fmt(m["eigmin_gn"], 2),
+                fmt(m["eigmin_gd"], 2),
+            ]
+        )
+
+    n_rows, per_n = [], {}
+    for n in s["n_grid"]:
+        for tau in s["n_grid_tau0"]:
+            sub = [r for r in n_runs if r.dataset.sizes["sample"] == n]
+            pairs = _pairs(sub, "model.init_scale", tau, seeds)
+            t_gn, t_gd, levels = zip(*(_times(gn, gd, stop) for gn, gd in pairs), strict=True)
+            m = {
+                "t_gn": _mean(list(t_gn)),
+                "t_gd": _mean(list(t_gd)),
+                "test_gn": _mean([_final(gn, "test_loss") for gn, _ in pairs]),
+                "test_gd": _mean([_final(gd, "test_loss") for _, gd in pairs]),
+                "rf": _mean([float(gn.dataset["random_features_test_loss"]) for gn, _ in pairs]),
+                "level": max(levels),
+            }
+            per_n[(n, tau)] = m
+            n_rows.append(
+                [str(n), f"{tau:g}", fmt(m["t_gn"]), fmt(m["t_gd"]), fmt(m["level"], 2), fmt(m["test_gn"]),
+                 fmt(m["test_gd"]), fmt(m["rf"])]
+            )
+
+    hidden = [(r.label or "", r) for r in slow_runs] + [("continuous", continuous[0])]
+    h_rows = []
+    for label, r in hidden:
+        ds = r.dataset
+        h_rows.append(
+            [
+                label,
+                str(ds.attrs["gnflow_status"]),
+                fmt(_loss_ratio(r), 2),
+                fmt(_final(r, "test_loss")),
+                fmt(_final(r, "refit_test_loss")),
+                fmt(float(np.nanmin(ds["refit_test_loss"].values))),
+                fmt(_final(r, "teacher_feature_distance")),
+            ]
+        )
+    gd_ds = gd_slow[0].dataset
+    h_rows.append(
+        ["GD", str(gd_ds.attrs["gnflow_status"]), fmt(_loss_ratio(gd_slow[0]), 2), fmt(_final(gd_slow[0], "test_loss")),
+         fmt(_final(gd_slow[0], "refit_test_loss")), fmt(float(np.nanmin(gd_ds["refit_test_loss"].values))),
+         fmt(_final(gd_slow[0], "teacher_feature_distance"))]
+    )
+
+    claims = _claims(s, per_tau, per_n, hidden, gd_slow[0])
+    figures = _figures(s, context, tau_runs, n_runs, per_tau, per_n, hidden, gd_slow[0])
+    setup = [
+        f"Teacher-student task of SPEC (d = 10, teacher of 5 SiLU units, noiseless labels), N = {n_main} "
+        f"training points, {s['n_test']} test points, M = {s['width']} particles, mean-field scaling, "
+        f"output weights v = 0 at t = 0, seeds {seeds} (numbers below are means over seeds).",
+        f"GN: continuous Gauss-Newton flow, eigmin damping (eps0 = 1e-7), dopri5 (rtol 1e-6, atol 1e-9), "
+        f"horizon t_end = {s['gn_t_end_per_n']:g} N. GD: gradient flow, {s['gd_method']}, horizon t_end = "
+        f"{s['gd_t_end']:g}. Both stop when the train loss reaches {stop:g} x its initial value.",
+        "The gradient flow of the mean-field model is slow: its time scale is about N / lambda_min(A), "
+        "with A of order 1/M. Where GD stopped at its horizon, its loss there is reported and "
+        "'faster' compares the flow times at which GN and GD first reach a common train-loss level "
+        "(the stopping level, or the higher of the two lowest losses).",
+        f"Random-features baseline: the output layer refit (minimum-norm least squares) on the initial "
+        f"features, `random_features_test_loss` of the `refit` observable.",
+        f"N grid {list(s['n_grid'])} at tau0 in {list(s['n_grid_tau0'])}; slowed GN at tau0 = {s['slow_tau0']:g}: "
+        f"Euler steps h = {', '.join(f'{f:g}' for f in s['slow_steps'])} x N and the continuous flow.",
+    ]
+    sections = {
+        "Results across tau0": table(
+            ["tau0", "t GN", "t GD", "level / L0", "GD final L/L0", "test GN", "test GD", "test RF",
+             "refit test GN", "min eig A GN", "min eig A GD"],
+            rows,
+        ),
+        "Results across N": table(
+            ["N", "tau0", "t GN", "t GD", "level / L0", "test GN", "test GD", "test RF"], n_rows
+        ),
+        "Slowed Gauss-Newton (hidden learning)": table(
+            ["run", "status", "final L/L0", "test loss", "refit test loss (final)", "refit test loss (min over t)",
+             "teacher feature distance"],
+            h_rows,
+        ),
+    }
+    return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)
+
+
+def _claims(
+    s: dict[str, Any],
+    per_tau: dict[float, dict[str, Any]],
+    per_n: dict[tuple[int, float], dict[str, Any]],
+    hidden: list[tuple[str, GridRun]],
+    gd: GridRun,
+) -> list[Claim]:
+    claims = []
+    speedups = {tau: m["t_gd"] / m["t_gn"] for tau, m in per_tau.items()}
+    faster = all(su > 1 for su in speedups.values())
+    any_gd_open = not all(m["gd_converged"] for m in per_tau.values())
+    measured = "; ".join(
+        f"tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])} (level {fmt(m['level'], 2)} L0)"
+        for tau, m in per_tau.items()
+    )
+    claims.append(
+        Claim(
+            "GN reaches the training optimum faster than GD at every tau0.",
+            measured,
+            "supported" if faster else "not supported",
+            "GD stopped at its horizon for some tau0; times compare a common loss level." if any_gd_open else "",
+        )
+    )
+
+    large = [t for t in s["large_tau0"] if t in per_tau]
+    tol = float(s["alike_tolerance"])
+    alike, close, open_gd = True, True, False
+    parts = []
+    for tau in large:
+        m = per_tau[tau]
+        gap = abs(m["test_gn"] - m["test_gd"]) / min(m["test_gn"], m["test_gd"])
+        to_rf = max(m["test_gn"], m["test_gd"]) / m["rf"]
+        alike &= gap <= tol
+        close &= abs(to_rf - 1) <= tol
+        open_gd |= m["ratio_gd"] > 1e-3
+        parts.append(
+            f"tau0={tau:g}: test GN={fmt(m['test_gn'])}, GD={fmt(m['test_gd'])}, RF={fmt(m['rf'])} "
+            f"(GN-GD gap {fmt(100 * gap, 2)}%, max/RF={fmt(to_rf)})"
+        )
+    verdict = "supported" if alike and close else "not supported"
+    if open_gd and verdict == "not supported":
+        verdict = "inconclusive"
+    claims.append(
+        Claim(
+            "At large tau0 (kernel regime) GN and GD generalize alike and close to random features.",
+            "; ".join(parts),
+            verdict,
+            f"'alike' and 'close' mean within {100 * tol:g}% relative."
+            + (" GD had not fitted the data at its horizon (L/L0 > 1e-3)." if open_gd else ""),
+        )
+    )
+
+    small = [t for t in s["small_tau0"] if t in per_tau]
+    worse = all(per_tau[t]["test_gn"] > per_tau[t]["test_gd"] for t in small)
+    open_small = any(per_tau[t]["ratio_gd"] > 1e-3 for t in small)
+    parts = [
+        f"tau0={t:g}: test GN={fmt(per_tau[t]['test_gn'])} vs GD={fmt(per_tau[t]['test_gd'])} "
+        f"(GD L/L0={fmt(per_tau[t]['ratio_gd'], 2)})"
+        for t in small
+    ]
+    verdict = "supported" if worse else "not supported"
+    if open_small:
+        verdict = "inconclusive"
+    claims.append(
+        Claim(
+            "At small tau0 (feature regime) GN's test loss is worse than GD's.",
+            "; ".join(parts),
+            verdict,
+            "GD had not fitted the data at its horizon (L/L0 > 1e-3), so its test loss is not final." if open_small else "",
+        )
+    )
+
+    slowest_label, slowest = hidden[-1]  # the continuous flow is the limit of small steps
+    smallest_step = hidden[-2] if len(hidden) > 1 else hidden[-1]
+    parts = []
+    supported = True
+    for label, r in (smallest_step, (slowest_label, slowest)):
+        raw = _final(r, "test_loss")
+        refit = float(np.nanmin(r.dataset["refit_test_loss"].values))
+        rf = float(r.dataset["random_features_test_loss"])
+        supported &= refit < 0.5 * raw and refit < rf
+        parts.append(f"{label}: test {fmt(raw)}, best refit test {fmt(refit)} (RF {fmt(rf)})")
+    parts.append(f"GD: test {fmt(_final(gd, 'test_loss'))}")
+    claims.append(
+        Claim(
+            "With small tau0 and a small step, GN's features refit to a good test loss although its own "
+            "test loss is poor (hidden learning).",
+            f"tau0={s['slow_tau0']:g}: " + "; ".join(parts),
+            "supported" if supported else "not supported",
+            "Supported means: the refit test loss (best over the saved times) is below half the run's own "
+            "final test loss and below the random-features baseline.",
+        )
+    )
+
+    faster_n = all(m["t_gd"] > m["t_gn"] for m in per_n.values())
+    claims.append(
+        Claim(
+            "GN is faster than GD at every training-set size N as well.",
+            "; ".join(
+                f"N={n}, tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])}" for (n, tau), m in per_n.items()
+            ),
+            "supported" if faster_n else "not supported",
+        )
+    )
+    return claims
+
+
+def _tau_colors(values: list[float]) -> dict[float, Any]:
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(values) - 1)) for i, v in enumerate(values)}
+
+
+def _figures(
+    s: dict[str, Any],
+    context: StudyContext,
+    tau_runs: list[GridRun],
+    n_runs: list[GridRun],
+    per_tau: dict[float, dict[str, Any]],
+    per_n: dict[tuple[int, float], dict[str, Any]],
+    hidden: list[tuple[str, GridRun]],
+    gd: GridRun,
+) -> list[tuple[Any, str]]:
+    seed = s["seeds"][0]
+    taus = list(s["tau0"])
+    colors = _tau_colors(taus)
+    figures = []
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for tau in taus:
+        for label, style in (("gn", "-"), ("gd", "--")):
+            ds = select(tau_runs, label, model__init_scale=tau, seed=seed)[0].dataset
+            t = ds["t"].values[1:]
+            axes[0].loglog(t, ds["train_loss"].values[1:], style, color=colors[tau],
+                           label=f"{label.upper()} tau0={tau:g}")
+            axes[1].loglog(t, ds["test_loss"].values[1:], style, color=colors[tau])
+            axes[2].loglog(t, ds["gram_eigmin"].values[1:], style, color=colors[tau])
+    for ax, name in zip(axes, ("train loss", "test loss", "lambda_min(A)"), strict=True):
+        ax.set_xlabel("flow time t")
+        ax.set_ylabel(name)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"GN (solid) and GD (dashed), N = {s['n_train']}, M = {s['width']}, seed {seed}")
+    fig.tight_layout()
+    figures.append((save_study_figure(fig, context, "loss_curves"),
+                    "Train loss, test loss and lambda_min of the Gram matrix A against flow time, per tau0."))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = np.asarray(taus)
+    for key, label, marker in (("test_gn", "GN", "o"), ("test_gd", "GD", "s"), ("rf", "random features", "^"),
+                               ("refit_gn", "GN features, output refit", "x")):
+        axes[0].loglog(x, [per_tau[t][key] for t in taus], marker=marker, label=label)
+    axes[0].set_xlabel("tau0")
+    axes[0].set_ylabel("final test loss")
+    axes[0].legend(fontsize=8)
+    axes[1].loglog(x, [per_tau[t]["t_gn"] for t in taus], "o-", label="GN")
+    axes[1].loglog(x, [per_tau[t]["t_gd"] for t in taus], "s--", label="GD")
+    axes[1].set_xlabel("tau0")
+    axes[1].set_ylabel("flow time to the common loss level")
+    axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    figures.append((save_study_figure(fig, context, "tau0_summary"),
+                    "Final test loss against tau0 (GN, GD, random features, GN's features with the output layer "
+                    "refit) and flow time to reach the common train-loss level."))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ns = list(s["n_grid"])
+    for tau in s["n_grid_tau0"]:
+        axes[0].loglog(ns, [per_n[(n, tau)]["test_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
+        axes[0].loglog(ns, [per_n[(n, tau)]["test_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
+        axes[1].loglog(ns, [per_n[(n, tau)]["t_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
+        axes[1].loglog(ns, [per_n[(n, tau)]["t_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
+    axes[0].set_ylabel("final test loss")
+    axes[1].set_ylabel("flow time to the common loss level")
+    for ax in axes:
+        ax.set_xlabel("N")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures.append((save_study_figure(fig, context, "n_train_summary"),
+                    "Final test loss and time to the common train-loss level against the training-set size N."))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("plasma")
+    for i, (label, r) in enumerate([*hidden, ("GD", gd)]):
+        ds = r.dataset
+        t = ds["t"].values[1:]
+        color = cmap(i / max(1, len(hidden)))
+        axes[0].loglog(t, ds["test_loss"].values[1:], "-", color=color, label=f"{label}: test loss")
+        axes[0].loglog(t, ds["refit_test_loss"].values[1:], ":", color=color, label=f"{label}: refit test loss")
+        axes[1].semilogx(t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label)
+    axes[0].axhline(float(gd.dataset["random_features_test_loss"]), color="grey", lw=0.8, label="random features")
+    axes[0].set_ylabel("test loss")
+    axes[1].set_ylabel("weighted cosine distance of the features to the teacher's")
+    for ax in axes:
+        ax.set_xlabel("flow time t")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Slowed GN at tau0 = {s['slow_tau0']:g}: raw and refit test loss, teacher alignment")
+    fig.tight_layout()
+    figures.append((save_study_figure(fig, context, "hidden_learning"),
+                    "Hidden learning: test loss of the network (solid) and of its features with the output layer "
+                    "refit (dotted), and the distance of the features to the teacher's, for GN Euler steps of "
+                    "decreasing size, the continuous GN flow and GD."))
+    return figures
