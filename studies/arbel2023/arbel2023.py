@@ -461,7 +461,7 @@ def _figures(
         axes[1].semilogx(t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label)
     axes[0].axhline(float(gd.dataset["random_features_test_loss"]), color="grey", lw=0.8, label="random features")
     axes[0].set_ylabel("test loss")
-    axes[1].set_ylabel("weighted cosine distance of the features to the teacher's")
+    axes[1].set_ylabel("feature distance to the teacher")
     for ax in axes:
         ax.set_xlabel("flow time t")
         ax.grid(True, alpha=0.3)
