@@ -84,9 +84,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except tomllib.TOMLDecodeError as exc:
             raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
     config = config_from_dict(apply_overrides(values, args.set or []))
-    out = _output_path(args.output, config.output.path, args.overwrite)
+    # A resumed run writes where the interrupted one was writing, beside its checkpoint.
+    out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
     progress = False if args.quiet else None
-    ds, written = run(config, path=out, progress=progress)
+    ds, written = run(config, path=out, progress=progress, resume=args.resume)
     _print_summary(ds, written, quiet=args.quiet)
     return EXIT_ERROR if str(ds.attrs["gnflow_status"]).startswith("failed") else 0
 
@@ -175,12 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow run                                   # the embedded default run\n"
             "  gnflow run config.toml -o data/runs/gn.nc\n"
             "  gnflow run config.toml --set model.init_scale=0.1 --set flow.kind=gradient\n"
+            "  gnflow run long.toml --set output.checkpoint_every_s=600   # checkpoint every 10 min\n"
+            "  gnflow run long.toml --set output.checkpoint_every_s=600 --resume  # after a crash\n"
         ),
     )
     run.add_argument("config", nargs="?", help="TOML run config (default: the embedded default run)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. solver.rtol=1e-8")
     run.add_argument("-o", "--output", metavar="OUT.nc", help="output file (default: output.path of the config)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint beside the output file (NAME.checkpoint.pt) when there is one; "
+        "the output file is replaced",
+    )
     run.set_defaults(handler=_cmd_run)
 
     info = sub.add_parser(
