@@ -173,6 +173,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     except SweepError as exc:
         raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to continue (state: {out_dir / 'manifest.json'})", file=sys.stderr)
+        return 130
     failed = result.failed
     if not args.quiet or failed:
         print(

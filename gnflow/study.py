@@ -188,12 +188,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
         base_path = Path(header["base_file"])
         if not base_path.is_absolute() and base_dir is not None:
             base_path = base_dir / base_path
-        if not base_path.is_file():
-            raise ConfigError(f"study.base_file: {str(base_path)!r} does not exist")
-        try:
-            base = tomllib.loads(base_path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"study.base_file: {base_path}: invalid TOML: {exc}") from None
+        base = _read_toml(base_path, "study.base_file: run config")
     base_table = values.get("base", {})
     if not isinstance(base_table, Mapping):
         raise ConfigError("base: expected a table [base] holding a run config")
@@ -287,10 +282,13 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
 def load_study(path: str | Path) -> Study:
     """Read and expand a study file (see the module documentation for its format)."""
     path = Path(path)
+    return study_from_dict(_read_toml(path, "study file"), name=path.stem, base_dir=path.parent)
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"study file {str(path)!r} does not exist")
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
     try:
-        values = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return study_from_dict(values, name=path.stem, base_dir=path.parent)
+        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None

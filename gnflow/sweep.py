@@ -42,10 +42,11 @@ from tqdm.auto import tqdm
 
 from gnflow import __version__
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
-from gnflow.dataset import VariableInfo, register_variable, write_dataset
+from gnflow.dataset import VariableInfo, write_dataset
 from gnflow.study import RUN_DIM, Study, StudyRun
 
 __all__ = [
+    "SWEEP_VARIABLES",
     "SweepError",
     "SweepResult",
     "combine_runs",
@@ -60,11 +61,14 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
 DEFAULT_RETRIES = 2
 
-register_variable("run_id", VariableInfo("run identifier", "1", "hash of the resolved run config; the run's file is runs/<run_id>.nc"))
-register_variable("status", VariableInfo("run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"))
-register_variable("t_final", VariableInfo("last saved flow time of the run", "1"))
-register_variable("wall_time_s", VariableInfo("wall-clock time of the integration", "s"))
-register_variable(RUN_DIM, VariableInfo("name of the explicit run ([[runs]] entry)", "1"))
+# Variables of the combined dataset besides the runs' own (whose attributes are copied).
+SWEEP_VARIABLES: dict[str, VariableInfo] = {
+    "run_id": VariableInfo("run identifier", "1", "hash of the resolved run config; the run's file is runs/<run_id>.nc"),
+    "status": VariableInfo("run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"),
+    "t_final": VariableInfo("last saved flow time of the run", "1"),
+    "wall_time_s": VariableInfo("wall-clock time of the integration", "s"),
+    RUN_DIM: VariableInfo("name of the explicit run ([[runs]] entry of the study)", "1"),
+}
 
 RunTask = Callable[..., dict[str, Any]]
 
@@ -169,6 +173,8 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
         logger.debug("run %s raised:\n%s", run_id, traceback.format_exc())
         return {**outcome, "status": f"error: {error}", "error": error}
     status = str(ds.attrs["gnflow_status"])
+    if status == "failed: interrupted by the user":
+        raise KeyboardInterrupt  # Ctrl-C stops the sweep, not just this run (its checkpoint stays)
     return {
         **outcome,
         "status": status,
@@ -672,6 +678,9 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
             {"long_name": f"value of the config key {key}", "units": "1", "gnflow_key": key},
         )
     combined = xr.Dataset(data_vars, coords=coords)
+    for name, info in SWEEP_VARIABLES.items():
+        if name in combined.variables:
+            combined[name].attrs.update(info.attrs())
     n_valid = sum(1 for run in study.runs if not _is_failure({"status": status[run.index]}))
     now = _now()
     from gnflow.run import REFERENCES

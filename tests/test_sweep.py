@@ -305,3 +305,16 @@ def test_local_cluster_gives_each_worker_a_gpu(tmp_path):
     assert result.failed == []
     for run_id in result.executed:
         assert str(result.outcomes[run_id]["device"]).startswith("cuda")
+
+
+def test_base_file_and_command_line_errors(tmp_path, capsys):
+    _write(tmp_path / "base.toml", 'seed = 4\n[model]\nwidth = 9\nactivation = "tanh"\n')
+    study = load_study(
+        _write(tmp_path / "s.toml", '[study]\nname = "tiny"\nbase_file = "base.toml"\n[base.model]\nwidth = 11\n')
+    )
+    assert study.name == "tiny" and study.dims == () and len(study.runs) == 1
+    config = study.runs[0].config
+    assert (config.seed, config.model.width, config.model.activation) == (4, 11, "tanh")  # [base] wins
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+    assert "study file" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "s.toml"), "--workers", "-1"]) == 2
