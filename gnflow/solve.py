@@ -253,7 +253,8 @@ def integrate(
         _check_resume(resume, config, times)
         recorder.load_state_dict(resume["recorder"], weights0.device)
         start -= float(resume["wall_time_s"])
-    resumable = {"checkpoint": checkpoint, "resume": resume, "start": start}
+    stamped = _StampedHook(checkpoint, config.method, times) if checkpoint is not None else None
+    resumable = {"checkpoint": stamped, "resume": resume, "start": start}
     try:
         loss0 = flow.train_loss(weights0)
         threshold = config.stop_loss_ratio * loss0
@@ -330,7 +331,7 @@ def _integrate_adaptive(
         if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
             rk_state = {k: _to_device(v, torch.device("cpu")) for k, v in new_state._asdict().items()}
             checkpoint.write(
-                _position(config, times, recorder, flow, start, rk_state=rk_state, next_index=next_index, n_steps=n_steps)
+                _position(recorder, flow, start, rk_state=rk_state, next_index=next_index, n_steps=n_steps)
             )
     return "completed"
 
@@ -381,7 +382,7 @@ def _integrate_fixed(
             recorder.save((k + 1) * h, y)
             return "converged"
         if checkpoint is not None and k + 1 < n_total and checkpoint.due(recorder.n_accepted):
-            checkpoint.write(_position(config, times, recorder, flow, start, y=y.cpu(), n_steps=k + 1))
+            checkpoint.write(_position(recorder, flow, start, y=y.cpu(), n_steps=k + 1))
     return "completed"
 
 
@@ -393,18 +394,23 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _position(
-    config: SolverConfig,
-    times: np.ndarray,
-    recorder: _Recorder,
-    flow: Flow,
-    start: float,
-    **solver_state: Any,
-) -> dict[str, Any]:
+class _StampedHook:
+    """Adds to every position what it is valid for (method, saved times) before writing it."""
+
+    def __init__(self, hook: CheckpointHook, method: str, times: np.ndarray) -> None:
+        self.hook = hook
+        self.stamp = {"method": method, "times": torch.as_tensor(times, dtype=torch.float64)}
+
+    def due(self, n_accepted: int) -> bool:
+        return self.hook.due(n_accepted)
+
+    def write(self, position: dict[str, Any]) -> None:
+        self.hook.write({**self.stamp, **position})
+
+
+def _position(recorder: _Recorder, flow: Flow, start: float, **solver_state: Any) -> dict[str, Any]:
     """Everything needed to continue the integration after the last accepted step."""
     return {
-        "method": config.method,
-        "times": torch.as_tensor(times, dtype=torch.float64),
         "recorder": recorder.state_dict(),
         "nfe": flow.nfe,
         "wall_time_s": time.perf_counter() - start,

@@ -412,7 +412,7 @@ def _run_dask(
 ) -> None:
     from distributed import as_completed
 
-    workers = client.scheduler_info().get("workers", {})
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
     uses_gpus = any(w.get("resources", {}).get("GPU") for w in workers.values())
     token = uuid.uuid4().hex[:8]
     futures = {}
