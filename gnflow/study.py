@@ -129,9 +129,13 @@ def _flatten(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str
     for key in flat:
         parts = key.split(".")
         if len(parts) > 2 or any(not p for p in parts):
-            raise ConfigError(f"{where}: key {key!r} must be 'key' or 'section.key', e.g. model.init_scale")
+            raise ConfigError(
+                f"{where}: key {key!r} must be 'key' or 'section.key', e.g. model.init_scale"
+            )
         if key in _MANAGED_KEYS:
-            raise ConfigError(f"{where}: {key} is set by the sweep (each run writes DIR/runs/<id>.nc)")
+            raise ConfigError(
+                f"{where}: {key} is set by the sweep (each run writes DIR/runs/<id>.nc)"
+            )
     return flat
 
 
@@ -201,7 +205,9 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
 
     grid_table = values.get("grid", {})
     if not isinstance(grid_table, Mapping):
-        raise ConfigError("grid: expected a table [grid] of lists, e.g. \"model.init_scale\" = [0.1, 1.0]")
+        raise ConfigError(
+            'grid: expected a table [grid] of lists, e.g. "model.init_scale" = [0.1, 1.0]'
+        )
     grid = _flatten(grid_table, "[grid]")
     for key, options in grid.items():
         if not isinstance(options, list) or not options:
@@ -211,7 +217,11 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     labels: tuple[str, ...] | None = None
     variants: list[dict[str, Any]] = [{}]
     if runs_table is not None:
-        if not isinstance(runs_table, list) or not runs_table or not all(isinstance(r, Mapping) for r in runs_table):
+        if (
+            not isinstance(runs_table, list)
+            or not runs_table
+            or not all(isinstance(r, Mapping) for r in runs_table)
+        ):
             raise ConfigError("runs: expected one or more [[runs]] tables")
         variants, names = [], []
         for i, entry in enumerate(runs_table):
@@ -222,7 +232,9 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
             overrides = _flatten(entry, f"runs[{i}] ({label})")
             both = sorted(set(overrides) & set(grid))
             if both:
-                raise ConfigError(f"runs[{i}] ({label}): {both[0]} is also a [grid] key; set it in one place")
+                raise ConfigError(
+                    f"runs[{i}] ({label}): {both[0]} is also a [grid] key; set it in one place"
+                )
             variants.append(overrides)
             names.append(label)
         if len(set(names)) != len(names):
@@ -233,7 +245,10 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     reserved = {RUN_DIM, "t"}
     for dim, key in zip(dims, grid, strict=True):
         if dim in reserved or dims.count(dim) > 1:
-            raise ConfigError(f"grid.{key}: its dimension name {dim!r} is taken; grid keys must give distinct names")
+            raise ConfigError(
+                f"grid.{key}: its dimension name {dim!r} is taken; "
+                "grid keys must give distinct names"
+            )
 
     runs: list[StudyRun] = []
     seen: dict[str, str] = {}
@@ -241,10 +256,13 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     for v_index, overrides in enumerate(variants):
         for point in itertools.product(*(range(len(grid[k])) for k in keys)):
             settings = {**overrides, **{k: grid[k][i] for k, i in zip(keys, point, strict=True)}}
-            where = ", ".join(
-                ([f"run {labels[v_index]}"] if labels is not None else [])
-                + [f"{k}={grid[k][i]!r}" for k, i in zip(keys, point, strict=True)]
-            ) or "the base run"
+            where = (
+                ", ".join(
+                    ([f"run {labels[v_index]}"] if labels is not None else [])
+                    + [f"{k}={grid[k][i]!r}" for k, i in zip(keys, point, strict=True)]
+                )
+                or "the base run"
+            )
             resolved = json.loads(json.dumps(base))
             for key, value in settings.items():
                 _set(resolved, key, value)
@@ -254,12 +272,19 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
                 raise ConfigError(f"{where}: {exc}") from None
             run_id = config_hash(config)
             if run_id in seen:
-                raise ConfigError(f"{where} gives the same run as {seen[run_id]}; remove one of them")
+                raise ConfigError(
+                    f"{where} gives the same run as {seen[run_id]}; remove one of them"
+                )
             seen[run_id] = where
             as_dict = config_to_dict(config)
             index = ((v_index,) if labels is not None else ()) + point
             runs.append(
-                StudyRun(run_id=run_id, config=config, index=index, values={k: _get(as_dict, k) for k in settings})
+                StudyRun(
+                    run_id=run_id,
+                    config=config,
+                    index=index,
+                    values={k: _get(as_dict, k) for k in settings},
+                )
             )
 
     resolved_grid: dict[str, tuple[Any, ...]] = {}
@@ -274,9 +299,13 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     definition = {
         "base": config_to_dict(base_config),
         "grid": {k: list(v) for k, v in grid.items()},
-        "runs": [{"name": n, **o} for n, o in zip(labels, variants, strict=True)] if labels is not None else [],
+        "runs": [{"name": n, **o} for n, o in zip(labels, variants, strict=True)]
+        if labels is not None
+        else [],
     }
-    return Study(name=name, grid=resolved_grid, labels=labels, runs=tuple(runs), definition=definition)
+    return Study(
+        name=name, grid=resolved_grid, labels=labels, runs=tuple(runs), definition=definition
+    )
 
 
 def load_study(path: str | Path) -> Study:

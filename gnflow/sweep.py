@@ -6,7 +6,7 @@
 - ``out_dir/manifest.json``: every run's id, grid values, config, state (done / failed /
   pending), status and error, and which runs each invocation computed (atomic, rewritten after
   every finished run);
-- ``out_dir/sweep.nc``: the combined summary dataset (:func:`combine_runs`).
+- ``out_dir/sweep.nc``: the combined summary dataset (:func:`gnflow.combine.combine_runs`).
 
 A run whose file exists and is valid (it opens, its ``gnflow_status`` is not failed and its
 stored config hashes to its id) is not computed again, so a sweep that was killed continues
@@ -28,7 +28,6 @@ import os
 import socket
 import sys
 import tempfile
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,20 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
 from gnflow import __version__
+from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
-from gnflow.dataset import VariableInfo, write_dataset
-from gnflow.study import RUN_DIM, Study, StudyRun
+from gnflow.dataset import write_dataset
+from gnflow.study import Study, StudyRun
 
 __all__ = [
-    "SWEEP_VARIABLES",
     "SweepError",
     "SweepResult",
-    "combine_runs",
     "dask_available",
     "execute_run",
     "run_file_status",
@@ -60,15 +57,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 DEFAULT_RETRIES = 2
-
-# Variables of the combined dataset besides the runs' own (whose attributes are copied).
-SWEEP_VARIABLES: dict[str, VariableInfo] = {
-    "run_id": VariableInfo("run identifier", "1", "hash of the resolved run config; the run's file is runs/<run_id>.nc"),
-    "status": VariableInfo("run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"),
-    "t_final": VariableInfo("last saved flow time of the run", "1"),
-    "wall_time_s": VariableInfo("wall-clock time of the integration", "s"),
-    RUN_DIM: VariableInfo("name of the explicit run ([[runs]] entry of the study)", "1"),
-}
 
 RunTask = Callable[..., dict[str, Any]]
 
@@ -230,15 +218,19 @@ class SweepResult:
 
 
 def _is_failure(outcome: Mapping[str, Any]) -> bool:
-    status = str(outcome.get("status", "missing"))
-    return status == "missing" or status.startswith(("failed", "error"))
+    return is_failure(str(outcome.get("status", "missing")))
 
 
 class _Manifest:
     """``manifest.json``: the state of every run, rewritten atomically after each change."""
 
     def __init__(
-        self, path: Path, study: Study, runs: Sequence[StudyRun], paths: Mapping[str, Path], executor: str
+        self,
+        path: Path,
+        study: Study,
+        runs: Sequence[StudyRun],
+        paths: Mapping[str, Path],
+        executor: str,
     ) -> None:
         self.path = path
         previous: dict[str, Any] = {}
@@ -248,7 +240,12 @@ class _Manifest:
             except (OSError, ValueError):
                 logger.warning("%s is unreadable; starting a new manifest", path)
         invocations = previous.get("invocations", []) if isinstance(previous, dict) else []
-        self.invocation: dict[str, Any] = {"started": _now(), "executor": executor, "executed": [], "finished": None}
+        self.invocation: dict[str, Any] = {
+            "started": _now(),
+            "executor": executor,
+            "executed": [],
+            "finished": None,
+        }
         self.data: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "gnflow_version": __version__,
@@ -304,7 +301,11 @@ def _folder_lock(out_dir: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = lock.read_text().split() if lock.is_file() else []
-            if len(holder) == 2 and holder[0] == socket.gethostname() and _pid_alive(int(holder[1])):
+            if (
+                len(holder) == 2
+                and holder[0] == socket.gethostname()
+                and _pid_alive(int(holder[1]))
+            ):
                 raise SweepError(
                     f"{out_dir} is being written by another gnflow sweep (pid {holder[1]}); "
                     "wait for it or choose another -o"
@@ -347,12 +348,20 @@ def dask_available() -> bool:
 
 class _Progress:
     def __init__(self, total: int, counts: Mapping[str, int], enabled: bool | None) -> None:
-        self.bar = tqdm(total=total, desc="sweep", unit="run", file=sys.stderr, disable=None if enabled is None else not enabled)
+        self.bar = tqdm(
+            total=total,
+            desc="sweep",
+            unit="run",
+            file=sys.stderr,
+            disable=None if enabled is None else not enabled,
+        )
         self.bar.update(total - counts["pending"])
         self.show(counts)
 
     def show(self, counts: Mapping[str, int]) -> None:
-        self.bar.set_postfix_str(f"done={counts['done']}, failed={counts['failed']}, remaining={counts['pending']}")
+        self.bar.set_postfix_str(
+            f"done={counts['done']}, failed={counts['failed']}, remaining={counts['pending']}"
+        )
 
     def advance(self, counts: Mapping[str, int]) -> None:
         self.bar.update(1)
@@ -370,7 +379,9 @@ def _run_serial(
 
 
 @contextlib.contextmanager
-def _dask_client(workers: int | None, scheduler: str | None, scheduler_file: str | None) -> Iterator[Any]:
+def _dask_client(
+    workers: int | None, scheduler: str | None, scheduler_file: str | None
+) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler is not None or scheduler_file is not None:
@@ -433,8 +444,17 @@ def _run_dask(
             try:
                 outcome = future.result()
             except Exception as exc:  # KilledWorker after repeated worker deaths, lost scheduler
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
-                outcome = {"run_id": run_id, "status": f"error: {error}", "error": error, "executed": True}
+                error = (
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(
+                        ": "
+                    )
+                )
+                outcome = {
+                    "run_id": run_id,
+                    "status": f"error: {error}",
+                    "error": error,
+                    "executed": True,
+                }
             finish(outcome)
     finally:
         client.cancel(list(futures))
@@ -508,9 +528,12 @@ def run_sweep(
     runs_dir.mkdir(parents=True, exist_ok=True)
     paths = {run.run_id: runs_dir / f"{run.run_id}.nc" for run in study.runs}
     runs = [
-        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values) for run in study.runs
+        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values)
+        for run in study.runs
     ]
-    result = SweepResult(out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc")
+    result = SweepResult(
+        out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc"
+    )
 
     with _folder_lock(out_dir):
         for stale in runs_dir.glob(".*.tmp"):
@@ -527,7 +550,9 @@ def run_sweep(
                 result.outcomes[run.run_id] = outcome
                 continue
             if path.exists():
-                logger.info("run %s will be computed again: %s is %s", run.run_id, path.name, reason)
+                logger.info(
+                    "run %s will be computed again: %s is %s", run.run_id, path.name, reason
+                )
             todo.append((run, config_to_json(run.config)))
         manifest.write()
         counts = manifest.counts()
@@ -567,138 +592,14 @@ def run_sweep(
         write_dataset(combined, result.combined_path)
     counts = manifest.counts()
     logger.info(
-        "study %s: %d done, %d failed; wrote %s", study.name, counts["done"], counts["failed"], result.combined_path
+        "study %s: %d done, %d failed; wrote %s",
+        study.name,
+        counts["done"],
+        counts["failed"],
+        result.combined_path,
     )
     return result
 
 
 def _with_output(config: RunConfig, path: Path) -> RunConfig:
     return dataclasses.replace(config, output=dataclasses.replace(config.output, path=str(path)))
-
-
-# --- the combined dataset ---------------------------------------------------------------------
-
-
-def _time_series(ds: xr.Dataset) -> list[str]:
-    return [str(name) for name, var in ds.data_vars.items() if var.dims == ("t",)]
-
-
-def _coordinate(values: Sequence[Any]) -> np.ndarray:
-    """Grid values as a NetCDF-3-typed array (CF 1.8 has no 64-bit integers): int32, float64 or text."""
-    if any(isinstance(v, str) for v in values):
-        return np.asarray([str(v) for v in values], dtype=object)
-    if all(isinstance(v, int) for v in values):
-        if all(abs(v) < 2**31 for v in values):
-            return np.asarray(values, dtype=np.int32)
-        return np.asarray([str(v) for v in values], dtype=object)
-    return np.asarray(values, dtype=np.float64)
-
-
-def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
-    """The summary dataset of a sweep: every scalar-over-``t`` variable of the runs on one grid.
-
-    Dimensions are ``run`` (explicit runs, when the study has them), one per grid key (named
-    like the key with dots as underscores, e.g. ``model_init_scale``) and ``t``. The ``t`` axis
-    is the union of the times the runs saved, except the extra state a converged run saves at
-    its stopping time (off the save grid): a run's values are NaN at times it did not save, in
-    particular after it stopped. Each variable ``X`` also comes as ``X_final``, the run's value
-    at its last saved time ``t_final``, the stopping time included. Runs without a file are NaN
-    everywhere, with their error in ``status``. Weight trajectories stay in the run files.
-    """
-    shape = study.shape
-    loaded: dict[str, xr.Dataset] = {}
-    for run in study.runs:
-        path = paths[run.run_id]
-        if path.is_file():
-            try:
-                with xr.open_dataset(path, engine="netcdf4") as ds:
-                    loaded[run.run_id] = ds[_time_series(ds)].load()
-                    loaded[run.run_id].attrs = dict(ds.attrs)
-            except Exception as exc:  # damaged file of a failed run
-                logger.warning("leaving %s out of the combined dataset: %s", path, exc)
-
-    def on_grid(ds: xr.Dataset) -> np.ndarray:
-        t = ds["t"].values
-        if ds.attrs.get("gnflow_status") == "converged" and len(t) > 1:
-            return t[:-1]
-        return t
-
-    times = np.unique(np.concatenate([on_grid(ds) for ds in loaded.values()] or [np.zeros(0)]))
-    names: list[str] = []
-    attrs: dict[str, dict[str, Any]] = {}
-    for ds in loaded.values():
-        for name in _time_series(ds):
-            if name not in names:
-                names.append(name)
-                attrs[name] = {k: v for k, v in ds[name].attrs.items() if k in ("long_name", "units", "comment")}
-    series = {name: np.full((*shape, times.size), np.nan) for name in names}
-    finals = {name: np.full(shape, np.nan) for name in names}
-    t_final = np.full(shape, np.nan)
-    wall = np.full(shape, np.nan)
-    run_ids = np.empty(shape, dtype=object)
-    status = np.empty(shape, dtype=object)
-    for run in study.runs:
-        run_ids[run.index] = run.run_id
-        outcome = outcomes.get(run.run_id, {})
-        ds = loaded.get(run.run_id)
-        if ds is None:
-            status[run.index] = str(outcome.get("status", "missing"))
-            continue
-        status[run.index] = str(ds.attrs.get("gnflow_status", "missing"))
-        if str(outcome.get("status", "")).startswith("error"):
-            status[run.index] = str(outcome["status"])
-        wall[run.index] = float(ds.attrs.get("gnflow_wall_time_s", np.nan))
-        t = on_grid(ds)
-        where = np.searchsorted(times, t)
-        t_final[run.index] = float(ds["t"].values[-1])
-        for name in _time_series(ds):
-            values = ds[name].values.astype(np.float64)
-            series[name][run.index][where] = values[: t.size]
-            finals[name][run.index] = values[-1]
-
-    dims = study.dims
-    data_vars: dict[str, Any] = {}
-    for name in names:
-        data_vars[name] = ((*dims, "t"), series[name], attrs[name])
-        final_attrs = dict(attrs[name])
-        final_attrs["long_name"] = f"{attrs[name].get('long_name', name)} at the last saved time t_final"
-        data_vars[f"{name}_final"] = (dims, finals[name], final_attrs)
-    data_vars["t_final"] = (dims, t_final)
-    data_vars["wall_time_s"] = (dims, wall)
-    data_vars["run_id"] = (dims, run_ids)
-    data_vars["status"] = (dims, status)
-    coords: dict[str, Any] = {"t": ("t", times)}
-    if study.labels is not None:
-        coords[RUN_DIM] = (RUN_DIM, np.asarray(study.labels, dtype=object))
-    for dim, key in study.keys.items():
-        array = _coordinate(study.grid[key])
-        coords[dim] = (
-            dim,
-            array,
-            {"long_name": f"value of the config key {key}", "units": "1", "gnflow_key": key},
-        )
-    combined = xr.Dataset(data_vars, coords=coords)
-    for name, info in SWEEP_VARIABLES.items():
-        if name in combined.variables:
-            combined[name].attrs.update(info.attrs())
-    n_valid = sum(1 for run in study.runs if not _is_failure({"status": status[run.index]}))
-    now = _now()
-    from gnflow.run import REFERENCES
-
-    combined.attrs = {
-        "Conventions": "CF-1.8",
-        "title": f"gnflow sweep {study.name}: {len(study.runs)} runs over {', '.join(dims) or 'one run'}",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}",
-        "history": f"{now} gnflow sweep {study.name} (combined {n_valid} of {len(study.runs)} runs)",
-        "references": REFERENCES,
-        "date_created": now,
-        "comment": "per-run trajectories with weights: runs/<run_id>.nc; values are NaN where a run saved "
-        "no state (after it stopped); X_final is X at the run's last saved time t_final",
-        "gnflow_version": __version__,
-        "gnflow_study": json.dumps(study.definition, sort_keys=True),
-        "gnflow_grid_keys": json.dumps(study.keys, sort_keys=True),
-        "gnflow_runs": len(study.runs),
-        "gnflow_failed_runs": len(study.runs) - n_valid,
-    }
-    return combined

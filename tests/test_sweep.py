@@ -7,9 +7,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,9 @@ stop_loss_ratio = 1e-3
 
 # Gauss-Newton runs stop early at different times, gradient-flow runs mostly reach t_end, and
 # the third variant raises in every run (its data file does not exist).
-STUDY = BASE + """
+STUDY = (
+    BASE
+    + """
 [grid]
 "model.init_scale" = [0.5, 2.0]
 seed = [1, 2]
@@ -63,6 +67,7 @@ name = "broken"
 "data.kind" = "file"
 "data.path" = "does-not-exist.npz"
 """
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,7 +84,9 @@ def _one_thread():
 def cluster():
     distributed = pytest.importorskip("distributed")
     with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local,
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as local,
         distributed.Client(local) as client,
     ):
         yield local, client
@@ -100,7 +107,12 @@ def test_study_expands_to_the_product_with_stable_ids(tmp_path):
     assert len(study.runs) == 12 and len({r.run_id for r in study.runs}) == 12
     gd = [r for r in study.runs if r.index[0] == 1]
     assert all(r.config.flow.kind == "gradient" and r.config.solver.method == "rk4" for r in gd)
-    assert {(r.config.model.init_scale, r.config.seed) for r in gd} == {(0.5, 1), (0.5, 2), (2.0, 1), (2.0, 2)}
+    assert {(r.config.model.init_scale, r.config.seed) for r in gd} == {
+        (0.5, 1),
+        (0.5, 2),
+        (2.0, 1),
+        (2.0, 2),
+    }
     for run in study.runs:
         assert run.run_id == config_hash(run.config)
     # the id depends on what is computed, not on the order of the grid or of the keys
@@ -118,14 +130,14 @@ def test_study_expands_to_the_product_with_stable_ids(tmp_path):
         ('[grid]\n"model.nope" = [1, 2]\n', "unknown key 'model.nope'"),
         ('[grid]\n"model.width" = [0, 5]\n', "model.width=0"),
         ('[grid]\n"output.path" = ["a.nc"]\n', "set by the sweep"),
-        ('[grid]\nseed = [1, 2]\n[[runs]]\nseed = 3\n', "also a [grid] key"),
+        ("[grid]\nseed = [1, 2]\n[[runs]]\nseed = 3\n", "also a [grid] key"),
         ('[grid]\nseed = [1]\n[[runs]]\nname = "a"\n[[runs]]\nname = "a"\n', "distinct"),
         ("[model]\nwidth = 3\n", "unknown study table 'model'"),
     ],
 )
 def test_bad_study_files_name_the_problem(text, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        study_from_dict(__import__("tomllib").loads(BASE + text), name="bad")
+        study_from_dict(tomllib.loads(BASE + text), name="bad")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -151,7 +163,9 @@ def _assert_combined_matches_run_files(combined: xr.Dataset, study, out_dir: Pat
         # a converged run's stopping time is off the save grid: it is only in the *_final values
         on_axis = t[:-1] if ds.attrs["gnflow_status"] == "converged" else t
         for name in ("train_loss", "test_loss", "gram_eigmin", "nfe", "n_steps"):
-            np.testing.assert_array_equal(cell[name].sel(t=on_axis).values, ds[name].values[: on_axis.size])
+            np.testing.assert_array_equal(
+                cell[name].sel(t=on_axis).values, ds[name].values[: on_axis.size]
+            )
             assert float(cell[f"{name}_final"]) == float(ds[name].values[-1])
             after = cell[name].sel(t=slice(on_axis[-1], None)).values[1:]
             assert np.isnan(after).all()  # padded after the run stopped
@@ -175,15 +189,23 @@ def test_dask_sweep_combined_dataset_manifest_and_serial_path(tmp_path, cluster)
             assert entry["state"] == "failed" and "does-not-exist.npz" in entry["error"]
         else:
             assert entry["state"] == "done" and entry["error"] is None
-            assert run_file_status(tmp_path / "dask" / entry["path"], run.run_id)[0] == entry["status"]
+            assert (
+                run_file_status(tmp_path / "dask" / entry["path"], run.run_id)[0] == entry["status"]
+            )
     pids = {manifest["runs"][r]["pid"] for r in result.executed}
     assert len(pids) >= 1 and os.getpid() not in pids  # computed in the worker processes
 
     combined = xr.load_dataset(tmp_path / "dask" / "sweep.nc")
     _assert_combined_matches_run_files(combined, study, tmp_path / "dask")
-    checker = shutil.which("compliance-checker") or str(Path(sys.executable).parent / "compliance-checker")
+    checker = shutil.which("compliance-checker") or str(
+        Path(sys.executable).parent / "compliance-checker"
+    )
     if Path(checker).exists():
-        report = subprocess.run([checker, "--test=cf:1.8", str(tmp_path / "dask" / "sweep.nc")], capture_output=True, text=True)
+        report = subprocess.run(
+            [checker, "--test=cf:1.8", str(tmp_path / "dask" / "sweep.nc")],
+            capture_output=True,
+            text=True,
+        )
         assert report.returncode == 0, report.stdout
 
     serial = run_sweep(study, tmp_path / "serial", executor="serial", progress=False)
@@ -199,7 +221,12 @@ def test_existing_scheduler_from_the_command_line(tmp_path, cluster):
     local, _ = cluster
     study_file = _write(tmp_path / "s.toml", BASE + "[grid]\nseed = [7]\n")
     out = tmp_path / "out"
-    assert main(["-q", "sweep", str(study_file), "-o", str(out), "--scheduler", local.scheduler_address]) == 0
+    assert (
+        main(
+            ["-q", "sweep", str(study_file), "-o", str(out), "--scheduler", local.scheduler_address]
+        )
+        == 0
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"] == {"done": 1, "failed": 0, "pending": 0}
     assert manifest["invocations"][-1]["executor"] == "dask"
@@ -227,7 +254,10 @@ def test_a_dead_worker_does_not_lose_its_run(tmp_path, cluster):
     victim = next(r.run_id for r in study.runs if r.config.seed == 2)
     assert result.outcomes[victim]["pid"] != int(marker.read_text())  # retried in another process
     for run in study.runs:
-        assert run_file_status(tmp_path / "out" / "runs" / f"{run.run_id}.nc", run.run_id)[0] is not None
+        assert (
+            run_file_status(tmp_path / "out" / "runs" / f"{run.run_id}.nc", run.run_id)[0]
+            is not None
+        )
 
 
 # --- restarts and fallbacks (no dask needed) ---------------------------------------------------
@@ -239,8 +269,22 @@ def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gnflow", "-q", "sweep", str(study_file), "-o", str(out), "--workers", "0"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "gnflow",
+            "-q",
+            "sweep",
+            str(study_file),
+            "-o",
+            str(out),
+            "--workers",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 120
@@ -291,7 +335,7 @@ def test_without_dask_the_sweep_runs_serially_and_says_so(tmp_path, monkeypatch,
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
     study = load_study(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1]\n"))
     (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".sweep.lock").write_text(f"{__import__('socket').gethostname()} {os.getpid()}")
+    (tmp_path / "out" / ".sweep.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
     with pytest.raises(SweepError, match="another gnflow sweep"):
         run_sweep(study, tmp_path / "out", executor="serial", progress=False)
 
@@ -300,7 +344,12 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_local_cluster_gives_each_worker_a_gpu(tmp_path):
     pytest.importorskip("distributed")
-    study = load_study(_write(tmp_path / "s.toml", BASE.replace('device = "cpu"', 'device = "auto"') + "[grid]\nseed = [1, 2]\n"))
+    study = load_study(
+        _write(
+            tmp_path / "s.toml",
+            BASE.replace('device = "cpu"', 'device = "auto"') + "[grid]\nseed = [1, 2]\n",
+        )
+    )
     result = run_sweep(study, tmp_path / "out", executor="dask", progress=False)
     assert result.failed == []
     for run_id in result.executed:
@@ -310,11 +359,18 @@ def test_local_cluster_gives_each_worker_a_gpu(tmp_path):
 def test_base_file_and_command_line_errors(tmp_path, capsys):
     _write(tmp_path / "base.toml", 'seed = 4\n[model]\nwidth = 9\nactivation = "tanh"\n')
     study = load_study(
-        _write(tmp_path / "s.toml", '[study]\nname = "tiny"\nbase_file = "base.toml"\n[base.model]\nwidth = 11\n')
+        _write(
+            tmp_path / "s.toml",
+            '[study]\nname = "tiny"\nbase_file = "base.toml"\n[base.model]\nwidth = 11\n',
+        )
     )
     assert study.name == "tiny" and study.dims == () and len(study.runs) == 1
     config = study.runs[0].config
-    assert (config.seed, config.model.width, config.model.activation) == (4, 11, "tanh")  # [base] wins
+    assert (config.seed, config.model.width, config.model.activation) == (
+        4,
+        11,
+        "tanh",
+    )  # [base] wins
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
     assert "study file" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "s.toml"), "--workers", "-1"]) == 2
