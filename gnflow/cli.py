@@ -90,9 +90,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except tomllib.TOMLDecodeError as exc:
             raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
     config = config_from_dict(apply_overrides(values, args.set or []))
-    out = _output_path(args.output, config.output.path, args.overwrite)
+    # A resumed run writes where the interrupted one was writing, beside its checkpoint.
+    out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
     progress = False if args.quiet else None
-    ds, written = run(config, path=out, progress=progress)
+    ds, written = run(config, path=out, progress=progress, resume=args.resume)
     _print_summary(ds, written, quiet=args.quiet)
     return EXIT_ERROR if str(ds.attrs["gnflow_status"]).startswith("failed") else 0
 
@@ -201,6 +202,40 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from gnflow.study import load_study
+    from gnflow.sweep import SweepError, run_sweep
+
+    study = load_study(args.study)
+    out_dir = Path(args.output) if args.output is not None else Path("data") / "sweeps" / study.name
+    if args.workers is not None and args.workers < 0:
+        raise CommandError(f"--workers {args.workers}: expected 0 (serial, in this process) or more", EXIT_USAGE)
+    executor = "serial" if args.workers == 0 else "auto"
+    try:
+        result = run_sweep(
+            study,
+            out_dir,
+            executor=executor,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file,
+            retries=args.retries,
+            progress=False if args.quiet else None,
+        )
+    except SweepError as exc:
+        raise CommandError(str(exc)) from None
+    failed = result.failed
+    if not args.quiet or failed:
+        print(
+            f"{len(study.runs)} runs: {len(result.executed)} computed, "
+            f"{len(study.runs) - len(result.executed)} found done, {len(failed)} failed"
+        )
+        for run_id in failed:
+            print(f"  {run_id}: {result.outcomes[run_id]['status']}")
+        print(f"wrote {result.combined_path} (manifest: {result.manifest_path})")
+    return EXIT_ERROR if failed else 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from gnflow.studies import STUDIES, StudyError, claims_table, run_study
 
@@ -265,12 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow run                                   # the embedded default run\n"
             "  gnflow run config.toml -o data/runs/gn.nc\n"
             "  gnflow run config.toml --set model.init_scale=0.1 --set flow.kind=gradient\n"
+            "  gnflow run long.toml --set output.checkpoint_every_s=600   # checkpoint every 10 min\n"
+            "  gnflow run long.toml --set output.checkpoint_every_s=600 --resume  # after a crash\n"
         ),
     )
     run.add_argument("config", nargs="?", help="TOML run config (default: the embedded default run)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. solver.rtol=1e-8")
     run.add_argument("-o", "--output", metavar="OUT.nc", help="output file (default: output.path of the config)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint beside the output file (NAME.checkpoint.pt) when there is one; "
+        "the output file is replaced",
+    )
     run.set_defaults(handler=_cmd_run)
 
     info = sub.add_parser(
@@ -311,6 +354,42 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--overwrite", action="store_true", help="replace an existing figure file")
     plot.add_argument("--dpi", type=float, default=120, help="resolution of raster figures (default: 120)")
     plot.set_defaults(handler=_cmd_plot)
+
+    sweep = sub.add_parser(
+        "sweep",
+        parents=[common],
+        help="run a grid of configs (a study file) on dask.distributed or serially",
+        description=(
+            "Expand a study file (a [base] run config, a [grid] of values and optional [[runs]]) to "
+            "runs, compute the runs without a valid file in DIR/runs/, and write DIR/sweep.nc (losses "
+            "over t with the grid keys as dimensions) and DIR/manifest.json. Starting it again after a "
+            "crash computes only the missing runs."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow sweep study.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
+            "  gnflow sweep study.toml --workers 4\n"
+            "  gnflow sweep study.toml --workers 0                  # serially, in this process\n"
+            "  gnflow sweep study.toml --scheduler tcp://10.0.0.5:8786\n"
+            "  gnflow sweep study.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
+        ),
+    )
+    sweep.add_argument("study", help="TOML study file")
+    sweep.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/sweeps/<study name>)")
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="K",
+        help="worker processes of a local dask cluster (default: one per GPU, else per core); 0 = serial",
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler")
+    where.add_argument("--scheduler-file", metavar="FILE", help="scheduler file of a running dask cluster")
+    sweep.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="dask retries of a task that failed outside the run (default 2)"
+    )
+    sweep.set_defaults(handler=_cmd_sweep)
 
     study = sub.add_parser(
         "study",

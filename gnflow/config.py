@@ -9,6 +9,7 @@ messages and in the generated documentation are the ones the code checks.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import tomllib
@@ -30,6 +31,7 @@ __all__ = [
     "SolverConfig",
     "apply_overrides",
     "config_from_dict",
+    "config_hash",
     "config_to_dict",
     "load_config",
 ]
@@ -358,15 +360,33 @@ class OutputConfig:
         NetCDF file written by ``gnflow run``.
     save_test:
         Store the test inputs and labels in the file (set false for very large test sets).
+    checkpoint_every_s:
+        Write the solver position to a checkpoint file beside ``path`` (``NAME.checkpoint.pt``)
+        at most every this many seconds of wall-clock time (0 = never); ``gnflow run --resume``
+        continues from it.
+    checkpoint_every_steps:
+        Also write it every this many accepted solver steps (0 = never).
     """
 
     path: str = "data/runs/run.nc"
     save_test: bool = True
+    checkpoint_every_s: float = 0.0
+    checkpoint_every_steps: int = 0
 
     def __post_init__(self) -> None:
         _require(self.path != "", "output.path", "must not be empty")
         _require(
             self.path.endswith(".nc"), "output.path", f"must name a NetCDF file ending in .nc, got {self.path!r}"
+        )
+        _require(
+            math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
+            "output.checkpoint_every_s",
+            f"must be a finite number of seconds >= 0 (0 = never), got {self.checkpoint_every_s}",
+        )
+        _require(
+            self.checkpoint_every_steps >= 0,
+            "output.checkpoint_every_steps",
+            f"must be an integer >= 0 (0 = never), got {self.checkpoint_every_steps}",
         )
 
 
@@ -547,6 +567,24 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 def config_to_json(config: RunConfig) -> str:
     """The resolved config as a JSON string (stored in the ``gnflow_config`` attribute)."""
     return json.dumps(config_to_dict(config), sort_keys=True)
+
+
+# Keys that say where and how often files are written, not what is computed.
+LOCATION_KEYS: tuple[str, ...] = ("output.path", "output.checkpoint_every_s", "output.checkpoint_every_steps")
+
+
+def config_hash(config: RunConfig, length: int = 16) -> str:
+    """A stable identifier of what ``config`` computes: the first ``length`` hex digits of the
+    SHA-256 of :func:`config_to_json` with the :data:`LOCATION_KEYS` left out.
+
+    Two configs with the same hash give the same trajectory wherever their files go.
+    """
+    values = config_to_dict(config)
+    for key in LOCATION_KEYS:
+        section, name = key.split(".")
+        values.get(section, {}).pop(name, None)
+    text = json.dumps(values, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def config_from_json(text: str) -> RunConfig:

@@ -21,6 +21,7 @@ import torchdiffeq
 import xarray as xr
 
 from gnflow import __version__
+from gnflow.checkpoint import Checkpointer, checkpoint_path, load_checkpoint
 from gnflow.config import ConfigError, FlowConfig, RunConfig, config_to_json
 from gnflow.damping import make_damping
 from gnflow.data import RegressionData, make_data
@@ -28,7 +29,7 @@ from gnflow.dataset import apply_variable_attrs, write_dataset
 from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
 from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import ParticleModel
-from gnflow.solve import Solution, integrate
+from gnflow.solve import CheckpointHook, Solution, integrate
 
 __all__ = ["Experiment", "build_experiment", "make_flow", "resolve_device", "run", "simulate", "trajectory_dataset"]
 
@@ -118,8 +119,17 @@ def build_experiment(config: RunConfig) -> Experiment:
     return Experiment(config=config, data=data, model=model, flow=flow, weights0=weights0, device=device, dtype=dtype)
 
 
-def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
-    """Run ``config`` and return its trajectory dataset (nothing is written)."""
+def simulate(
+    config: RunConfig,
+    *,
+    progress: bool | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: dict[str, object] | None = None,
+) -> xr.Dataset:
+    """Run ``config`` and return its trajectory dataset (no dataset is written).
+
+    ``checkpoint`` and ``resume`` are passed to :func:`gnflow.solve.integrate`.
+    """
     experiment = build_experiment(config)
     logger.info(
         "%s flow, N=%d, M=%d, d=%d, %s on %s (%s)",
@@ -136,9 +146,19 @@ def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
         batch_seed = np.random.SeedSequence(config.seed).spawn(3)[2]
         schedule = ggn_schedule(config.flow, experiment.data.n_train, batch_seed)
         euler = dataclasses.replace(config.solver, method="euler")
-        solution = integrate(experiment.flow, experiment.weights0, euler, progress=progress, schedule=schedule)
+        solution = integrate(
+            experiment.flow,
+            experiment.weights0,
+            euler,
+            progress=progress,
+            schedule=schedule,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
     else:
-        solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=progress)
+        solution = integrate(
+            experiment.flow, experiment.weights0, config.solver, progress=progress, checkpoint=checkpoint, resume=resume
+        )
     logger.info(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
         solution.status,
@@ -151,14 +171,44 @@ def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
     return trajectory_dataset(experiment, solution)
 
 
-def run(config: RunConfig, *, path: str | Path | None = None, progress: bool | None = None) -> tuple[xr.Dataset, Path]:
+def run(
+    config: RunConfig,
+    *,
+    path: str | Path | None = None,
+    progress: bool | None = None,
+    resume: bool = False,
+) -> tuple[xr.Dataset, Path]:
     """Run ``config`` and write its dataset to ``path`` (default ``config.output.path``).
+
+    With ``output.checkpoint_every_s`` or ``output.checkpoint_every_steps`` set, the solver
+    position is written to ``NAME.checkpoint.pt`` beside the output every so often; with
+    ``resume=True`` an existing checkpoint of the same config is continued (the result equals
+    the uninterrupted run). The checkpoint is deleted once a completed or converged run is
+    written; a failed run keeps it.
 
     Returns the dataset and the path written. A failed integration is still written, with
     ``gnflow_status = "failed: <reason>"``.
+
+    Raises
+    ------
+    gnflow.checkpoint.CheckpointError
+        ``resume=True`` and the checkpoint belongs to another config or cannot be read.
     """
-    ds = simulate(config, progress=progress)
-    target = write_dataset(ds, path if path is not None else config.output.path)
+    target = Path(path if path is not None else config.output.path)
+    ckpt_file = checkpoint_path(target)
+    position = None
+    if resume and ckpt_file.is_file():
+        position = load_checkpoint(ckpt_file, config)
+        logger.info("resuming from %s at t=%.6g", ckpt_file, position["recorder"]["t"][-1])
+    elif resume:
+        logger.info("no checkpoint %s; starting at t=0", ckpt_file)
+    elif ckpt_file.is_file():
+        logger.info("not resuming from the existing checkpoint %s (pass resume to continue it)", ckpt_file)
+    hook = Checkpointer.for_output(target, config)
+    ds = simulate(config, progress=progress, checkpoint=hook, resume=position)
+    write_dataset(ds, target)
+    if not str(ds.attrs["gnflow_status"]).startswith("failed"):
+        ckpt_file.unlink(missing_ok=True)
     return ds, target
 
 

@@ -17,6 +17,10 @@ the vector field restricted to a mini-batch of the training samples (:meth:`Flow
 Discrete Gram--Gauss--Newton is this driver with the Euler method, h_k = b_k / lam and constant
 damping alpha / lam (see :mod:`gnflow.ggn`); a uniform fixed-step run is the schedule with
 h_k = h on all samples.
+Long runs can hand their solver position to a :class:`CheckpointHook` every so often and later
+continue from it (``resume=``): the position holds the solver's complete state (for adaptive
+methods the Runge--Kutta state: y, f, t0, t1, dt and the interpolation coefficients), the saved
+states and the counters, so a resumed run takes exactly the steps the uninterrupted run takes.
 """
 
 from __future__ import annotations
@@ -24,20 +28,23 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torchdiffeq._impl.interp import _interp_evaluate
 from torchdiffeq._impl.misc import _check_inputs, _PerturbFunc
 from torchdiffeq._impl.odeint import SOLVERS
+from torchdiffeq._impl.rk_common import _RungeKuttaState
 from tqdm.auto import tqdm
 
 from gnflow.config import SolverConfig
 from gnflow.damping import GramSolveError
 from gnflow.flows import Flow, FlowError
 
-__all__ = ["Solution", "StepSchedule", "integrate", "save_times"]
+__all__ = ["CheckpointHook", "Solution", "StepSchedule", "integrate", "save_times"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +108,24 @@ class Solution:
         return self.status.startswith("failed")
 
 
+class CheckpointHook(Protocol):
+    """Receives the solver position after accepted steps, to write it somewhere durable.
+
+    ``integrate`` asks ``due(n_accepted)`` after every accepted step that does not end the run
+    and, when it answers True, calls ``write(position)``. The position is a dictionary of
+    tensors, numbers and strings; passing it back as ``integrate(..., resume=position)``
+    continues the run exactly where it was.
+    """
+
+    def due(self, n_accepted: int) -> bool:
+        """Whether to write the position now, after ``n_accepted`` accepted steps."""
+        ...
+
+    def write(self, position: dict[str, Any]) -> None:
+        """Store ``position`` (it must not be modified afterwards by the caller)."""
+        ...
+
+
 class _Recorder:
     """Collects saved states and counters during the integration."""
 
@@ -124,6 +149,28 @@ class _Recorder:
         self.nfe.append(self.flow.nfe)
         self.accepted.append(self.n_accepted)
         self.rejected.append(self.n_rejected)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "t": list(self.t),
+            "weights": torch.stack(self.weights).cpu(),
+            "nfe": list(self.nfe),
+            "accepted": list(self.accepted),
+            "rejected": list(self.rejected),
+            "n_accepted": self.n_accepted,
+            "n_rejected": self.n_rejected,
+            "epoch": list(self.epoch),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device) -> None:
+        self.t = [float(t) for t in state["t"]]
+        self.weights = list(state["weights"].to(device))
+        self.nfe = [int(n) for n in state["nfe"]]
+        self.accepted = [int(n) for n in state["accepted"]]
+        self.rejected = [int(n) for n in state["rejected"]]
+        self.n_accepted = int(state["n_accepted"])
+        self.n_rejected = int(state["n_rejected"])
+        self.epoch = [float(e) for e in state["epoch"]]
 
     def solution(self, status: str, wall_time: float, method: str) -> Solution:
         return Solution(
@@ -184,6 +231,8 @@ def integrate(
     times: np.ndarray | None = None,
     progress: bool | None = None,
     schedule: StepSchedule | None = None,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> Solution:
     """Integrate ``flow`` from ``weights0`` at t = 0 to ``config.t_end``.
 
@@ -204,6 +253,12 @@ def integrate(
         ``times`` and ``config.step_size`` and ``config.t_end``. Early stopping then looks at the
         train loss on all samples at saved steps only (and after every step when the schedule has
         no mini-batches).
+    checkpoint:
+        Receives the solver position every so often (see :class:`CheckpointHook`).
+    resume:
+        A position written through ``checkpoint`` by an earlier call with the same flow,
+        initial state, config and times: the integration continues from there and returns the
+        whole trajectory, as if it had never stopped.
 
     Returns
     -------
@@ -223,16 +278,23 @@ def integrate(
     bar = _Progress(float(times[-1]), flow.name, progress)
     start = time.perf_counter()
     status = "completed"
+    if resume is not None:
+        _check_resume(resume, config, times)
+        recorder.load_state_dict(resume["recorder"], weights0.device)
+        start -= float(resume["wall_time_s"])
+    stamped = _StampedHook(checkpoint, config.method, times) if checkpoint is not None else None
+    resumable = {"checkpoint": stamped, "resume": resume, "start": start}
     try:
         loss0 = flow.train_loss(weights0)
         threshold = config.stop_loss_ratio * loss0
-        recorder.save(0.0, weights0, 0.0 if schedule is not None and schedule.n_samples else math.nan)
+        if resume is None:
+            recorder.save(0.0, weights0, 0.0 if schedule is not None and schedule.n_samples else math.nan)
         if config.adaptive:
-            status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
+            status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold, **resumable)
         else:
             if schedule is None:
                 schedule = StepSchedule.uniform(config.step_size, times)
-            status = _integrate_fixed(flow, weights0, config, schedule, recorder, bar, loss0, threshold)
+            status = _integrate_fixed(flow, weights0, config, schedule, recorder, bar, loss0, threshold, **resumable)
     except (FlowError, GramSolveError, AssertionError, RuntimeError, KeyboardInterrupt) as exc:
         status = f"failed: {_failure_reason(exc)}"
         logger.warning("integration stopped at t=%.6g: %s", recorder.t[-1] if recorder.t else 0.0, status)
@@ -253,6 +315,9 @@ def _integrate_adaptive(
     bar: _Progress,
     loss0: float,
     threshold: float,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+    start: float = 0.0,
 ) -> str:
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
@@ -265,6 +330,12 @@ def _integrate_adaptive(
     solver._before_integrate(t_tensor)
     next_index = 1
     n_steps = 0
+    if resume is not None:
+        solver.rk_state = _RungeKuttaState(
+            **{k: _to_device(v, weights0.device) for k, v in resume["rk_state"].items()}
+        )
+        next_index, n_steps, flow.nfe = int(resume["next_index"]), int(resume["n_steps"]), int(resume["nfe"])
+        bar.update(float(solver.rk_state.t1), float("nan"), flow.nfe)
     while next_index < len(times):
         if n_steps >= config.max_steps:
             return f"failed: more than solver.max_steps = {config.max_steps} steps"
@@ -288,6 +359,11 @@ def _integrate_adaptive(
         if config.stop_loss_ratio > 0 and loss <= threshold:
             recorder.save(t1, new_state.y1)
             return "converged"
+        if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
+            rk_state = {k: _to_device(v, torch.device("cpu")) for k, v in new_state._asdict().items()}
+            checkpoint.write(
+                _position(recorder, flow, start, rk_state=rk_state, next_index=next_index, n_steps=n_steps)
+            )
     return "completed"
 
 
@@ -300,6 +376,9 @@ def _integrate_fixed(
     bar: _Progress,
     loss0: float,
     threshold: float,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+    start: float = 0.0,
 ) -> str:
     t_grid = schedule.times()
     epochs = schedule.epochs()
@@ -312,7 +391,11 @@ def _integrate_fixed(
     batches = None
     if schedule.batches is not None:
         batches = [torch.as_tensor(b, dtype=torch.long, device=weights0.device) for b in schedule.batches]
-    for k in range(schedule.n_steps):
+    first = 0
+    if resume is not None:
+        first, y, flow.nfe = int(resume["n_steps"]), resume["y"].to(weights0.device), int(resume["nfe"])
+        bar.update(float(t_grid[first]), float("nan"), flow.nfe)
+    for k in range(first, schedule.n_steps):
         if k >= config.max_steps:
             return f"failed: more than solver.max_steps = {config.max_steps} steps"
         t0 = torch.as_tensor(t_grid[k], dtype=weights0.dtype, device=weights0.device)
@@ -337,6 +420,8 @@ def _integrate_fixed(
         if config.stop_loss_ratio > 0 and loss <= threshold:
             recorder.save(t1, y, epochs[k + 1])
             return "converged"
+        if checkpoint is not None and k + 1 < schedule.n_steps and checkpoint.due(recorder.n_accepted):
+            checkpoint.write(_position(recorder, flow, start, y=y.cpu(), n_steps=k + 1))
     return "completed"
 
 
@@ -412,3 +497,44 @@ class StepSchedule:
             return np.arange(self.n_steps + 1, dtype=np.float64)
         used = np.cumsum([len(b) for b in self.batches])
         return np.concatenate([[0.0], used / self.n_samples])
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return [v.to(device) for v in value]
+    return value
+
+
+class _StampedHook:
+    """Adds to every position what it is valid for (method, saved times) before writing it."""
+
+    def __init__(self, hook: CheckpointHook, method: str, times: np.ndarray) -> None:
+        self.hook = hook
+        self.stamp = {"method": method, "times": torch.as_tensor(times, dtype=torch.float64)}
+
+    def due(self, n_accepted: int) -> bool:
+        return self.hook.due(n_accepted)
+
+    def write(self, position: dict[str, Any]) -> None:
+        self.hook.write({**self.stamp, **position})
+
+
+def _position(recorder: _Recorder, flow: Flow, start: float, **solver_state: Any) -> dict[str, Any]:
+    """Everything needed to continue the integration after the last accepted step."""
+    return {
+        "recorder": recorder.state_dict(),
+        "nfe": flow.nfe,
+        "wall_time_s": time.perf_counter() - start,
+        **solver_state,
+    }
+
+
+def _check_resume(resume: Mapping[str, Any], config: SolverConfig, times: np.ndarray) -> None:
+    if resume.get("method") != config.method:
+        raise ValueError(f"cannot resume: the position was written by {resume.get('method')!r}, not {config.method!r}")
+    saved = resume["times"].numpy()
+    if saved.shape != times.shape or not np.array_equal(saved, times):
+        raise ValueError("cannot resume: the position was written for different saved times")
+    key = "rk_state" if config.adaptive else "y"
+    if key not in resume:
+        raise ValueError(f"cannot resume: the position holds no {key!r} for method {config.method!r}")

@@ -1,0 +1,605 @@
+"""Running a study: every run to its own NetCDF file, on dask.distributed or serially, resumably.
+
+``run_sweep(study, out_dir)`` writes
+
+- ``out_dir/runs/<run_id>.nc``: the trajectory dataset of each run (``gnflow.run.run``, atomic);
+- ``out_dir/manifest.json``: every run's id, grid values, config, state (done / failed /
+  pending), status and error, and which runs each invocation computed (atomic, rewritten after
+  every finished run);
+- ``out_dir/sweep.nc``: the combined summary dataset (:func:`gnflow.combine.combine_runs`).
+
+A run whose file exists and is valid (it opens, its ``gnflow_status`` is not failed and its
+stored config hashes to its id) is not computed again, so a sweep that was killed continues
+with the missing runs when started again; a truncated or corrupt file is computed again. A run
+that raises is recorded in the manifest and the others go on. On dask, a run whose worker dies
+is given to another worker (the scheduler's ``allowed-failures``, plus ``retries`` for errors
+outside the run itself). Without dask installed the runs execute one after the other in this
+process and give the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+from tqdm.auto import tqdm
+
+from gnflow import __version__
+from gnflow.combine import combine_runs, is_failure
+from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
+from gnflow.dataset import write_dataset
+from gnflow.study import Study, StudyRun
+
+__all__ = [
+    "SweepError",
+    "SweepResult",
+    "dask_available",
+    "execute_run",
+    "run_file_status",
+    "run_sweep",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+DEFAULT_RETRIES = 2
+
+RunTask = Callable[..., dict[str, Any]]
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start (output folder in use, no cluster, dask missing when required)."""
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+def run_file_status(path: str | Path, run_id: str) -> tuple[str | None, str]:
+    """Whether ``path`` holds a finished run of ``run_id``.
+
+    Returns
+    -------
+    (status, reason)
+        ``status`` is the file's ``gnflow_status`` when the file is valid (it opens, all its
+        data read back, its status is not failed and its config hashes to ``run_id``), else
+        None; ``reason`` says why not.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None, "no file"
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds.load()  # reads every chunk: a damaged file fails here
+            attrs = dict(ds.attrs)
+            has_losses = "train_loss" in ds and "t" in ds.coords
+    except Exception as exc:  # netCDF4/HDF5 raise many types for damaged files
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    status = attrs.get("gnflow_status")
+    if not isinstance(status, str) or not has_losses:
+        return None, "not a gnflow trajectory file"
+    if status.startswith("failed"):
+        return None, status
+    try:
+        stored = config_hash(config_from_json(str(attrs.get("gnflow_config"))))
+    except (ValueError, TypeError) as exc:
+        return None, f"unreadable config ({exc})"
+    if stored != run_id:
+        return None, f"written by another config (hash {stored})"
+    return status, "valid"
+
+
+def _place_on_worker() -> int | None:
+    """Inside a dask worker: one intra-op thread and, with a GPU resource, its CUDA device."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    import torch
+
+    torch.set_num_threads(1)
+    resources = getattr(getattr(worker, "state", None), "total_resources", {}) or {}
+    if resources.get("GPU") and torch.cuda.is_available():
+        name = worker.name
+        index = name % torch.cuda.device_count() if isinstance(name, int) else 0
+        torch.cuda.set_device(index)
+        return index
+    return None
+
+
+def execute_run(config_json: str, path: str) -> dict[str, Any]:
+    """Compute one run into ``path`` unless a valid file is there (the task of every executor).
+
+    A checkpoint left beside ``path`` by an earlier attempt is resumed. Exceptions raised by the
+    run are returned as ``error`` (not raised), so that they are recorded once and not retried.
+
+    Returns
+    -------
+    dict
+        ``run_id``, ``status`` (``gnflow_status`` or ``"error: ..."``), ``executed`` (False when
+        a valid file existed), ``error``, ``wall_time_s``, ``pid``, ``host``, ``device``.
+    """
+    from gnflow.checkpoint import checkpoint_path
+    from gnflow.run import run
+
+    config = config_from_json(config_json)
+    run_id = config_hash(config)
+    outcome: dict[str, Any] = {
+        "run_id": run_id,
+        "executed": False,
+        "error": None,
+        "wall_time_s": 0.0,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    status, _ = run_file_status(path, run_id)
+    if status is not None:
+        return {**outcome, "status": status}
+    gpu = _place_on_worker()
+    outcome["device"] = f"cuda:{gpu}" if gpu is not None else None
+    outcome["executed"] = True
+    try:
+        ds, _ = run(config, path=path, progress=False, resume=checkpoint_path(path).is_file())
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        error = f"{type(exc).__name__}: {message}".rstrip(": ")
+        logger.debug("run %s raised:\n%s", run_id, traceback.format_exc())
+        return {**outcome, "status": f"error: {error}", "error": error}
+    status = str(ds.attrs["gnflow_status"])
+    if status == "failed: interrupted by the user":
+        raise KeyboardInterrupt  # Ctrl-C stops the sweep, not just this run (its checkpoint stays)
+    return {
+        **outcome,
+        "status": status,
+        "error": status if status.startswith("failed") else None,
+        "wall_time_s": float(ds.attrs["gnflow_wall_time_s"]),
+        "device": str(ds.attrs.get("gnflow_device")),
+    }
+
+
+# --- bookkeeping ------------------------------------------------------------------------------
+
+
+def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did.
+
+    Attributes
+    ----------
+    out_dir, manifest_path, combined_path:
+        The output folder, its ``manifest.json`` and ``sweep.nc``.
+    outcomes:
+        Run id -> the outcome dictionary of :func:`execute_run` (or the error of a dead worker).
+    executed:
+        Ids of the runs computed by this invocation (the others had valid files).
+    """
+
+    out_dir: Path
+    manifest_path: Path
+    combined_path: Path
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        """Ids of the runs without a valid file."""
+        return [rid for rid, o in self.outcomes.items() if _is_failure(o)]
+
+
+def _is_failure(outcome: Mapping[str, Any]) -> bool:
+    return is_failure(str(outcome.get("status", "missing")))
+
+
+class _Manifest:
+    """``manifest.json``: the state of every run, rewritten atomically after each change."""
+
+    def __init__(
+        self,
+        path: Path,
+        study: Study,
+        runs: Sequence[StudyRun],
+        paths: Mapping[str, Path],
+        executor: str,
+    ) -> None:
+        self.path = path
+        previous: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                previous = json.loads(path.read_text())
+            except (OSError, ValueError):
+                logger.warning("%s is unreadable; starting a new manifest", path)
+        invocations = previous.get("invocations", []) if isinstance(previous, dict) else []
+        self.invocation: dict[str, Any] = {
+            "started": _now(),
+            "executor": executor,
+            "executed": [],
+            "finished": None,
+        }
+        self.data: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "gnflow_version": __version__,
+            "study": study.name,
+            "dims": list(study.dims),
+            "grid_keys": study.keys,
+            "invocations": [*invocations, self.invocation],
+            "runs": {},
+        }
+        for run in runs:
+            self.data["runs"][run.run_id] = {
+                "state": "pending",
+                "status": "missing",
+                "error": None,
+                "path": str(paths[run.run_id].relative_to(path.parent)),
+                "grid": dict(run.values),
+                "index": list(run.index),
+                "label": study.labels[run.index[0]] if study.labels is not None else None,
+                "config": config_to_dict(run.config),
+            }
+
+    def record(self, outcome: Mapping[str, Any]) -> None:
+        entry = self.data["runs"][outcome["run_id"]]
+        entry["status"] = outcome["status"]
+        entry["error"] = outcome.get("error")
+        entry["state"] = "failed" if _is_failure(outcome) else "done"
+        for key in ("wall_time_s", "host", "pid", "device"):
+            if outcome.get(key) is not None:
+                entry[key] = outcome[key]
+        if outcome.get("executed"):
+            self.invocation["executed"].append(outcome["run_id"])
+        self.write()
+
+    def counts(self) -> dict[str, int]:
+        states = [entry["state"] for entry in self.data["runs"].values()]
+        return {name: states.count(name) for name in ("done", "failed", "pending")}
+
+    def write(self, *, finished: bool = False) -> None:
+        if finished:
+            self.invocation["finished"] = _now()
+        self.data["summary"] = self.counts()
+        self.data["updated"] = _now()
+        _write_json_atomic(self.data, self.path)
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path) -> Iterator[None]:
+    """Refuse a second sweep writing into the same folder at the same time."""
+    lock = out_dir / ".sweep.lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = lock.read_text().split() if lock.is_file() else []
+            if (
+                len(holder) == 2
+                and holder[0] == socket.gethostname()
+                and _pid_alive(int(holder[1]))
+            ):
+                raise SweepError(
+                    f"{out_dir} is being written by another gnflow sweep (pid {holder[1]}); "
+                    "wait for it or choose another -o"
+                ) from None
+            logger.info("removing the stale lock %s (%s)", lock, " ".join(holder) or "empty")
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    else:  # pragma: no cover - another process took the lock between unlink and open
+        raise SweepError(f"could not lock {out_dir}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- executors --------------------------------------------------------------------------------
+
+
+def dask_available() -> bool:
+    """Whether dask.distributed can be imported."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Progress:
+    def __init__(self, total: int, counts: Mapping[str, int], enabled: bool | None) -> None:
+        self.bar = tqdm(
+            total=total,
+            desc="sweep",
+            unit="run",
+            file=sys.stderr,
+            disable=None if enabled is None else not enabled,
+        )
+        self.bar.update(total - counts["pending"])
+        self.show(counts)
+
+    def show(self, counts: Mapping[str, int]) -> None:
+        self.bar.set_postfix_str(
+            f"done={counts['done']}, failed={counts['failed']}, remaining={counts['pending']}"
+        )
+
+    def advance(self, counts: Mapping[str, int]) -> None:
+        self.bar.update(1)
+        self.show(counts)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_serial(
+    todo: list[tuple[StudyRun, str]], task: RunTask, finish: Callable[[dict[str, Any]], None]
+) -> None:
+    for run, config_json in todo:
+        finish(task(config_json, str(run.config.output.path)))
+
+
+@contextlib.contextmanager
+def _dask_client(
+    workers: int | None, scheduler: str | None, scheduler_file: str | None
+) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None or scheduler_file is not None:
+        try:
+            client = Client(address=scheduler, scheduler_file=scheduler_file, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            target = scheduler or f"scheduler file {scheduler_file}"
+            raise SweepError(f"cannot connect to the dask scheduler at {target}: {exc}") from None
+        with client:
+            yield client
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n_workers = workers if workers is not None else (n_gpus or os.cpu_count() or 1)
+    resources = {"GPU": 1} if n_gpus else None
+    logger.info(
+        "starting a local dask cluster: %d worker processes, 1 thread each%s",
+        n_workers,
+        f", one CUDA device each ({n_gpus} present)" if n_gpus else "",
+    )
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        resources=resources,
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _run_dask(
+    client: Any,
+    todo: list[tuple[StudyRun, str]],
+    task: RunTask,
+    finish: Callable[[dict[str, Any]], None],
+    retries: int,
+) -> None:
+    from distributed import as_completed
+
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    uses_gpus = any(w.get("resources", {}).get("GPU") for w in workers.values())
+    token = uuid.uuid4().hex[:8]
+    futures = {}
+    for run, config_json in todo:
+        future = client.submit(
+            task,
+            config_json,
+            str(run.config.output.path),
+            key=f"gnflow-run-{run.run_id}-{token}",
+            pure=False,
+            retries=retries,
+            resources={"GPU": 1} if uses_gpus else None,
+        )
+        futures[future] = run.run_id
+    try:
+        for future in as_completed(futures):
+            run_id = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # KilledWorker after repeated worker deaths, lost scheduler
+                error = (
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(
+                        ": "
+                    )
+                )
+                outcome = {
+                    "run_id": run_id,
+                    "status": f"error: {error}",
+                    "error": error,
+                    "executed": True,
+                }
+            finish(outcome)
+    finally:
+        client.cancel(list(futures))
+
+
+# --- the sweep --------------------------------------------------------------------------------
+
+
+def run_sweep(
+    study: Study,
+    out_dir: str | Path,
+    *,
+    executor: str = "auto",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    client: Any = None,
+    retries: int = DEFAULT_RETRIES,
+    progress: bool | None = None,
+    task: RunTask = execute_run,
+) -> SweepResult:
+    """Compute the runs of ``study`` that have no valid file in ``out_dir`` and combine them.
+
+    Parameters
+    ----------
+    study:
+        The expanded study (:func:`gnflow.study.load_study`).
+    out_dir:
+        Output folder; runs go to ``out_dir/runs/<run_id>.nc``.
+    executor:
+        ``"dask"``, ``"serial"`` (in this process, one run after the other) or ``"auto"`` (dask
+        when it is installed, otherwise serial, with a log line saying so).
+    workers:
+        Worker processes of the local dask cluster (default: one per CUDA device when CUDA is
+        present, else one per CPU core).
+    scheduler, scheduler_file:
+        Address or scheduler file of an existing dask cluster instead of a local one.
+    client:
+        An existing ``distributed.Client`` (takes precedence over the three above).
+    retries:
+        dask retries of a task that raised outside the run itself.
+    progress:
+        tqdm progress on stderr: True, False or None (only when stderr is a terminal).
+    task:
+        The function computing one run, ``task(config_json, path) -> outcome``; by default
+        :func:`execute_run`, which every replacement should call.
+
+    Returns
+    -------
+    SweepResult
+    """
+    if executor not in ("auto", "dask", "serial"):
+        raise ValueError(f"executor must be 'auto', 'dask' or 'serial', got {executor!r}")
+    wants_cluster = client is not None or scheduler is not None or scheduler_file is not None
+    if executor == "serial" and wants_cluster:
+        raise SweepError("a scheduler or client was given for a serial sweep")
+    if executor != "serial" and not dask_available():
+        if executor == "dask" or wants_cluster:
+            raise SweepError("dask.distributed is not installed: pip install 'gnflow[dist]'")
+        logger.info(
+            "dask.distributed is not installed: running the %d runs serially in this process "
+            "(pip install 'gnflow[dist]' for parallel runs)",
+            len(study.runs),
+        )
+        executor = "serial"
+    elif executor == "auto":
+        executor = "dask"
+
+    out_dir = Path(out_dir).resolve()
+    runs_dir = out_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    paths = {run.run_id: runs_dir / f"{run.run_id}.nc" for run in study.runs}
+    runs = [
+        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values)
+        for run in study.runs
+    ]
+    result = SweepResult(
+        out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc"
+    )
+
+    with _folder_lock(out_dir):
+        for stale in runs_dir.glob(".*.tmp"):
+            logger.info("removing %s, left by an interrupted write", stale.name)
+            stale.unlink(missing_ok=True)
+        manifest = _Manifest(result.manifest_path, study, runs, paths, executor)
+        todo: list[tuple[StudyRun, str]] = []
+        for run in runs:
+            path = paths[run.run_id]
+            status, reason = run_file_status(path, run.run_id)
+            if status is not None:
+                outcome = {"run_id": run.run_id, "status": status, "executed": False}
+                manifest.record(outcome)
+                result.outcomes[run.run_id] = outcome
+                continue
+            if path.exists():
+                logger.info(
+                    "run %s will be computed again: %s is %s", run.run_id, path.name, reason
+                )
+            todo.append((run, config_to_json(run.config)))
+        manifest.write()
+        counts = manifest.counts()
+        logger.info(
+            "study %s: %d runs, %d with valid files, %d to compute (%s)",
+            study.name,
+            len(study.runs),
+            counts["done"],
+            len(todo),
+            executor,
+        )
+        bar = _Progress(len(study.runs), counts, progress)
+
+        def finish(outcome: dict[str, Any]) -> None:
+            result.outcomes[outcome["run_id"]] = outcome
+            if outcome.get("executed"):
+                result.executed.append(outcome["run_id"])
+            manifest.record(outcome)
+            bar.advance(manifest.counts())
+            level = logging.WARNING if _is_failure(outcome) else logging.DEBUG
+            logger.log(level, "run %s: %s", outcome["run_id"], outcome["status"])
+
+        try:
+            if not todo:
+                pass
+            elif executor == "serial":
+                _run_serial(todo, task, finish)
+            elif client is not None:
+                _run_dask(client, todo, task, finish, retries)
+            else:
+                with _dask_client(workers, scheduler, scheduler_file) as own_client:
+                    _run_dask(own_client, todo, task, finish, retries)
+        finally:
+            bar.close()
+            manifest.write(finished=True)
+        combined = combine_runs(study, paths, result.outcomes)
+        write_dataset(combined, result.combined_path)
+    counts = manifest.counts()
+    logger.info(
+        "study %s: %d done, %d failed; wrote %s",
+        study.name,
+        counts["done"],
+        counts["failed"],
+        result.combined_path,
+    )
+    return result
+
+
+def _with_output(config: RunConfig, path: Path) -> RunConfig:
+    return dataclasses.replace(config, output=dataclasses.replace(config.output, path=str(path)))
