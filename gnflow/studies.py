@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 import time
 import tomllib
@@ -88,9 +89,13 @@ class Claim:
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
-            raise ValueError(f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+            raise ValueError(
+                f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}"
+            )
         if not _NUMBER.search(self.measured):
-            raise ValueError(f"claim {self.statement!r}: the measured text holds no number: {self.measured!r}")
+            raise ValueError(
+                f"claim {self.statement!r}: the measured text holds no number: {self.measured!r}"
+            )
 
 
 @dataclass
@@ -239,7 +244,9 @@ def run_study(
     return write_report(out / "report.md", report, name=name, scale=scale, wall_time_s=wall)
 
 
-def write_report(path: str | Path, report: StudyReport, *, name: str, scale: str, wall_time_s: float) -> Path:
+def write_report(
+    path: str | Path, report: StudyReport, *, name: str, scale: str, wall_time_s: float
+) -> Path:
     """Write the Markdown report: claims table (claim, measured, verdict), setup, figures.
 
     The claims table has one row per claim, ``| k | claim | measured | verdict |``; its verdict
@@ -269,8 +276,8 @@ def write_report(path: str | Path, report: StudyReport, *, name: str, scale: str
     if report.figures:
         lines += ["", "## Figures", ""]
         for figure, caption in report.figures:
-            rel = Path(figure).relative_to(path.parent) if Path(figure).is_absolute() else Path(figure).name
-            lines += [f"![{caption}]({rel.as_posix()})", "", f"*{caption}*", ""]
+            rel = Path(os.path.relpath(Path(figure).resolve(), path.parent.resolve())).as_posix()
+            lines += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
     text = "\n".join(lines).rstrip() + "\n"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -350,8 +357,14 @@ def run_grid(
         if status.startswith("failed"):
             # a run that ran out of steps or horizon is a measurement too (e.g. a slow gradient
             # flow); the study reports its status and where it stopped
-            logger.warning("run %s of %s (%s): %s at t = %.6g", run.run_id, name, label or values, status,
-                           float(dataset["t"].values[-1]))
+            logger.warning(
+                "run %s of %s (%s): %s at t = %.6g",
+                run.run_id,
+                name,
+                label or values,
+                status,
+                float(dataset["t"].values[-1]),
+            )
         finished.append(GridRun(label=label, values=values, path=path, dataset=dataset))
     return finished
 
@@ -362,7 +375,8 @@ def select(runs: Sequence[GridRun], label: str | None = None, **values: Any) -> 
     return [
         r
         for r in runs
-        if (label is None or r.label == label) and all(r.values.get(k) == v for k, v in wanted.items())
+        if (label is None or r.label == label)
+        and all(r.values.get(k) == v for k, v in wanted.items())
     ]
 
 
@@ -445,7 +459,9 @@ def claims_table(report_text: str) -> list[list[str]]:
             inside = line == "## Claims"
             continue
         if inside and line.startswith("| ") and not line.startswith("| # "):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            cells = [
+                c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            ]
             rows.append(cells)
     return rows
 

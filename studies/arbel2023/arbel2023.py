@@ -21,10 +21,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from gnflow.studies import (  # noqa: E402
+from gnflow.studies import (
     Claim,
     GridRun,
     StudyContext,
@@ -37,7 +37,9 @@ from gnflow.studies import (  # noqa: E402
     time_to_level,
 )
 
-TITLE = "Arbel, Menegaux, Wolinski (2023): Gauss-Newton vs gradient flow on the teacher-student task"
+TITLE = (
+    "Arbel, Menegaux, Wolinski (2023): Gauss-Newton vs gradient flow on the teacher-student task"
+)
 OBSERVE = ["refit", "teacher_alignment"]
 FLOWS = {"gn": "Gauss-Newton flow", "gd": "gradient flow"}
 
@@ -92,12 +94,17 @@ def _common_level(gn: GridRun, gd: GridRun, stop_ratio: float) -> float:
 
 def _times(gn: GridRun, gd: GridRun, stop_ratio: float) -> tuple[float, float, float]:
     level = _common_level(gn, gd, stop_ratio)
-    times = [time_to_level(r.dataset["t"].values, r.dataset["train_loss"].values, level) for r in (gn, gd)]
+    times = [
+        time_to_level(r.dataset["t"].values, r.dataset["train_loss"].values, level)
+        for r in (gn, gd)
+    ]
     l0 = float(gn.dataset["train_loss"].values[0])
     return times[0], times[1], level / l0
 
 
-def _pairs(runs: list[GridRun], key: str, value: Any, seeds: list[int], **fixed: Any) -> list[tuple[GridRun, GridRun]]:
+def _pairs(
+    runs: list[GridRun], key: str, value: Any, seeds: list[int], **fixed: Any
+) -> list[tuple[GridRun, GridRun]]:
     out = []
     for seed in seeds:
         where = {key.replace(".", "__"): value, "seed": seed, **fixed}
@@ -175,8 +182,12 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             "ratio_gd": max(_loss_ratio(gd) for _, gd in pairs),
             "gd_converged": all(_converged(gd) for _, gd in pairs),
             "gn_converged": all(_converged(gn) for gn, _ in pairs),
-            "eigmin_gn": _mean([float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]),
-            "eigmin_gd": _mean([float(np.min(gd.dataset["gram_eigmin"].values[1:])) for _, gd in pairs]),
+            "eigmin_gn": _mean(
+                [float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]
+            ),
+            "eigmin_gd": _mean(
+                [float(np.min(gd.dataset["gram_eigmin"].values[1:])) for _, gd in pairs]
+            ),
         }
         per_tau[tau] = m
         rows.append(
@@ -211,8 +222,16 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             }
             per_n[(n, tau)] = m
             n_rows.append(
-                [str(n), f"{tau:g}", fmt(m["t_gn"]), fmt(m["t_gd"]), fmt(m["level"], 2), fmt(m["test_gn"]),
-                 fmt(m["test_gd"]), fmt(m["rf"])]
+                [
+                    str(n),
+                    f"{tau:g}",
+                    fmt(m["t_gn"]),
+                    fmt(m["t_gd"]),
+                    fmt(m["level"], 2),
+                    fmt(m["test_gn"]),
+                    fmt(m["test_gd"]),
+                    fmt(m["rf"]),
+                ]
             )
 
     hidden = [(r.label or "", r) for r in slow_runs] + [("continuous", continuous[0])]
@@ -245,23 +264,42 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         "with A of order 1/M. Where GD stopped at its horizon, its loss there is reported and "
         "'faster' compares the flow times at which GN and GD first reach a common train-loss level "
         "(the stopping level, or the higher of the two lowest losses).",
-        f"Random-features baseline: the output layer refit (minimum-norm least squares) on the initial "
-        f"features, `random_features_test_loss` of the `refit` observable.",
+        "Random-features baseline: the output layer refit (minimum-norm least squares) on the initial "
+        "features, `random_features_test_loss` of the `refit` observable.",
         f"N grid {list(s['n_grid'])} at tau0 in {list(s['n_grid_tau0'])}; slowed GN at tau0 = {s['slow_tau0']:g}: "
         f"Euler steps h = {', '.join(f'{f:g}' for f in s['slow_steps'])} x N and the continuous flow.",
     ]
     sections = {
         "Results across tau0": table(
-            ["tau0", "t GN", "t GD", "level / L0", "GD final L/L0", "test GN", "test GD", "test RF",
-             "refit test GN", "min eig A GN", "min eig A GD"],
+            [
+                "tau0",
+                "t GN",
+                "t GD",
+                "level / L0",
+                "GD final L/L0",
+                "test GN",
+                "test GD",
+                "test RF",
+                "refit test GN",
+                "min eig A GN",
+                "min eig A GD",
+            ],
             rows,
         ),
         "Results across N": table(
             ["N", "tau0", "t GN", "t GD", "level / L0", "test GN", "test GD", "test RF"], n_rows
         ),
         "Slowed Gauss-Newton (hidden learning)": table(
-            ["run", "status", "final L/L0", "final test loss", "t of best refit", "test loss at t",
-             "refit test loss at t", "teacher feature distance at t"],
+            [
+                "run",
+                "status",
+                "final L/L0",
+                "final test loss",
+                "t of best refit",
+                "test loss at t",
+                "refit test loss at t",
+                "teacher feature distance at t",
+            ],
             h_rows,
         ),
     }
@@ -288,7 +326,9 @@ def _claims(
             "GN reaches the training optimum faster than GD at every tau0.",
             measured,
             "supported" if faster else "not supported",
-            "GD stopped at its horizon for some tau0; times compare a common loss level." if any_gd_open else "",
+            "GD stopped at its horizon for some tau0; times compare a common loss level."
+            if any_gd_open
+            else "",
         )
     )
 
@@ -336,7 +376,9 @@ def _claims(
             "At small tau0 (feature regime) GN's test loss is worse than GD's.",
             "; ".join(parts),
             verdict,
-            "GD had not fitted the data at its horizon (L/L0 > 1e-3), so its test loss is not final." if open_small else "",
+            "GD had not fitted the data at its horizon (L/L0 > 1e-3), so its test loss is not final."
+            if open_small
+            else "",
         )
     )
 
@@ -366,7 +408,8 @@ def _claims(
         Claim(
             "GN is faster than GD at every training-set size N as well.",
             "; ".join(
-                f"N={n}, tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])}" for (n, tau), m in per_n.items()
+                f"N={n}, tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])}"
+                for (n, tau), m in per_n.items()
             ),
             "supported" if faster_n else "not supported",
         )
@@ -399,8 +442,13 @@ def _figures(
         for label, style in (("gn", "-"), ("gd", "--")):
             ds = select(tau_runs, label, model__init_scale=tau, seed=seed)[0].dataset
             t = ds["t"].values[1:]
-            axes[0].loglog(t, ds["train_loss"].values[1:], style, color=colors[tau],
-                           label=f"{label.upper()} tau0={tau:g}")
+            axes[0].loglog(
+                t,
+                ds["train_loss"].values[1:],
+                style,
+                color=colors[tau],
+                label=f"{label.upper()} tau0={tau:g}",
+            )
             axes[1].loglog(t, ds["test_loss"].values[1:], style, color=colors[tau])
             axes[2].loglog(t, ds["gram_eigmin"].values[1:], style, color=colors[tau])
     for ax, name in zip(axes, ("train loss", "test loss", "lambda_min(A)"), strict=True):
@@ -410,13 +458,21 @@ def _figures(
     axes[0].legend(fontsize=6, ncol=2)
     fig.suptitle(f"GN (solid) and GD (dashed), N = {s['n_train']}, M = {s['width']}, seed {seed}")
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "loss_curves"),
-                    "Train loss, test loss and lambda_min of the Gram matrix A against flow time, per tau0."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "loss_curves"),
+            "Train loss, test loss and lambda_min of the Gram matrix A against flow time, per tau0.",
+        )
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     x = np.asarray(taus)
-    for key, label, marker in (("test_gn", "GN", "o"), ("test_gd", "GD", "s"), ("rf", "random features", "^"),
-                               ("refit_gn", "GN features, output refit", "x")):
+    for key, label, marker in (
+        ("test_gn", "GN", "o"),
+        ("test_gd", "GD", "s"),
+        ("rf", "random features", "^"),
+        ("refit_gn", "GN features, output refit", "x"),
+    ):
         axes[0].loglog(x, [per_tau[t][key] for t in taus], marker=marker, label=label)
     axes[0].set_xlabel("tau0")
     axes[0].set_ylabel("final test loss")
@@ -429,15 +485,21 @@ def _figures(
     for ax in axes:
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "tau0_summary"),
-                    "Final test loss against tau0 (GN, GD, random features, GN's features with the output layer "
-                    "refit) and flow time to reach the common train-loss level."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "tau0_summary"),
+            "Final test loss against tau0 (GN, GD, random features, GN's features with the output layer "
+            "refit) and flow time to reach the common train-loss level.",
+        )
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ns = list(s["n_grid"])
     for tau in s["n_grid_tau0"]:
         axes[0].loglog(ns, [per_n[(n, tau)]["test_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
-        axes[0].loglog(ns, [per_n[(n, tau)]["test_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
+        axes[0].loglog(
+            ns, [per_n[(n, tau)]["test_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}"
+        )
         axes[1].loglog(ns, [per_n[(n, tau)]["t_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
         axes[1].loglog(ns, [per_n[(n, tau)]["t_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
     axes[0].set_ylabel("final test loss")
@@ -447,8 +509,12 @@ def _figures(
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "n_train_summary"),
-                    "Final test loss and time to the common train-loss level against the training-set size N."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "n_train_summary"),
+            "Final test loss and time to the common train-loss level against the training-set size N.",
+        )
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cmap = plt.get_cmap("plasma")
@@ -457,19 +523,34 @@ def _figures(
         t = ds["t"].values[1:]
         color = cmap(i / max(1, len(hidden)))
         axes[0].loglog(t, ds["test_loss"].values[1:], "-", color=color, label=f"{label}: test loss")
-        axes[0].loglog(t, ds["refit_test_loss"].values[1:], ":", color=color, label=f"{label}: refit test loss")
-        axes[1].semilogx(t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label)
-    axes[0].axhline(float(gd.dataset["random_features_test_loss"]), color="grey", lw=0.8, label="random features")
+        axes[0].loglog(
+            t, ds["refit_test_loss"].values[1:], ":", color=color, label=f"{label}: refit test loss"
+        )
+        axes[1].semilogx(
+            t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label
+        )
+    axes[0].axhline(
+        float(gd.dataset["random_features_test_loss"]),
+        color="grey",
+        lw=0.8,
+        label="random features",
+    )
     axes[0].set_ylabel("test loss")
     axes[1].set_ylabel("feature distance to the teacher")
     for ax in axes:
         ax.set_xlabel("flow time t")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Slowed GN at tau0 = {s['slow_tau0']:g}: raw and refit test loss, teacher alignment")
+    fig.suptitle(
+        f"Slowed GN at tau0 = {s['slow_tau0']:g}: raw and refit test loss, teacher alignment"
+    )
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "hidden_learning"),
-                    "Hidden learning: test loss of the network (solid) and of its features with the output layer "
-                    "refit (dotted), and the distance of the features to the teacher's, for GN Euler steps of "
-                    "decreasing size, the continuous GN flow and GD."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "hidden_learning"),
+            "Hidden learning: test loss of the network (solid) and of its features with the output layer "
+            "refit (dotted), and the distance of the features to the teacher's, for GN Euler steps of "
+            "decreasing size, the continuous GN flow and GD.",
+        )
+    )
     return figures

@@ -23,15 +23,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import itertools
 
-from gnflow.config import DataConfig  # noqa: E402
-from gnflow.data import make_data  # noqa: E402
-from gnflow.dataset import write_dataset  # noqa: E402
-from gnflow.ggn import GGN  # noqa: E402
-from gnflow.studies import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from gnflow.config import DataConfig
+from gnflow.data import make_data
+from gnflow.dataset import write_dataset
+from gnflow.ggn import GGN
+from gnflow.studies import (
     Claim,
     StudyContext,
     StudyReport,
@@ -41,7 +43,7 @@ from gnflow.studies import (  # noqa: E402
     save_study_figure,
     table,
 )
-from gnflow.training import TrainingHistory, history_dataset, mlp, train_module  # noqa: E402
+from gnflow.training import TrainingHistory, history_dataset, mlp, train_module
 
 TITLE = "Cai et al. (2019): Gram-Gauss-Newton, quadratic convergence and mini-batch training"
 
@@ -54,8 +56,16 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     claims = _claims(s, theory, minibatch, sensitivity)
     figures = _figures(s, context, theory, minibatch, sensitivity)
     (context.out_dir / "summary.json").write_text(
-        json.dumps({"theory": theory, "sensitivity": sensitivity,
-                    "minibatch": {k: {o: r["summary"] for o, r in v.items()} for k, v in minibatch.items()}}, indent=1)
+        json.dumps(
+            {
+                "theory": theory,
+                "sensitivity": sensitivity,
+                "minibatch": {
+                    k: {o: r["summary"] for o, r in v.items()} for k, v in minibatch.items()
+                },
+            },
+            indent=1,
+        )
     )
     setup = [
         f"Theory network: f(x) = M^(-1/2) sum_i v_i silu(u_i.x + b_i), v_i = +-1 fixed, u, b ~ N(0, 1) trained; "
@@ -74,17 +84,32 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     sections = {"Full-batch GGN residual per step": _theory_table(theory)}
     for name, results in minibatch.items():
         sections[f"Mini-batch training on {name}"] = table(
-            ["optimizer", "final train loss", "final test loss", "CPU s / epoch", "epochs to SGD's final loss",
-             "CPU s to SGD's final loss"],
             [
-                [r["summary"]["label"], fmt(r["summary"]["final_train"]), fmt(r["summary"]["final_test"]),
-                 fmt(r["summary"]["cpu_per_epoch"]), fmt(r["summary"]["epochs_to_sgd"]), fmt(r["summary"]["cpu_to_sgd"])]
+                "optimizer",
+                "final train loss",
+                "final test loss",
+                "CPU s / epoch",
+                "epochs to SGD's final loss",
+                "CPU s to SGD's final loss",
+            ],
+            [
+                [
+                    r["summary"]["label"],
+                    fmt(r["summary"]["final_train"]),
+                    fmt(r["summary"]["final_test"]),
+                    fmt(r["summary"]["cpu_per_epoch"]),
+                    fmt(r["summary"]["epochs_to_sgd"]),
+                    fmt(r["summary"]["cpu_to_sgd"]),
+                ]
                 for r in results.values()
             ],
         )
     sections["Training loss after the sensitivity epochs"] = table(
         ["lam \\ alpha", *[f"{a:g}" for a in s["alpha_grid"]]],
-        [[f"{lam:g}", *[fmt(v) for v in row]] for lam, row in zip(s["lam_grid"], sensitivity["loss"], strict=True)],
+        [
+            [f"{lam:g}", *[fmt(v) for v in row]]
+            for lam, row in zip(s["lam_grid"], sensitivity["loss"], strict=True)
+        ],
     )
     return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)
 
@@ -95,8 +120,15 @@ def _theory(s: dict[str, Any], context: StudyContext) -> dict[str, Any]:
         "seed": s["seed"],
         "data": {"kind": "teacher", "n_train": n, "n_test": 0},
         "model": {"scaling": "ntk", "train": "hidden", "output_init": "sign", "init_scale": 1.0},
-        "flow": {"kind": "ggn", "lam": 1.0, "alpha": s["theory_alpha"], "batch_size": n,
-                 "iterations": s["theory_iterations"], "save_every": "iteration", "batch_order": "cyclic"},
+        "flow": {
+            "kind": "ggn",
+            "lam": 1.0,
+            "alpha": s["theory_alpha"],
+            "batch_size": n,
+            "iterations": s["theory_iterations"],
+            "save_every": "iteration",
+            "batch_order": "cyclic",
+        },
         "solver": {"stop_loss_ratio": 0.0},
     }
     runs = run_grid(context, "theory", base, grid={"model.width": s["widths"]})
@@ -104,7 +136,9 @@ def _theory(s: dict[str, Any], context: StudyContext) -> dict[str, Any]:
     for r in runs:
         loss = r.dataset["train_loss"].values
         residuals[int(r.value("model.width"))] = np.sqrt(2 * n * np.maximum(loss, 0.0)).tolist()
-    orders = {m: _order(np.asarray(res), float(s["residual_floor"])) for m, res in residuals.items()}
+    orders = {
+        m: _order(np.asarray(res), float(s["residual_floor"])) for m, res in residuals.items()
+    }
     return {"n_train": n, "residual": residuals, "order": orders}
 
 
@@ -122,19 +156,34 @@ def _theory_table(theory: dict[str, Any]) -> list[str]:
     steps = len(theory["residual"][widths[0]])
     header = ["step k", *[f"M = {m}" for m in widths]]
     rows = [[str(k), *[fmt(theory["residual"][m][k]) for m in widths]] for k in range(steps)]
-    rows.append(["order (slope of log r_k+1 vs log r_k)", *[fmt(theory["order"][m]) for m in widths]])
+    rows.append(
+        ["order (slope of log r_k+1 vs log r_k)", *[fmt(theory["order"][m]) for m in widths]]
+    )
     return ["||f(X) - y|| after each full-batch GGN step:", "", *table(header, rows)]
 
 
-def _train(s: dict[str, Any], data: Any, net0: torch.nn.Module, optimizer: Any, epochs: int) -> tuple[TrainingHistory, torch.nn.Module]:
+def _train(
+    s: dict[str, Any], data: Any, net0: torch.nn.Module, optimizer: Any, epochs: int
+) -> tuple[TrainingHistory, torch.nn.Module]:
     net = copy.deepcopy(net0)
-    history = train_module(net, optimizer(net), data, epochs=epochs, batch_size=s["batch_size"],
-                           batch_order="shuffled", seed=s["seed"])
+    history = train_module(
+        net,
+        optimizer(net),
+        data,
+        epochs=epochs,
+        batch_size=s["batch_size"],
+        batch_order="shuffled",
+        seed=s["seed"],
+    )
     return history, net
 
 
 def _data(s: dict[str, Any], name: str) -> Any:
-    return make_data(DataConfig(kind=name, test_fraction=s["test_fraction"]), activation=s["activation"], seed=s["seed"])
+    return make_data(
+        DataConfig(kind=name, test_fraction=s["test_fraction"]),
+        activation=s["activation"],
+        seed=s["seed"],
+    )
 
 
 def _minibatch(s: dict[str, Any], context: StudyContext, name: str) -> dict[str, dict[str, Any]]:
@@ -142,12 +191,23 @@ def _minibatch(s: dict[str, Any], context: StudyContext, name: str) -> dict[str,
     net0 = mlp(data.input_dim, list(s["hidden"]), s["activation"], s["seed"])
     epochs = int(s["epochs"])
     candidates: dict[str, list[tuple[str, Any]]] = {
-        "GGN": [(f"GGN lam={s['ggn_lam']:g} alpha={s['ggn_alpha']:g}",
-                 lambda n: GGN(n.parameters(), lam=s["ggn_lam"], alpha=s["ggn_alpha"]))],
-        "SGD": [(f"SGD lr={lr:g} momentum={s['sgd_momentum']:g}",
-                 lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=s["sgd_momentum"]))
-                for lr in s["sgd_lr"]],
-        "Adam": [(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in s["adam_lr"]],
+        "GGN": [
+            (
+                f"GGN lam={s['ggn_lam']:g} alpha={s['ggn_alpha']:g}",
+                lambda n: GGN(n.parameters(), lam=s["ggn_lam"], alpha=s["ggn_alpha"]),
+            )
+        ],
+        "SGD": [
+            (
+                f"SGD lr={lr:g} momentum={s['sgd_momentum']:g}",
+                lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=s["sgd_momentum"]),
+            )
+            for lr in s["sgd_lr"]
+        ],
+        "Adam": [
+            (f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr))
+            for lr in s["adam_lr"]
+        ],
     }
     folder = context.out_dir / "minibatch" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,8 +215,15 @@ def _minibatch(s: dict[str, Any], context: StudyContext, name: str) -> dict[str,
     for family, options in candidates.items():
         for label, make in options:
             history, net = _train(s, data, net0, make, epochs)
-            ds = history_dataset(history, optimizer=label, model=net, data=data, batch_size=s["batch_size"],
-                                 batch_order="shuffled", seed=s["seed"])
+            ds = history_dataset(
+                history,
+                optimizer=label,
+                model=net,
+                data=data,
+                batch_size=s["batch_size"],
+                batch_order="shuffled",
+                seed=s["seed"],
+            )
             write_dataset(ds, folder / f"{label.replace(' ', '_').replace('=', '')}.nc")
             final = history.train_loss[-1] if np.isfinite(history.train_loss[-1]) else np.inf
             if family not in best or final < best[family]["history"].train_loss[-1]:
@@ -188,28 +255,41 @@ def _sensitivity(s: dict[str, Any], context: StudyContext) -> dict[str, Any]:
     for lam in s["lam_grid"]:
         row = []
         for alpha in s["alpha_grid"]:
-            history, _ = _train(s, data, net0, lambda n, lam=lam, alpha=alpha: GGN(n.parameters(), lam=lam, alpha=alpha),
-                                int(s["sensitivity_epochs"]))
+            history, _ = _train(
+                s,
+                data,
+                net0,
+                lambda n, lam=lam, alpha=alpha: GGN(n.parameters(), lam=lam, alpha=alpha),
+                int(s["sensitivity_epochs"]),
+            )
             value = history.train_loss[-1]
-            row.append(float(value) if np.isfinite(value) and history.status == "completed" else float("inf"))
+            row.append(
+                float(value)
+                if np.isfinite(value) and history.status == "completed"
+                else float("inf")
+            )
         loss.append(row)
     return {"lam": list(s["lam_grid"]), "alpha": list(s["alpha_grid"]), "loss": loss}
 
 
-def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any], sens: dict[str, Any]) -> list[Claim]:
+def _claims(
+    s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any], sens: dict[str, Any]
+) -> list[Claim]:
     claims = []
     widths = sorted(theory["residual"])
     k = int(s["theory_compare_step"])
     after = [theory["residual"][m][k] for m in widths]
     orders = [theory["order"][m] for m in widths]
     quadratic = np.isfinite(orders[-1]) and orders[-1] >= 1.5
-    better = all(b < a for a, b in zip(after, after[1:], strict=False))
+    better = all(b < a for a, b in itertools.pairwise(after))
     slope = loglog_slope(widths, after)
     claims.append(
         Claim(
             "Full-batch GGN converges quadratically on a wide network, and better as the width M grows.",
-            "; ".join(f"M={m}: order {fmt(o)}, r_{k}/r_0 = {fmt(a / theory['residual'][m][0])}"
-                      for m, o, a in zip(widths, orders, after, strict=True))
+            "; ".join(
+                f"M={m}: order {fmt(o)}, r_{k}/r_0 = {fmt(a / theory['residual'][m][0])}"
+                for m, o, a in zip(widths, orders, after, strict=True)
+            )
             + f"; slope of r_{k} against M (log-log) {fmt(slope)}",
             "supported" if quadratic and better else "not supported",
             "r_k = norm of the residual f(X) - y after k steps; order = slope of log r_(k+1) against log r_k (1 linear, 2 quadratic), over the steps above "
@@ -222,23 +302,39 @@ def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any]
         epochs_sgd = len(sgd["train_loss"]) - 1
         per_epoch &= g["final_train"] < sgd["final_train"] and g["epochs_to_sgd"] < epochs_sgd
         per_second &= g["cpu_to_sgd"] < sgd["cpu_time_s"][-1]
-        parts_e.append(f"{name}: final train GGN {fmt(g['final_train'])} vs SGD {fmt(sgd['final_train'])} "
-                       f"({sgd['label']}), GGN reaches SGD's final loss at epoch {fmt(g['epochs_to_sgd'])} of {epochs_sgd}")
-        parts_s.append(f"{name}: GGN reaches SGD's final loss after {fmt(g['cpu_to_sgd'])} CPU s vs SGD "
-                       f"{fmt(sgd['cpu_time_s'][-1])} s; CPU s/epoch GGN {fmt(g['cpu_per_epoch'])}, "
-                       f"SGD {fmt(sgd['cpu_per_epoch'])}")
-    claims.append(Claim("Mini-batch GGN converges faster than SGD with momentum per epoch.", "; ".join(parts_e),
-                        "supported" if per_epoch else "not supported"))
-    claims.append(Claim("Mini-batch GGN converges faster than SGD with momentum per second.", "; ".join(parts_s),
-                        "supported" if per_second else "not supported",
-                        "Processor time of the optimizer steps on this machine's CPU; the paper timed GPUs."))
+        parts_e.append(
+            f"{name}: final train GGN {fmt(g['final_train'])} vs SGD {fmt(sgd['final_train'])} "
+            f"({sgd['label']}), GGN reaches SGD's final loss at epoch {fmt(g['epochs_to_sgd'])} of {epochs_sgd}"
+        )
+        parts_s.append(
+            f"{name}: GGN reaches SGD's final loss after {fmt(g['cpu_to_sgd'])} CPU s vs SGD "
+            f"{fmt(sgd['cpu_time_s'][-1])} s; CPU s/epoch GGN {fmt(g['cpu_per_epoch'])}, "
+            f"SGD {fmt(sgd['cpu_per_epoch'])}"
+        )
+    claims.append(
+        Claim(
+            "Mini-batch GGN converges faster than SGD with momentum per epoch.",
+            "; ".join(parts_e),
+            "supported" if per_epoch else "not supported",
+        )
+    )
+    claims.append(
+        Claim(
+            "Mini-batch GGN converges faster than SGD with momentum per second.",
+            "; ".join(parts_s),
+            "supported" if per_second else "not supported",
+            "Processor time of the optimizer steps on this machine's CPU; the paper timed GPUs.",
+        )
+    )
     loss = np.asarray(sens["loss"])
     best_per_lam = loss.min(axis=1)
     best_lam = sens["lam"][int(np.argmin(best_per_lam))]
     claims.append(
         Claim(
             f"lam near 1 trains fastest (training loss after {s['sensitivity_epochs']} epochs, best alpha per lam).",
-            "; ".join(f"lam={lam:g}: {fmt(v)}" for lam, v in zip(sens["lam"], best_per_lam, strict=True))
+            "; ".join(
+                f"lam={lam:g}: {fmt(v)}" for lam, v in zip(sens["lam"], best_per_lam, strict=True)
+            )
             + f"; best lam = {best_lam:g}",
             "supported" if 0.5 <= best_lam <= 2 else "not supported",
             "Near 1 = within a factor 2.",
@@ -249,7 +345,8 @@ def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any]
     claims.append(
         Claim(
             "alpha matters little at a good lam (lam = 1).",
-            "lam=1: " + ", ".join(f"alpha={a:g}: {fmt(v)}" for a, v in zip(sens["alpha"], row, strict=True))
+            "lam=1: "
+            + ", ".join(f"alpha={a:g}: {fmt(v)}" for a, v in zip(sens["alpha"], row, strict=True))
             + f"; max/min = {fmt(spread)}",
             "supported" if spread <= float(s["alpha_spread_tolerance"]) else "not supported",
             f"'Little' = the largest loss within a factor {s['alpha_spread_tolerance']:g} of the smallest across alpha.",
@@ -258,40 +355,59 @@ def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any]
     return claims
 
 
-def _figures(s: dict[str, Any], context: StudyContext, theory: dict[str, Any], minibatch: dict[str, Any],
-             sens: dict[str, Any]) -> list[tuple[Any, str]]:
+def _figures(
+    s: dict[str, Any],
+    context: StudyContext,
+    theory: dict[str, Any],
+    minibatch: dict[str, Any],
+    sens: dict[str, Any],
+) -> list[tuple[Any, str]]:
     figures = []
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m in sorted(theory["residual"]):
         res = np.asarray(theory["residual"][m])
-        ax.semilogy(np.arange(res.size), res, "o-", label=f"M = {m} (order {fmt(theory['order'][m], 2)})")
+        ax.semilogy(
+            np.arange(res.size), res, "o-", label=f"M = {m} (order {fmt(theory['order'][m], 2)})"
+        )
     ax.set_xlabel("GGN step k")
     ax.set_ylabel("||f(X) - y||")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Full-batch GGN on the theory network, N = {theory['n_train']}")
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "ggn_residual"),
-                    "Residual norm per full-batch GGN step for each width M."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "ggn_residual"),
+            "Residual norm per full-batch GGN step for each width M.",
+        )
+    )
 
     names = list(minibatch)
     fig, axes = plt.subplots(len(names), 3, figsize=(15, 4 * len(names)), squeeze=False)
     for row, name in enumerate(names):
-        for family, best in minibatch[name].items():
+        for _family, best in minibatch[name].items():
             sm = best["summary"]
             epochs = np.arange(len(sm["train_loss"]))
             axes[row, 0].semilogy(epochs, sm["train_loss"], "o-", ms=3, label=sm["label"])
             axes[row, 1].semilogy(epochs, sm["test_loss"], "o-", ms=3, label=sm["label"])
-            axes[row, 2].semilogy(np.asarray(sm["cpu_time_s"]), sm["train_loss"], "o-", ms=3, label=sm["label"])
-        for col, (xl, yl) in enumerate((("epoch", "train loss"), ("epoch", "test loss"), ("optimizer CPU s", "train loss"))):
+            axes[row, 2].semilogy(
+                np.asarray(sm["cpu_time_s"]), sm["train_loss"], "o-", ms=3, label=sm["label"]
+            )
+        for col, (xl, yl) in enumerate(
+            (("epoch", "train loss"), ("epoch", "test loss"), ("optimizer CPU s", "train loss"))
+        ):
             axes[row, col].set_xlabel(xl)
             axes[row, col].set_ylabel(f"{name}: {yl}")
             axes[row, col].grid(True, alpha=0.3)
         axes[row, 0].legend(fontsize=7)
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "minibatch"),
-                    "Mini-batch GGN, SGD with momentum and Adam (best learning rate of each grid): train and test "
-                    "loss per epoch and train loss against optimizer processor time."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "minibatch"),
+            "Mini-batch GGN, SGD with momentum and Adam (best learning rate of each grid): train and test "
+            "loss per epoch and train loss against optimizer processor time.",
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     loss = np.asarray(sens["loss"])
@@ -304,6 +420,10 @@ def _figures(s: dict[str, Any], context: StudyContext, theory: dict[str, Any], m
     fig.colorbar(image, ax=ax, label=f"log10 train loss after {s['sensitivity_epochs']} epochs")
     ax.set_title(f"GGN sensitivity on {s['sensitivity_data']}")
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "sensitivity"),
-                    "Training loss after the sensitivity epochs for each (lam, alpha) (their Fig. 2c); darker is lower."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "sensitivity"),
+            "Training loss after the sensitivity epochs for each (lam, alpha) (their Fig. 2c); darker is lower.",
+        )
+    )
     return figures

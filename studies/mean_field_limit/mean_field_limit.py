@@ -26,10 +26,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import itertools
 
-from gnflow.studies import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gnflow.studies import (
     Claim,
     GridRun,
     StudyContext,
@@ -52,8 +54,12 @@ def _runs(s: dict[str, Any], context: StudyContext) -> list[GridRun]:
         "seed": s["seed"],
         "data": {"kind": "teacher", "n_train": s["n_train"], "n_test": s["n_test"]},
         "model": {"init_scale": s["tau0"]},
-        "solver": {"n_save": s["n_save"], "save_decades": s["save_decades"], "stop_loss_ratio": 0.0,
-                   "max_steps": s["max_steps"]},
+        "solver": {
+            "n_save": s["n_save"],
+            "save_decades": s["save_decades"],
+            "stop_loss_ratio": 0.0,
+            "max_steps": s["max_steps"],
+        },
         "output": {"save_test": False},
     }
     gn = {**base, "flow": {"kind": "gauss_newton"}}
@@ -67,7 +73,9 @@ def _runs(s: dict[str, Any], context: StudyContext) -> list[GridRun]:
             for r in run_grid(context, f"gd_M{width}", gd)
         ]
     return [
-        r if r.label == "gd" else GridRun(label="gn", values=dict(r.values), path=r.path, dataset=r.dataset)
+        r
+        if r.label == "gd"
+        else GridRun(label="gn", values=dict(r.values), path=r.path, dataset=r.dataset)
         for r in runs
     ]
 
@@ -84,7 +92,10 @@ def _distances(run: GridRun, ref: GridRun, flow: str, projections: int) -> dict[
     common = np.intersect1d(np.round(t, 9), np.round(t_ref, 9))
     idx = np.searchsorted(np.round(t, 9), common)
     idx_ref = np.searchsorted(np.round(t_ref, 9), common)
-    loss, loss_ref = run.dataset["train_loss"].values[idx], ref.dataset["train_loss"].values[idx_ref]
+    loss, loss_ref = (
+        run.dataset["train_loss"].values[idx],
+        ref.dataset["train_loss"].values[idx_ref],
+    )
     width = int(run.value("model.width"))
     w = run.dataset["weights"].values[idx]
     w_ref = ref.dataset["weights"].values[idx_ref][:, :width]
@@ -115,7 +126,9 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     for flow in FLOWS:
         ref = select(runs, flow, model__width=ref_width)[0]
         measured[flow] = {
-            m: _distances(select(runs, flow, model__width=m)[0], ref, flow, int(s["wasserstein_projections"]))
+            m: _distances(
+                select(runs, flow, model__width=m)[0], ref, flow, int(s["wasserstein_projections"])
+            )
             for m in widths[:-1]
         }
         rates[flow] = {
@@ -126,10 +139,12 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     for flow, name in FLOWS.items():
         gaps = [measured[flow][m]["loss_gap"] for m in widths[:-1]]
         couplings = [measured[flow][m]["coupling"] for m in widths[:-1]]
-        decreasing = all(b < a for a, b in zip(gaps, gaps[1:], strict=False)) and all(
-            b < a for a, b in zip(couplings, couplings[1:], strict=False)
+        decreasing = all(b < a for a, b in itertools.pairwise(gaps)) and all(
+            b < a for a, b in itertools.pairwise(couplings)
         )
-        rate_ok = rates[flow]["loss_gap"] <= -float(s["min_rate"]) and rates[flow]["coupling"] <= -float(s["min_rate"])
+        rate_ok = rates[flow]["loss_gap"] <= -float(s["min_rate"]) and rates[flow][
+            "coupling"
+        ] <= -float(s["min_rate"])
         claims.append(
             Claim(
                 f"The {name} trajectories of M particles converge as M grows (loss curves and particle measures), "
@@ -148,8 +163,15 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         )
     figures = _figures(s, context, runs, measured, rates, widths)
     rows = [
-        [FLOWS[flow], str(m), fmt(d["loss_gap"]), fmt(d["coupling"]), fmt(d["initial_coupling"]),
-         fmt(d["sliced_w2_final"]), fmt(d["t_final"])]
+        [
+            FLOWS[flow],
+            str(m),
+            fmt(d["loss_gap"]),
+            fmt(d["coupling"]),
+            fmt(d["initial_coupling"]),
+            fmt(d["sliced_w2_final"]),
+            fmt(d["t_final"]),
+        ]
         for flow in FLOWS
         for m, d in measured[flow].items()
     ]
@@ -166,20 +188,36 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     ]
     sections = {
         "Distances to the widest run": table(
-            ["flow", "M", "sup_t loss gap / L(0)", "sup_t coupling distance", "initial coupling",
-             "SW2 at the end", "last common time"],
+            [
+                "flow",
+                "M",
+                "sup_t loss gap / L(0)",
+                "sup_t coupling distance",
+                "initial coupling",
+                "SW2 at the end",
+                "last common time",
+            ],
             rows,
         ),
         "Measured rates": table(
             ["flow", "slope of loss gap", "slope of coupling distance", "slope of SW2"],
-            [[FLOWS[f], fmt(r["loss_gap"]), fmt(r["coupling"]), fmt(r["sliced_w2_final"])] for f, r in rates.items()],
+            [
+                [FLOWS[f], fmt(r["loss_gap"]), fmt(r["coupling"]), fmt(r["sliced_w2_final"])]
+                for f, r in rates.items()
+            ],
         ),
     }
     return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)
 
 
-def _figures(s: dict[str, Any], context: StudyContext, runs: list[GridRun], measured: dict[str, Any],
-             rates: dict[str, Any], widths: list[int]) -> list[tuple[Any, str]]:
+def _figures(
+    s: dict[str, Any],
+    context: StudyContext,
+    runs: list[GridRun],
+    measured: dict[str, Any],
+    rates: dict[str, Any],
+    widths: list[int],
+) -> list[tuple[Any, str]]:
     figures = []
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -187,7 +225,12 @@ def _figures(s: dict[str, Any], context: StudyContext, runs: list[GridRun], meas
         for i, m in enumerate(widths):
             r = select(runs, flow, model__width=m)[0]
             t = _time_axis(r, flow)[1:]
-            axes[k].loglog(t, r.dataset["train_loss"].values[1:], color=cmap(i / max(1, len(widths) - 1)), label=f"M = {m}")
+            axes[k].loglog(
+                t,
+                r.dataset["train_loss"].values[1:],
+                color=cmap(i / max(1, len(widths) - 1)),
+                label=f"M = {m}",
+            )
         axes[k].set_xlabel("flow time t" if flow == "gn" else "mean-field time s = t / M")
         axes[k].set_ylabel("train loss")
         axes[k].set_title(name)
@@ -196,18 +239,31 @@ def _figures(s: dict[str, Any], context: StudyContext, runs: list[GridRun], meas
     ms = np.asarray(widths[:-1], dtype=float)
     for flow, marker in (("gn", "o"), ("gd", "s")):
         for key, style in (("loss_gap", "-"), ("coupling", "--"), ("sliced_w2_final", ":")):
-            axes[2].loglog(ms, [measured[flow][m][key] for m in widths[:-1]], marker + style,
-                           label=f"{flow.upper()} {key} (slope {fmt(rates[flow][key], 2)})")
-    axes[2].loglog(ms, ms ** -0.5 * measured["gn"][widths[0]]["coupling"] * widths[0] ** 0.5, "k-", lw=0.6,
-                   label="M^(-1/2)")
+            axes[2].loglog(
+                ms,
+                [measured[flow][m][key] for m in widths[:-1]],
+                marker + style,
+                label=f"{flow.upper()} {key} (slope {fmt(rates[flow][key], 2)})",
+            )
+    axes[2].loglog(
+        ms,
+        ms**-0.5 * measured["gn"][widths[0]]["coupling"] * widths[0] ** 0.5,
+        "k-",
+        lw=0.6,
+        label="M^(-1/2)",
+    )
     axes[2].set_xlabel("width M")
     axes[2].set_ylabel("distance to the widest run")
-    axes[2].legend(fontsize=6)
+    axes[2].legend(fontsize=6, loc="lower left")
     axes[2].grid(True, alpha=0.3)
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "convergence"),
-                    "Train loss of each width (GN against flow time, GD against mean-field time) and the distances "
-                    "to the widest run against M, with the fitted log-log slopes."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "convergence"),
+            "Train loss of each width (GN against flow time, GD against mean-field time) and the distances "
+            "to the widest run against M, with the fitted log-log slopes.",
+        )
+    )
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for k, flow in enumerate(FLOWS):
@@ -215,14 +271,25 @@ def _figures(s: dict[str, Any], context: StudyContext, runs: list[GridRun], meas
             ds = select(runs, flow, model__width=m)[0].dataset
             w = ds["weights"].values[-1]
             norm_u = np.linalg.norm(w[:, :-2], axis=1)
-            axes[k].scatter(norm_u, w[:, -1], s=4, alpha=0.5, color=("tab:orange", "tab:blue")[i], label=f"M = {m}")
+            axes[k].scatter(
+                norm_u,
+                w[:, -1],
+                s=4,
+                alpha=0.5,
+                color=("tab:orange", "tab:blue")[i],
+                label=f"M = {m}",
+            )
         axes[k].set_xlabel("|u_i| at the final time")
         axes[k].set_ylabel("v_i at the final time")
         axes[k].set_title(FLOWS[flow])
         axes[k].legend(fontsize=8)
         axes[k].grid(True, alpha=0.3)
     fig.tight_layout()
-    figures.append((save_study_figure(fig, context, "particles"),
-                    "Final particle measures of the narrowest and the widest run: input-weight norm against output "
-                    "weight of each particle."))
+    figures.append(
+        (
+            save_study_figure(fig, context, "particles"),
+            "Final particle measures of the narrowest and the widest run: input-weight norm against output "
+            "weight of each particle.",
+        )
+    )
     return figures
