@@ -29,6 +29,7 @@ from gnflow.data import DataError, RegressionData, load_data_file, make_data, te
 from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
 from gnflow.model import Linearization, ParticleModel  # noqa: E402
+from gnflow.observables import ObservableError, observe  # noqa: E402
 from gnflow.run import build_experiment, run, simulate  # noqa: E402
 from gnflow.solve import Solution, integrate, save_times  # noqa: E402
 
@@ -45,6 +46,7 @@ __all__ = [
     "GradientFlow",
     "Linearization",
     "ModelConfig",
+    "ObservableError",
     "ObserveConfig",
     "OutputConfig",
     "ParticleModel",
@@ -61,6 +63,7 @@ __all__ = [
     "load_config",
     "load_data_file",
     "make_data",
+    "observe",
     "read_dataset",
     "run",
     "save_times",
