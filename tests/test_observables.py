@@ -391,6 +391,16 @@ def test_observed_file_adds_no_cf_issues(observed_run, tmp_path):
         assert back[name].attrs["long_name"] and "units" in back[name].attrs
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_observables_on_cuda_match_cpu(observed_run):
+    on_gpu = observe(observed_run, ALL_NAMES, device="cuda")
+    for name in observable_vars(observed_run):
+        np.testing.assert_allclose(
+            on_gpu[name].values, observed_run[name].values, rtol=1e-7, atol=1e-12, err_msg=name
+        )
+
+
 # --- regimes -------------------------------------------------------------------------------------
 
 
