@@ -27,6 +27,7 @@ The definitions, units and costs are in docs/observables.md.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -60,7 +61,6 @@ __all__ = [
     "append_history",
     "centered_kernel_alignment",
     "feature_distance",
-    "observable_variables",
     "observe",
     "refit_output_layer",
     "regime_label",
@@ -338,12 +338,9 @@ def refit_output_layer(
     if ridge > 0:
         gain = singular / (singular * singular + ridge)
     else:
-        keep = singular > rcond * singular[0] if singular.numel() else singular > 0
-        gain = torch.where(
-            keep,
-            1.0 / torch.where(keep, singular, torch.ones_like(singular)),
-            torch.zeros_like(singular),
-        )
+        keep = singular > rcond * singular[0]
+        gain = torch.zeros_like(singular)
+        gain[keep] = 1.0 / singular[keep]
     v = right_t.T @ (gain * (left.T @ y.double()))
     refit = weights.clone()
     refit[:, -1] = v.to(weights.dtype)
@@ -407,6 +404,8 @@ def _time_series(values: np.ndarray, **attrs: str) -> xr.DataArray:
 
 
 class Spectrum(Observable):
+    """Condition number of A_t at every saved time; the full spectrum at a few."""
+
     name = "spectrum"
     variables = ("gram_condition_number", "gram_spectrum", "t_spectrum", "eig")
 
@@ -444,6 +443,8 @@ class Spectrum(Observable):
 
 
 class WeightMovement(Observable):
+    """Relative change of all weights, of the hidden part (u, b) and of the output part v."""
+
     name = "weight_movement"
     variables = ("weight_movement", "hidden_weight_movement", "output_weight_movement")
 
@@ -476,6 +477,8 @@ class WeightMovement(Observable):
 
 
 class ParticleDistance(Observable):
+    """Quantiles over particles of the distance travelled ||w_i(t) - w_i(0)||."""
+
     name = "particle_distance"
     variables = ("particle_distance_quantile", "quantile")
 
@@ -497,6 +500,8 @@ class ParticleDistance(Observable):
 
 
 class KernelMovement(Observable):
+    """1 - CKA(A_t, A_0) and the relative Frobenius change of the Gram matrix."""
+
     name = "kernel_movement"
     variables = ("kernel_movement", "kernel_relative_change")
 
@@ -534,6 +539,8 @@ class KernelMovement(Observable):
 
 
 class TeacherAlignment(Observable):
+    """Weighted cosine distance of the hidden features to the teacher and initial features."""
+
     name = "teacher_alignment"
     variables = ("teacher_feature_distance", "initial_feature_distance")
     needs_teacher = True
@@ -563,6 +570,8 @@ class TeacherAlignment(Observable):
 
 
 class Refit(Observable):
+    """Losses of the output layer refit on the hidden features at t (and at t = 0)."""
+
     name = "refit"
     variables = (
         "refit_train_loss",
@@ -612,6 +621,8 @@ class Refit(Observable):
 
 
 class Wasserstein(Observable):
+    """W2 from the particle measure at t to the initial measure and to the teacher measure."""
+
     name = "wasserstein"
     variables = ("wasserstein_initial", "wasserstein_teacher")
 
@@ -657,6 +668,8 @@ class Wasserstein(Observable):
 
 
 class ResidualTopK(Observable):
+    """Fraction of ||r_t||^2 in the k leading eigendirections of A_t."""
+
     name = "residual_topk"
     variables = ("residual_top_fraction", "top_k")
 
@@ -688,6 +701,8 @@ class ResidualTopK(Observable):
 
 
 class NormHistogram(Observable):
+    """Histograms over particles of ||(u_i, b_i)|| and |v_i| on bins shared by all times."""
+
     name = "norm_histogram"
     variables = (
         "hidden_norm_histogram",
@@ -723,6 +738,8 @@ class NormHistogram(Observable):
 
 
 class Regime(Observable):
+    """The kernel/feature label from the final weight and kernel movement (global attributes)."""
+
     name = "regime"
     variables = ()
     requires = ("weight_movement", "kernel_movement")
@@ -842,11 +859,6 @@ for _name, _info in _VARIABLE_DOCS.items():
     register_variable(_name, _info)
 
 
-def observable_variables(name: str) -> tuple[str, ...]:
-    """The dataset variables (and their coordinates) that observable ``name`` writes."""
-    return OBSERVABLES[name].variables
-
-
 def _with_requirements(names: Iterable[str]) -> list[str]:
     """Names in registry order, with every required observable included."""
     wanted: set[str] = set()
@@ -947,8 +959,6 @@ def observe(
 
 
 def _options_dict(options: ObserveConfig) -> dict[str, object]:
-    import dataclasses
-
     return {
         k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()
     }
