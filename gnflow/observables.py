@@ -19,7 +19,7 @@ Notation: M particles w_i = (u_i, b_i, v_i), N training points, A_t = J J^T the 
   (and on the initial features: the random-features baseline).
 - ``wasserstein``: W2 between the particle measures at t and at 0, and to the teacher measure.
 - ``residual_topk``: fraction of ||r_t||^2 in the top-k eigendirections of A_t.
-- ``norm_histogram``: histograms over particles of ||(u_i, b_i)|| and |v_i| at every saved time.
+- ``norm_histogram``: histograms over particles of ||(u_i, b_i)|| and abs(v_i) at every saved time.
 - ``regime``: ``"kernel"`` or ``"feature"`` from thresholds on weight and kernel movement.
 
 The definitions, units and costs are in docs/observables.md.
@@ -701,7 +701,7 @@ class ResidualTopK(Observable):
 
 
 class NormHistogram(Observable):
-    """Histograms over particles of ||(u_i, b_i)|| and |v_i| on bins shared by all times."""
+    """Histograms over particles of ||(u_i, b_i)|| and abs(v_i) on bins shared by all times."""
 
     name = "norm_histogram"
     variables = (
