@@ -31,6 +31,7 @@ from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
 from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size  # noqa: E402
 from gnflow.model import Linearization, ParticleModel  # noqa: E402
+from gnflow.observables import ObservableError, observe  # noqa: E402
 from gnflow.run import build_experiment, run, simulate  # noqa: E402
 from gnflow.solve import Solution, StepSchedule, integrate, save_times  # noqa: E402
 from gnflow.training import history_dataset, train_module  # noqa: E402
@@ -49,6 +50,7 @@ __all__ = [
     "GradientFlow",
     "Linearization",
     "ModelConfig",
+    "ObservableError",
     "ObserveConfig",
     "OutputConfig",
     "ParticleModel",
@@ -72,6 +74,7 @@ __all__ = [
     "load_config",
     "load_data_file",
     "make_data",
+    "observe",
     "read_dataset",
     "run",
     "save_times",

@@ -7,6 +7,7 @@ stderr and switch off when stderr is not a terminal. Library code logs; only thi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tomllib
@@ -236,6 +237,63 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else 0
 
 
+def _observe_options(stored: object, overrides: Sequence[str]) -> object:
+    """The stored ``[observe]`` options with ``--set`` overrides (keys with or without ``observe.``)."""
+    from gnflow.config import RunConfig, apply_overrides, config_from_dict, config_to_dict
+
+    assert isinstance(stored, RunConfig)
+    prefixed = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "." in key and not key.startswith("observe."):
+            raise CommandError(f"--set {item!r}: gnflow observe changes [observe] keys only, e.g. observe.top_k=[1,10]", EXIT_USAGE)
+        prefixed.append(item if key.startswith("observe.") else f"observe.{item}")
+    return config_from_dict(apply_overrides(config_to_dict(stored), prefixed)).observe
+
+
+def _cmd_observe(args: argparse.Namespace) -> int:
+    from gnflow.config import config_from_json
+    from gnflow.dataset import read_dataset, write_dataset
+    from gnflow.observables import OBSERVABLES, append_history, observe
+    from gnflow.run import resolve_device
+
+    if args.list:
+        for name, cls in OBSERVABLES.items():
+            print(f"{name:<18} {', '.join(cls.variables) or 'global attributes gnflow_regime*'}")
+        return 0
+    if args.file is None:
+        raise CommandError("observe: FILE.nc is required (or --list)", EXIT_USAGE)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"no such file: {args.file}")
+    out = path
+    if args.output is not None:
+        out = Path(args.output)
+        if out.suffix != ".nc":
+            raise CommandError(f"-o {args.output}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
+    for name in args.names:
+        if name not in OBSERVABLES:
+            raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
+    ds = read_dataset(path)
+    if "gnflow_config" not in ds.attrs:
+        raise CommandError(f"{path}: no gnflow_config attribute: not a trajectory written by gnflow run")
+    options = _observe_options(config_from_json(ds.attrs["gnflow_config"]), args.set or [])
+    result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
+    computed = json.loads(result.attrs["gnflow_observe"])["names"]
+    append_history(result, f"gnflow observe {' '.join(computed)}")
+    written = write_dataset(result, out)
+    if not args.quiet:
+        print(f"added {', '.join(computed)}")
+        if "regime" in computed:
+            print(
+                f"regime {result.attrs['gnflow_regime']}: hidden weight movement "
+                f"{result.attrs['gnflow_regime_hidden_weight_movement']:.4g}, kernel movement "
+                f"{result.attrs['gnflow_regime_kernel_movement']:.4g} ({result.attrs['gnflow_regime_rule']})"
+            )
+        print(f"wrote {written}")
+    return 0
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from gnflow.studies import STUDIES, StudyError, claims_table, run_study
 
@@ -390,6 +448,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=2, metavar="N", help="dask retries of a task that failed outside the run (default 2)"
     )
     sweep.set_defaults(handler=_cmd_sweep)
+
+    obs = sub.add_parser(
+        "observe",
+        parents=[common],
+        help="add observables (regime, movement, refit, Wasserstein, ...) to a saved trajectory",
+        description=(
+            "Compute observables at the saved times of a trajectory file and add them as variables. "
+            "The file is rewritten atomically (or written to -o) and the command is appended to its "
+            "history attribute. With no NAMES, every observable that applies to the file is computed. "
+            "Options come from the file's [observe] config and --set."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow observe run.nc                                  # all applicable observables\n"
+            "  gnflow observe run.nc regime refit teacher_alignment\n"
+            "  gnflow observe run.nc wasserstein --set wasserstein_exact_max=2000 -o run-obs.nc\n"
+            "  gnflow observe --list                                  # names and the variables they add\n"
+        ),
+    )
+    obs.add_argument("file", nargs="?", help="a trajectory file written by gnflow run")
+    obs.add_argument("names", nargs="*", metavar="NAME", help="observables to compute (default: all that apply)")
+    obs.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an [observe] option, e.g. top_k=[1,10]")
+    obs.add_argument("-o", "--output", metavar="OUT.nc", help="write here instead of rewriting FILE.nc")
+    obs.add_argument("--device", default="cpu", help='torch device of the computations (default "cpu")')
+    obs.add_argument("--list", action="store_true", help="list the observables and their variables, then exit")
+    obs.set_defaults(handler=_cmd_observe)
 
     study = sub.add_parser(
         "study",

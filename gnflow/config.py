@@ -243,9 +243,44 @@ class ObserveConfig:
     ----------
     names:
         Observable names; each adds documented variables to the trajectory dataset.
+    spectrum_count:
+        Number of saved times (first, last and evenly spaced indices between) at which
+        ``spectrum`` stores the full Gram spectrum (0: extreme eigenvalues only).
+    top_k:
+        Numbers k of leading eigendirections of A for the residual fraction ``residual_topk``.
+    quantiles:
+        Quantile levels (in [0, 1]) of the particle displacements reported by ``weight_movement``.
+    histogram_bins:
+        Number of bins of the particle-norm histograms of ``norm_histogram``.
+    refit_ridge:
+        Ridge penalty lambda of ``refit``: minimize ||Phi v - y||^2 + lambda ||v||^2 (units of the
+        Gram matrix; 0 = minimum-norm least squares).
+    refit_rcond:
+        Singular values of the feature matrix below ``refit_rcond`` x the largest are dropped by the
+        minimum-norm least-squares refit (used when ``refit_ridge = 0``).
+    wasserstein_exact_max:
+        ``wasserstein`` solves the exact optimal transport problem when both measures have at most
+        this many particles, and uses the sliced Wasserstein-2 distance otherwise.
+    wasserstein_projections:
+        Number of random directions of the sliced Wasserstein distance.
+    regime_weight_threshold:
+        A run is in the kernel regime when the final relative hidden-weight movement is below this
+        threshold and the final kernel movement is below ``regime_kernel_threshold``.
+    regime_kernel_threshold:
+        Threshold on the final kernel movement 1 - CKA(A_t, A_0) for the kernel regime.
     """
 
     names: tuple[str, ...] = ()
+    spectrum_count: int = 3
+    top_k: tuple[int, ...] = (1, 5, 10)
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9, 1.0)
+    histogram_bins: int = 40
+    refit_ridge: float = 0.0
+    refit_rcond: float = 1e-10
+    wasserstein_exact_max: int = 1000
+    wasserstein_projections: int = 200
+    regime_weight_threshold: float = 0.1
+    regime_kernel_threshold: float = 0.1
 
     def __post_init__(self) -> None:
         allowed = observable_names()
@@ -255,6 +290,37 @@ class ObserveConfig:
                 "observe.names",
                 f"unknown observable {name!r}; allowed: {', '.join(allowed) or 'none available'}",
             )
+        _require(self.spectrum_count >= 0, "observe.spectrum_count", f"must be >= 0, got {self.spectrum_count}")
+        _require(
+            len(self.top_k) >= 1 and all(k >= 1 for k in self.top_k),
+            "observe.top_k",
+            f"must be a non-empty list of integers >= 1, got {list(self.top_k)}",
+        )
+        _require(
+            len(self.quantiles) >= 1 and all(0.0 <= q <= 1.0 for q in self.quantiles),
+            "observe.quantiles",
+            f"must be a non-empty list of numbers in [0, 1], got {list(self.quantiles)}",
+        )
+        _require(self.histogram_bins >= 1, "observe.histogram_bins", f"must be >= 1, got {self.histogram_bins}")
+        _require(
+            math.isfinite(self.refit_ridge) and self.refit_ridge >= 0,
+            "observe.refit_ridge",
+            f"must be a finite number >= 0, got {self.refit_ridge}",
+        )
+        _require(0 < self.refit_rcond < 1, "observe.refit_rcond", f"must lie in (0, 1), got {self.refit_rcond}")
+        _require(
+            self.wasserstein_exact_max >= 1,
+            "observe.wasserstein_exact_max",
+            f"must be >= 1, got {self.wasserstein_exact_max}",
+        )
+        _require(
+            self.wasserstein_projections >= 1,
+            "observe.wasserstein_projections",
+            f"must be >= 1, got {self.wasserstein_projections}",
+        )
+        for key in ("regime_weight_threshold", "regime_kernel_threshold"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value > 0, f"observe.{key}", f"must be a finite number > 0, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,9 +29,19 @@ from gnflow.dataset import apply_variable_attrs, write_dataset
 from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
 from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import ParticleModel
+from gnflow.observables import observe, validate_observable_names
 from gnflow.solve import CheckpointHook, Solution, integrate
 
-__all__ = ["Experiment", "build_experiment", "make_flow", "resolve_device", "run", "simulate", "trajectory_dataset"]
+__all__ = [
+    "Experiment",
+    "build_experiment",
+    "make_flow",
+    "make_run_data",
+    "resolve_device",
+    "run",
+    "simulate",
+    "trajectory_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +103,23 @@ class Experiment:
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
 
+def _seeds(config: RunConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """Independent seeds of the data and of the initial particles."""
+    data_seed, init_seed = np.random.SeedSequence(config.seed).spawn(2)
+    return data_seed, init_seed
+
+
+def make_run_data(config: RunConfig) -> RegressionData:
+    """The data of the run described by ``config`` (the same draw as :func:`build_experiment`)."""
+    return make_data(config.data, activation=config.model.activation, seed=_seeds(config)[0])
+
+
 def build_experiment(config: RunConfig) -> Experiment:
     """Draw the data and initial particles (seeded) and build the flow of ``config``."""
     device = resolve_device(config.device)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    data_seed, init_seed = np.random.SeedSequence(config.seed).spawn(2)
-    data = make_data(config.data, activation=config.model.activation, seed=data_seed)
+    init_seed = _seeds(config)[1]
+    data = make_run_data(config)
     model = ParticleModel(
         input_dim=data.input_dim,
         activation=config.model.activation,
@@ -128,9 +149,12 @@ def simulate(
 ) -> xr.Dataset:
     """Run ``config`` and return its trajectory dataset (no dataset is written).
 
-    ``checkpoint`` and ``resume`` are passed to :func:`gnflow.solve.integrate`.
+    ``checkpoint`` and ``resume`` are passed to :func:`gnflow.solve.integrate`. The observables of
+    ``config.observe.names`` are computed from the dataset after integration, exactly as
+    ``gnflow observe`` computes them on the saved file.
     """
     experiment = build_experiment(config)
+    validate_observable_names(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
     logger.info(
         "%s flow, N=%d, M=%d, d=%d, %s on %s (%s)",
         experiment.flow.name,
@@ -168,7 +192,10 @@ def simulate(
         solution.n_accepted[-1],
         solution.n_rejected[-1],
     )
-    return trajectory_dataset(experiment, solution)
+    ds = trajectory_dataset(experiment, solution)
+    if config.observe.names:
+        ds = observe(ds, config.observe.names, options=config.observe, data=experiment.data, device=experiment.device)
+    return ds
 
 
 def run(
