@@ -6,7 +6,6 @@ import tomllib
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
@@ -15,14 +14,6 @@ from gnflow.config import ConfigError, config_from_dict, config_hash
 from gnflow.flows import Flow
 from gnflow.run import run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These runs are tiny: intra-op threads only add synchronisation cost on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Killed(BaseException):
