@@ -11,6 +11,10 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
 rounded to the nearest grid point, so a saved state is exactly the state after k steps.
+
+``kernel_exponential`` (:mod:`gnflow.exponential`) is driven the same way: its steps are exact for
+the linearized model, its saved states come from its own interpolant (no extra linearization),
+and one evaluation is one linearization of the flow (forward pass, Gram matrix, eigenvalues).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 
 from gnflow.config import SolverConfig
 from gnflow.damping import GramSolveError
+from gnflow.exponential import KernelExponentialSolver
 from gnflow.flows import Flow, FlowError
 
 __all__ = ["Solution", "integrate", "save_times"]
@@ -199,7 +204,9 @@ def integrate(
         loss0 = flow.train_loss(weights0)
         threshold = config.stop_loss_ratio * loss0
         recorder.save(0.0, weights0)
-        if config.adaptive:
+        if config.method == "kernel_exponential":
+            status = _integrate_exponential(flow, weights0, config, times, recorder, bar, loss0, threshold)
+        elif config.adaptive:
             status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
         else:
             status = _integrate_fixed(flow, weights0, config, times, recorder, bar, loss0, threshold)
@@ -257,6 +264,44 @@ def _integrate_adaptive(
             return "failed: non-finite train loss"
         if config.stop_loss_ratio > 0 and loss <= threshold:
             recorder.save(t1, new_state.y1)
+            return "converged"
+    return "completed"
+
+
+def _integrate_exponential(
+    flow: Flow,
+    weights0: torch.Tensor,
+    config: SolverConfig,
+    times: np.ndarray,
+    recorder: _Recorder,
+    bar: _Progress,
+    loss0: float,
+    threshold: float,
+) -> str:
+    solver = KernelExponentialSolver(
+        flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
+    )
+    t_end = float(times[-1])
+    next_index = 1
+    n_steps = 0
+    while next_index < len(times):
+        if n_steps >= config.max_steps:
+            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+        step = solver.attempt(t_end)
+        n_steps += 1
+        if step is None:
+            recorder.n_rejected += 1
+            continue
+        recorder.n_accepted += 1
+        while next_index < len(times) and times[next_index] <= step.t1:
+            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
+            next_index += 1
+        loss = solver.kernel.train_loss
+        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        if not math.isfinite(loss):
+            return "failed: non-finite train loss"
+        if config.stop_loss_ratio > 0 and loss <= threshold:
+            recorder.save(step.t1, step.weights)
             return "converged"
     return "completed"
 
