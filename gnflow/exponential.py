@@ -315,4 +315,6 @@ class KernelExponentialSolver:
         self.kernel = freeze_kernel(self.flow, weights)
         self.t = t1
         self.h = h * growth
-        return ExponentialStep(t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error)
+        return ExponentialStep(
+            t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error
+        )

@@ -113,7 +113,9 @@ class Flow(ABC):
         """Damping used at a state with Gram matrix ``gram`` (NaN when the flow has none)."""
         return float("nan")
 
-    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
         """Eigenvalues beta_k of B(A), where c = B(A) g is :meth:`function_space_direction`.
 
         Flows whose direction is a spectral function of A = Q diag(lambda) Q^T, B(A) =
@@ -133,8 +135,8 @@ class Flow(ABC):
             beta_k, shape (sample,), float64.
         """
         raise ConfigError(
-            f"solver.method: 'kernel_exponential' needs a flow whose direction is a function of the "
-            f"Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
+            "solver.method: 'kernel_exponential' needs a flow whose direction is a function of "
+            f"the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
         )
 
     def diagnostics(self, weights: torch.Tensor) -> StateDiagnostics:
@@ -160,7 +162,9 @@ class GradientFlow(Flow):
         """g = r / N."""
         return residual / self.n_samples
 
-    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
         """beta_k = 1 (B = I)."""
         return torch.ones_like(eigenvalues)
 
@@ -199,7 +203,9 @@ class GaussNewtonFlow(Flow):
         """eps(w) from the damping rule."""
         return float(self.damping.epsilon(gram))
 
-    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
         """beta_k = 1 / (lambda_k + eps(w)), the spectrum of (A + eps I)^{-1}.
 
         Raises
@@ -212,6 +218,7 @@ class GaussNewtonFlow(Flow):
         if not bool(shifted[0] > 0):
             raise GramSolveError(
                 "the damped Gram matrix A + eps I is not positive definite "
-                f"(smallest eigenvalue {float(shifted[0]):.3g}); increase flow.epsilon or use eigmin damping"
+                f"(smallest eigenvalue {float(shifted[0]):.3g}); "
+                "increase flow.epsilon or use eigmin damping"
             )
         return 1.0 / shifted

@@ -205,7 +205,9 @@ def integrate(
         threshold = config.stop_loss_ratio * loss0
         recorder.save(0.0, weights0)
         if config.method == "kernel_exponential":
-            status = _integrate_exponential(flow, weights0, config, times, recorder, bar, loss0, threshold)
+            status = _integrate_exponential(
+                flow, weights0, config, times, recorder, bar, loss0, threshold
+            )
         elif config.adaptive:
             status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
         else:

@@ -23,7 +23,7 @@ from gnflow.exponential import (
     freeze_kernel,
     phi1,
 )
-from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
+from gnflow.flows import Flow, GaussNewtonFlow
 from gnflow.model import Linearization
 from gnflow.run import build_experiment, simulate
 from gnflow.solve import integrate, save_times
@@ -56,7 +56,12 @@ def _experiment(
             "seed": seed,
             "device": "cpu",
             "data": {"n_train": n_train, "n_test": 20},
-            "model": {"width": width, "init_scale": init_scale, "train": train, "output_init": output_init},
+            "model": {
+                "width": width,
+                "init_scale": init_scale,
+                "train": train,
+                "output_init": output_init,
+            },
             "flow": {"kind": kind, "damping": damping, "epsilon": epsilon},
             "solver": {"n_save": 12, "stop_loss_ratio": 0.0, **solver},
         }
@@ -182,7 +187,7 @@ def test_gauss_newton_random_features_exact_at_every_saved_time() -> None:
         assert np.abs(r - exact).max() <= 1e-12 * np.linalg.norm(r0), f"t = {t}"
 
 
-# --- the full model: J moves -----------------------------------------------------------------------
+# --- the full model: J moves ---------------------------------------------------------------------
 
 
 def _relative_weight_error(weights: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
@@ -226,7 +231,9 @@ def test_gradient_flow_loss_does_not_increase(gradient_reference) -> None:
 
 
 def test_gauss_newton_flow_agrees_with_dopri5() -> None:
-    experiment, config = _experiment(kind="gauss_newton", method="dopri5", rtol=1e-10, atol=1e-13, t_end=200.0)
+    experiment, config = _experiment(
+        kind="gauss_newton", method="dopri5", rtol=1e-10, atol=1e-13, t_end=200.0
+    )
     reference = integrate(experiment.flow, experiment.weights0, config.solver)
     rtol = 1e-5
     solver = replace(config.solver, method="kernel_exponential", rtol=rtol, atol=rtol * 1e-3)
@@ -253,7 +260,12 @@ def test_stops_on_the_loss_ratio() -> None:
 def test_singular_gauss_newton_fails_with_a_partial_result() -> None:
     # more samples than trained parameters: A = S S^T / M^2 is singular, and eps = 0
     experiment, config = _experiment(
-        train="output", kind="gauss_newton", damping="constant", epsilon=0.0, n_train=30, width=10,
+        train="output",
+        kind="gauss_newton",
+        damping="constant",
+        epsilon=0.0,
+        n_train=30,
+        width=10,
         method="kernel_exponential",
     )
     solution = integrate(experiment.flow, experiment.weights0, config.solver)
@@ -264,7 +276,9 @@ def test_singular_gauss_newton_fails_with_a_partial_result() -> None:
 
 
 def test_step_limit_fails_with_the_states_reached() -> None:
-    experiment, config = _experiment(method="kernel_exponential", rtol=1e-8, atol=1e-11, t_end=300.0, max_steps=5)
+    experiment, config = _experiment(
+        method="kernel_exponential", rtol=1e-8, atol=1e-11, t_end=300.0, max_steps=5
+    )
     solution = integrate(experiment.flow, experiment.weights0, config.solver)
     assert solution.status == "failed: more than solver.max_steps = 5 steps"
     assert solution.n_accepted[-1] + solution.n_rejected[-1] <= 5
@@ -275,12 +289,14 @@ def test_flow_without_a_spectral_direction_is_a_config_error() -> None:
     class ShiftedFlow(Flow):
         name = "shifted"
 
-        def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
+        def function_space_direction(
+            self, lin: Linearization, residual: torch.Tensor
+        ) -> torch.Tensor:
             return residual + 1.0
 
     experiment, _ = _experiment()
     flow = ShiftedFlow(experiment.model, experiment.flow.x, experiment.flow.y)
-    with pytest.raises(ConfigError, match="solver.method: 'kernel_exponential' needs"):
+    with pytest.raises(ConfigError, match=r"solver\.method: 'kernel_exponential' needs"):
         KernelExponentialSolver(flow, experiment.weights0, rtol=1e-6, atol=1e-9)
 
 
@@ -311,4 +327,6 @@ def test_run_dataset_records_the_method_and_its_counters() -> None:
     assert ds.attrs["gnflow_status"] == "completed"
     assert ds.attrs["gnflow_solver"].startswith("kernel_exponential (rtol=")
     assert np.all(np.diff(ds["nfe"].values) >= 0) and ds["nfe"].values[-1] > 1
-    np.testing.assert_array_equal(ds["t"].values, np.concatenate([[0.0], np.geomspace(0.1, 1e3, 4)]))
+    np.testing.assert_array_equal(
+        ds["t"].values, np.concatenate([[0.0], np.geomspace(0.1, 1e3, 4)])
+    )
