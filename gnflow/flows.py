@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from gnflow.config import ConfigError
-from gnflow.damping import ConstantDamping, EigminDamping, GramSolveError, RelativeDamping, solve_damped
+from gnflow.damping import (
+    ConstantDamping,
+    EigminDamping,
+    GramSolveError,
+    RelativeDamping,
+    solve_damped,
+)
 from gnflow.model import Linearization, ParticleModel
 
 __all__ = ["Flow", "FlowError", "GaussNewtonFlow", "GradientFlow", "StateDiagnostics"]
