@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -223,6 +224,54 @@ def integrate(
     return recorder.solution(status, wall, config.method)
 
 
+@dataclass(frozen=True)
+class _AcceptedStep:
+    """What the saving and stopping loop needs from an accepted step of an adaptive method."""
+
+    t1: float
+    weights: torch.Tensor  # state at t1, (particle, component)
+    interpolate: Callable[[float], torch.Tensor]  # state at a time in the step
+    train_loss: float  # at t1
+
+
+def _drive_adaptive(
+    attempt: Callable[[], _AcceptedStep | None],
+    flow: Flow,
+    config: SolverConfig,
+    times: np.ndarray,
+    recorder: _Recorder,
+    bar: _Progress,
+    loss0: float,
+    threshold: float,
+) -> str:
+    """Step until the last saved time: save inside accepted steps, stop on the loss ratio.
+
+    ``attempt`` makes one step and returns it, or None when the step was rejected.
+    """
+    next_index = 1
+    n_steps = 0
+    while next_index < len(times):
+        if n_steps >= config.max_steps:
+            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+        step = attempt()
+        n_steps += 1
+        if step is None:
+            recorder.n_rejected += 1
+            continue
+        recorder.n_accepted += 1
+        while next_index < len(times) and times[next_index] <= step.t1:
+            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
+            next_index += 1
+        loss = step.train_loss
+        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        if not math.isfinite(loss):
+            return "failed: non-finite train loss"
+        if config.stop_loss_ratio > 0 and loss <= threshold:
+            recorder.save(step.t1, step.weights)
+            return "converged"
+    return "completed"
+
+
 def _integrate_adaptive(
     flow: Flow,
     weights0: torch.Tensor,
@@ -242,32 +291,26 @@ def _integrate_adaptive(
     )
     solver = SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **options)
     solver._before_integrate(t_tensor)
-    next_index = 1
-    n_steps = 0
-    while next_index < len(times):
-        if n_steps >= config.max_steps:
-            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+
+    def attempt() -> _AcceptedStep | None:
         state = solver.rk_state
         new_state = solver._adaptive_step(state)
         solver.rk_state = new_state
-        n_steps += 1
         if not bool(new_state.t1 > state.t1):
-            recorder.n_rejected += 1
-            continue
-        recorder.n_accepted += 1
-        t1 = float(new_state.t1)
-        while next_index < len(times) and times[next_index] <= t1:
-            y = _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, t_tensor[next_index])
-            recorder.save(float(times[next_index]), y)
-            next_index += 1
-        loss = flow.train_loss(new_state.y1)
-        bar.update(t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
-        if not math.isfinite(loss):
-            return "failed: non-finite train loss"
-        if config.stop_loss_ratio > 0 and loss <= threshold:
-            recorder.save(t1, new_state.y1)
-            return "converged"
-    return "completed"
+            return None
+
+        def interpolate(t: float) -> torch.Tensor:
+            at = torch.as_tensor(t, dtype=t_tensor.dtype, device=t_tensor.device)
+            return _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, at)
+
+        return _AcceptedStep(
+            t1=float(new_state.t1),
+            weights=new_state.y1,
+            interpolate=interpolate,
+            train_loss=flow.train_loss(new_state.y1),
+        )
+
+    return _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
 
 
 def _integrate_exponential(
@@ -284,28 +327,19 @@ def _integrate_exponential(
         flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
     )
     t_end = float(times[-1])
-    next_index = 1
-    n_steps = 0
-    while next_index < len(times):
-        if n_steps >= config.max_steps:
-            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+
+    def attempt() -> _AcceptedStep | None:
         step = solver.attempt(t_end)
-        n_steps += 1
         if step is None:
-            recorder.n_rejected += 1
-            continue
-        recorder.n_accepted += 1
-        while next_index < len(times) and times[next_index] <= step.t1:
-            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
-            next_index += 1
-        loss = solver.kernel.train_loss
-        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
-        if not math.isfinite(loss):
-            return "failed: non-finite train loss"
-        if config.stop_loss_ratio > 0 and loss <= threshold:
-            recorder.save(step.t1, step.weights)
-            return "converged"
-    return "completed"
+            return None
+        return _AcceptedStep(
+            t1=step.t1,
+            weights=step.weights,
+            interpolate=step.interpolate,
+            train_loss=solver.kernel.train_loss,
+        )
+
+    return _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
 
 
 def _integrate_fixed(
