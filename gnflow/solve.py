@@ -205,12 +205,14 @@ def integrate(
         loss0 = flow.train_loss(weights0)
         threshold = config.stop_loss_ratio * loss0
         recorder.save(0.0, weights0)
-        if config.method == "kernel_exponential":
-            status = _integrate_exponential(
-                flow, weights0, config, times, recorder, bar, loss0, threshold
+        if config.adaptive:
+            steps = (
+                _kernel_exponential_steps
+                if config.method == "kernel_exponential"
+                else _torchdiffeq_steps
             )
-        elif config.adaptive:
-            status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
+            attempt = steps(flow, weights0, config, times)
+            status = _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
         else:
             status = _integrate_fixed(flow, weights0, config, times, recorder, bar, loss0, threshold)
     except (FlowError, GramSolveError, AssertionError, RuntimeError, KeyboardInterrupt) as exc:
@@ -272,16 +274,10 @@ def _drive_adaptive(
     return "completed"
 
 
-def _integrate_adaptive(
-    flow: Flow,
-    weights0: torch.Tensor,
-    config: SolverConfig,
-    times: np.ndarray,
-    recorder: _Recorder,
-    bar: _Progress,
-    loss0: float,
-    threshold: float,
-) -> str:
+def _torchdiffeq_steps(
+    flow: Flow, weights0: torch.Tensor, config: SolverConfig, times: np.ndarray
+) -> Callable[[], _AcceptedStep | None]:
+    """One step of a torchdiffeq adaptive solver per call (None when rejected)."""
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
     if config.first_step is not None:
@@ -310,19 +306,13 @@ def _integrate_adaptive(
             train_loss=flow.train_loss(new_state.y1),
         )
 
-    return _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
+    return attempt
 
 
-def _integrate_exponential(
-    flow: Flow,
-    weights0: torch.Tensor,
-    config: SolverConfig,
-    times: np.ndarray,
-    recorder: _Recorder,
-    bar: _Progress,
-    loss0: float,
-    threshold: float,
-) -> str:
+def _kernel_exponential_steps(
+    flow: Flow, weights0: torch.Tensor, config: SolverConfig, times: np.ndarray
+) -> Callable[[], _AcceptedStep | None]:
+    """One kernel-exponential step (:mod:`gnflow.exponential`) per call (None when rejected)."""
     solver = KernelExponentialSolver(
         flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
     )
@@ -339,7 +329,7 @@ def _integrate_exponential(
             train_loss=solver.kernel.train_loss,
         )
 
-    return _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
+    return attempt
 
 
 def _integrate_fixed(
