@@ -8,13 +8,13 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 - partial results: a solver failure (step-size underflow, non-finite state, singular solve,
   too many steps, Ctrl-C) ends the run with the trajectory up to the failure and a status string.
 
+``kernel_exponential`` (:mod:`gnflow.exponential`) is driven by the same loop as the adaptive
+torchdiffeq methods: its steps are exact for the linearized model, its saved states come from its
+own interpolant (no extra linearization), and one evaluation is one linearization of the flow.
+
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
 rounded to the nearest grid point, so a saved state is exactly the state after k steps.
-
-``kernel_exponential`` (:mod:`gnflow.exponential`) is driven the same way: its steps are exact for
-the linearized model, its saved states come from its own interpolant (no extra linearization),
-and one evaluation is one linearization of the flow (forward pass, Gram matrix, eigenvalues).
 """
 
 from __future__ import annotations
