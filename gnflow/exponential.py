@@ -19,7 +19,7 @@ when J does not move (random features), first order in the rate of change of J o
 
 Adaptive steps use step doubling. One step of size h gives w1; two steps of size h/2 (the second
 one linearized again at the midpoint) give w2. The local error of w2 is estimated by
-|w2 - w1| in torchdiffeq's mixed norm, RMS((w2 - w1) / (atol + rtol max(|w0|, |w2|))), and the
+w2 - w1 in torchdiffeq's mixed norm, RMS((w2 - w1) / (atol + rtol max(abs(w0), abs(w2)))), and the
 step is accepted when that is <= 1. The accepted state is the Richardson extrapolation
 2 w2 - w1 (second order in h; still exact for a frozen J). The next step size is
 h * clip(0.9 err^(-1/2), 0.2, 10). States at saved times inside a step come from the interpolant
@@ -75,9 +75,9 @@ class StepSizeUnderflow(RuntimeError):
 
 
 def phi1(z: torch.Tensor) -> torch.Tensor:
-    """phi1(z) = (e^z - 1) / z elementwise, with phi1(0) = 1, accurate for small |z|.
+    """phi1(z) = (e^z - 1) / z elementwise, with phi1(0) = 1, accurate for small abs(z).
 
-    Uses ``expm1`` and, for |z| < 1e-5, the series 1 + z/2 + z^2/6 (error below 1e-16).
+    Uses ``expm1`` and, for abs(z) < 1e-5, the series 1 + z/2 + z^2/6 (error below 1e-16).
     """
     small = z.abs() < _PHI1_SERIES_BELOW
     safe = torch.where(small, torch.ones_like(z), z)
@@ -233,7 +233,7 @@ class ExponentialStep:
 def _error_ratio(
     w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, rtol: float, atol: float
 ) -> float:
-    """RMS((w2 - w1) / (atol + rtol max(|w0|, |w2|))), torchdiffeq's norm, in float64."""
+    """RMS((w2 - w1) / (atol + rtol max(abs(w0), abs(w2)))), torchdiffeq's norm, in float64."""
     w0, w1, w2 = w0.double(), w1.double(), w2.double()
     scale = atol + rtol * torch.maximum(w0.abs(), w2.abs())
     return float(((w2 - w1) / scale).pow(2).mean().sqrt())
