@@ -8,9 +8,9 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 - partial results: a solver failure (step-size underflow, non-finite state, singular solve,
   too many steps, Ctrl-C) ends the run with the trajectory up to the failure and a status string.
 
-``kernel_exponential`` (:mod:`gnflow.exponential`) is driven by the same loop as the adaptive
-torchdiffeq methods: its steps are exact for the linearized model, its saved states come from its
-own interpolant (no extra linearization), and one evaluation is one linearization of the flow.
+``kernel_exponential`` (:mod:`gnflow.exponential`) is driven like the adaptive torchdiffeq
+methods: its steps are exact for the linearized model, its saved states come from its own
+interpolant (no extra linearization), and one evaluation is one linearization of the flow.
 
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -206,13 +205,7 @@ def integrate(
         threshold = config.stop_loss_ratio * loss0
         recorder.save(0.0, weights0)
         if config.adaptive:
-            steps = (
-                _kernel_exponential_steps
-                if config.method == "kernel_exponential"
-                else _torchdiffeq_steps
-            )
-            attempt = steps(flow, weights0, config, times)
-            status = _drive_adaptive(attempt, flow, config, times, recorder, bar, loss0, threshold)
+            status = _integrate_adaptive(flow, weights0, config, times, recorder, bar, loss0, threshold)
         else:
             status = _integrate_fixed(flow, weights0, config, times, recorder, bar, loss0, threshold)
     except (FlowError, GramSolveError, AssertionError, RuntimeError, KeyboardInterrupt) as exc:
@@ -226,19 +219,9 @@ def integrate(
     return recorder.solution(status, wall, config.method)
 
 
-@dataclass(frozen=True)
-class _AcceptedStep:
-    """What the saving and stopping loop needs from an accepted step of an adaptive method."""
-
-    t1: float
-    weights: torch.Tensor  # state at t1, (particle, component)
-    interpolate: Callable[[float], torch.Tensor]  # state at a time in the step
-    train_loss: float  # at t1
-
-
-def _drive_adaptive(
-    attempt: Callable[[], _AcceptedStep | None],
+def _integrate_exponential(
     flow: Flow,
+    weights0: torch.Tensor,
     config: SolverConfig,
     times: np.ndarray,
     recorder: _Recorder,
@@ -246,16 +229,16 @@ def _drive_adaptive(
     loss0: float,
     threshold: float,
 ) -> str:
-    """Step until the last saved time: save inside accepted steps, stop on the loss ratio.
-
-    ``attempt`` makes one step and returns it, or None when the step was rejected.
-    """
+    solver = KernelExponentialSolver(
+        flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
+    )
+    t_end = float(times[-1])
     next_index = 1
     n_steps = 0
     while next_index < len(times):
         if n_steps >= config.max_steps:
             return f"failed: more than solver.max_steps = {config.max_steps} steps"
-        step = attempt()
+        step = solver.attempt(t_end)
         n_steps += 1
         if step is None:
             recorder.n_rejected += 1
@@ -264,7 +247,7 @@ def _drive_adaptive(
         while next_index < len(times) and times[next_index] <= step.t1:
             recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
             next_index += 1
-        loss = step.train_loss
+        loss = solver.kernel.train_loss
         bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
         if not math.isfinite(loss):
             return "failed: non-finite train loss"
@@ -274,10 +257,18 @@ def _drive_adaptive(
     return "completed"
 
 
-def _torchdiffeq_steps(
-    flow: Flow, weights0: torch.Tensor, config: SolverConfig, times: np.ndarray
-) -> Callable[[], _AcceptedStep | None]:
-    """One step of a torchdiffeq adaptive solver per call (None when rejected)."""
+def _integrate_adaptive(
+    flow: Flow,
+    weights0: torch.Tensor,
+    config: SolverConfig,
+    times: np.ndarray,
+    recorder: _Recorder,
+    bar: _Progress,
+    loss0: float,
+    threshold: float,
+) -> str:
+    if config.method == "kernel_exponential":
+        return _integrate_exponential(flow, weights0, config, times, recorder, bar, loss0, threshold)
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
     if config.first_step is not None:
@@ -287,49 +278,32 @@ def _torchdiffeq_steps(
     )
     solver = SOLVERS[method](func=func, y0=y0, rtol=rtol, atol=atol, **options)
     solver._before_integrate(t_tensor)
-
-    def attempt() -> _AcceptedStep | None:
+    next_index = 1
+    n_steps = 0
+    while next_index < len(times):
+        if n_steps >= config.max_steps:
+            return f"failed: more than solver.max_steps = {config.max_steps} steps"
         state = solver.rk_state
         new_state = solver._adaptive_step(state)
         solver.rk_state = new_state
+        n_steps += 1
         if not bool(new_state.t1 > state.t1):
-            return None
-
-        def interpolate(t: float) -> torch.Tensor:
-            at = torch.as_tensor(t, dtype=t_tensor.dtype, device=t_tensor.device)
-            return _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, at)
-
-        return _AcceptedStep(
-            t1=float(new_state.t1),
-            weights=new_state.y1,
-            interpolate=interpolate,
-            train_loss=flow.train_loss(new_state.y1),
-        )
-
-    return attempt
-
-
-def _kernel_exponential_steps(
-    flow: Flow, weights0: torch.Tensor, config: SolverConfig, times: np.ndarray
-) -> Callable[[], _AcceptedStep | None]:
-    """One kernel-exponential step (:mod:`gnflow.exponential`) per call (None when rejected)."""
-    solver = KernelExponentialSolver(
-        flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
-    )
-    t_end = float(times[-1])
-
-    def attempt() -> _AcceptedStep | None:
-        step = solver.attempt(t_end)
-        if step is None:
-            return None
-        return _AcceptedStep(
-            t1=step.t1,
-            weights=step.weights,
-            interpolate=step.interpolate,
-            train_loss=solver.kernel.train_loss,
-        )
-
-    return attempt
+            recorder.n_rejected += 1
+            continue
+        recorder.n_accepted += 1
+        t1 = float(new_state.t1)
+        while next_index < len(times) and times[next_index] <= t1:
+            y = _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, t_tensor[next_index])
+            recorder.save(float(times[next_index]), y)
+            next_index += 1
+        loss = flow.train_loss(new_state.y1)
+        bar.update(t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        if not math.isfinite(loss):
+            return "failed: non-finite train loss"
+        if config.stop_loss_ratio > 0 and loss <= threshold:
+            recorder.save(t1, new_state.y1)
+            return "converged"
+    return "completed"
 
 
 def _integrate_fixed(
