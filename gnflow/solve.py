@@ -8,6 +8,10 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 - partial results: a solver failure (step-size underflow, non-finite state, singular solve,
   too many steps, Ctrl-C) ends the run with the trajectory up to the failure and a status string.
 
+``kernel_exponential`` (:mod:`gnflow.exponential`) is driven like the adaptive torchdiffeq
+methods: its steps are exact for the linearized model, its saved states come from its own
+interpolant (no extra linearization), and one evaluation is one linearization of the flow.
+
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
 rounded to the nearest grid point, so a saved state is exactly the state after k steps.
@@ -42,6 +46,7 @@ from tqdm.auto import tqdm
 
 from gnflow.config import SolverConfig
 from gnflow.damping import GramSolveError
+from gnflow.exponential import KernelExponentialSolver
 from gnflow.flows import Flow, FlowError
 
 __all__ = ["CheckpointHook", "Solution", "StepSchedule", "integrate", "save_times"]
@@ -306,6 +311,44 @@ def integrate(
     return recorder.solution(status, wall, config.method)
 
 
+def _integrate_exponential(
+    flow: Flow,
+    weights0: torch.Tensor,
+    config: SolverConfig,
+    times: np.ndarray,
+    recorder: _Recorder,
+    bar: _Progress,
+    loss0: float,
+    threshold: float,
+) -> str:
+    solver = KernelExponentialSolver(
+        flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
+    )
+    t_end = float(times[-1])
+    next_index = 1
+    n_steps = 0
+    while next_index < len(times):
+        if n_steps >= config.max_steps:
+            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+        step = solver.attempt(t_end)
+        n_steps += 1
+        if step is None:
+            recorder.n_rejected += 1
+            continue
+        recorder.n_accepted += 1
+        while next_index < len(times) and times[next_index] <= step.t1:
+            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
+            next_index += 1
+        loss = solver.kernel.train_loss
+        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        if not math.isfinite(loss):
+            return "failed: non-finite train loss"
+        if config.stop_loss_ratio > 0 and loss <= threshold:
+            recorder.save(step.t1, step.weights)
+            return "converged"
+    return "completed"
+
+
 def _integrate_adaptive(
     flow: Flow,
     weights0: torch.Tensor,
@@ -319,6 +362,8 @@ def _integrate_adaptive(
     resume: Mapping[str, Any] | None = None,
     start: float = 0.0,
 ) -> str:
+    if config.method == "kernel_exponential":
+        return _integrate_exponential(flow, weights0, config, times, recorder, bar, loss0, threshold)
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
     if config.first_step is not None:
