@@ -44,7 +44,7 @@ from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.rk_common import _RungeKuttaState
 from tqdm.auto import tqdm
 
-from gnflow.config import SolverConfig
+from gnflow.config import EXPONENTIAL_METHODS, SolverConfig
 from gnflow.damping import GramSolveError
 from gnflow.exponential import KernelExponentialSolver
 from gnflow.flows import Flow, FlowError
@@ -320,13 +320,23 @@ def _integrate_exponential(
     bar: _Progress,
     loss0: float,
     threshold: float,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+    start: float = 0.0,
 ) -> str:
-    solver = KernelExponentialSolver(
-        flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
-    )
+    if resume is None:
+        solver = KernelExponentialSolver(
+            flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
+        )
+        next_index, n_steps = 1, 0
+    else:
+        # the state after the last accepted step and the step size proposed for the next one
+        solver = KernelExponentialSolver(
+            flow, resume["y"].to(weights0.device), rtol=config.rtol, atol=config.atol, first_step=float(resume["h"])
+        )
+        solver.t = float(resume["t"])
+        next_index, n_steps, flow.nfe = int(resume["next_index"]), int(resume["n_steps"]), int(resume["nfe"])
     t_end = float(times[-1])
-    next_index = 1
-    n_steps = 0
     while next_index < len(times):
         if n_steps >= config.max_steps:
             return f"failed: more than solver.max_steps = {config.max_steps} steps"
@@ -346,6 +356,13 @@ def _integrate_exponential(
         if config.stop_loss_ratio > 0 and loss <= threshold:
             recorder.save(step.t1, step.weights)
             return "converged"
+        if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
+            checkpoint.write(
+                _position(
+                    recorder, flow, start, y=step.weights.cpu(), t=solver.t, h=solver.h,
+                    next_index=next_index, n_steps=n_steps,
+                )
+            )
     return "completed"
 
 
@@ -363,7 +380,9 @@ def _integrate_adaptive(
     start: float = 0.0,
 ) -> str:
     if config.method == "kernel_exponential":
-        return _integrate_exponential(flow, weights0, config, times, recorder, bar, loss0, threshold)
+        return _integrate_exponential(
+            flow, weights0, config, times, recorder, bar, loss0, threshold, checkpoint, resume, start
+        )
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
     if config.first_step is not None:
@@ -580,6 +599,6 @@ def _check_resume(resume: Mapping[str, Any], config: SolverConfig, times: np.nda
     saved = resume["times"].numpy()
     if saved.shape != times.shape or not np.array_equal(saved, times):
         raise ValueError("cannot resume: the position was written for different saved times")
-    key = "rk_state" if config.adaptive else "y"
+    key = "rk_state" if config.adaptive and config.method not in EXPONENTIAL_METHODS else "y"
     if key not in resume:
         raise ValueError(f"cannot resume: the position holds no {key!r} for method {config.method!r}")
