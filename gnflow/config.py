@@ -46,14 +46,17 @@ GGNSave = Literal["epoch", "iteration"]
 DampingKind = Literal["eigmin", "constant", "relative"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
+ExponentialMethod = Literal["kernel_exponential"]
 SolverMethod = Literal[
-    "dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2", "euler", "midpoint", "rk4"
+    "dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2", "euler", "midpoint", "rk4",
+    "kernel_exponential",
 ]
 SaveSpacing = Literal["log", "linear"]
 DType = Literal["float64", "float32"]
 
 ADAPTIVE_METHODS: tuple[str, ...] = get_args(AdaptiveMethod)
 FIXED_METHODS: tuple[str, ...] = get_args(FixedMethod)
+EXPONENTIAL_METHODS: tuple[str, ...] = get_args(ExponentialMethod)
 
 
 class ConfigError(ValueError):
@@ -331,9 +334,11 @@ class SolverConfig:
     ----------
     method:
         Adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2) or fixed-step (euler,
-        midpoint, rk4) torchdiffeq method.
+        midpoint, rk4) torchdiffeq method, or ``"kernel_exponential"``: adaptive steps that are
+        exact for the linearized (kernel) model, for long-horizon gradient flows
+        (:mod:`gnflow.exponential`).
     rtol, atol:
-        Relative and absolute tolerances of the adaptive methods.
+        Relative and absolute tolerances of the adaptive methods (kernel_exponential included).
     step_size:
         Step size h of the fixed-step methods (flow time).
     t_end:
@@ -352,7 +357,8 @@ class SolverConfig:
     max_steps:
         Maximum number of solver steps (accepted and rejected) before the run fails.
     first_step:
-        First step size of adaptive methods (default: torchdiffeq's estimate).
+        First step size of adaptive methods (default: torchdiffeq's estimate; for
+        kernel_exponential N / lambda_max(A) at t = 0).
     """
 
     method: SolverMethod = "dopri5"
@@ -412,8 +418,8 @@ class SolverConfig:
 
     @property
     def adaptive(self) -> bool:
-        """Whether the method chooses its own step sizes."""
-        return self.method in ADAPTIVE_METHODS
+        """Whether the method chooses its own step sizes (kernel_exponential does)."""
+        return self.method in ADAPTIVE_METHODS or self.method in EXPONENTIAL_METHODS
 
 
 @dataclass(frozen=True, kw_only=True)

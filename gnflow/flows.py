@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solve_damped
+from gnflow.config import ConfigError
+from gnflow.damping import (
+    ConstantDamping,
+    EigminDamping,
+    GramSolveError,
+    RelativeDamping,
+    solve_damped,
+)
 from gnflow.model import Linearization, ParticleModel
 
 __all__ = ["Flow", "FlowError", "GaussNewtonFlow", "GradientFlow", "StateDiagnostics"]
@@ -136,6 +143,32 @@ class Flow(ABC):
         """Damping used at a state with Gram matrix ``gram`` (NaN when the flow has none)."""
         return float("nan")
 
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
+        """Eigenvalues beta_k of B(A), where c = B(A) g is :meth:`function_space_direction`.
+
+        Flows whose direction is a spectral function of A = Q diag(lambda) Q^T, B(A) =
+        Q diag(beta) Q^T, define this; the kernel-exponential integrator
+        (:mod:`gnflow.exponential`) needs it.
+
+        Parameters
+        ----------
+        gram:
+            A, shape (sample, sample), float64.
+        eigenvalues:
+            lambda_k of A in increasing order, shape (sample,), float64.
+
+        Returns
+        -------
+        torch.Tensor
+            beta_k, shape (sample,), float64.
+        """
+        raise ConfigError(
+            "solver.method: 'kernel_exponential' needs a flow whose direction is a function of "
+            f"the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
+        )
+
     def diagnostics(self, weights: torch.Tensor) -> StateDiagnostics:
         """Train loss, extreme Gram eigenvalues and damping at ``weights``."""
         lin = self.model.linearize(weights, self.x)
@@ -158,6 +191,12 @@ class GradientFlow(Flow):
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
         """g = r / N."""
         return residual / self.n_samples
+
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
+        """beta_k = 1 (B = I)."""
+        return torch.ones_like(eigenvalues)
 
 
 class GaussNewtonFlow(Flow):
@@ -193,3 +232,23 @@ class GaussNewtonFlow(Flow):
     def epsilon(self, gram: torch.Tensor) -> float:
         """eps(w) from the damping rule."""
         return float(self.damping.epsilon(gram))
+
+    def preconditioner_spectrum(
+        self, gram: torch.Tensor, eigenvalues: torch.Tensor
+    ) -> torch.Tensor:
+        """beta_k = 1 / (lambda_k + eps(w)), the spectrum of (A + eps I)^{-1}.
+
+        Raises
+        ------
+        GramSolveError
+            If A + eps I is not positive definite (e.g. eps = 0 and A singular), as the
+            Cholesky solve of :meth:`function_space_direction` would.
+        """
+        shifted = eigenvalues + self.damping.epsilon(gram)
+        if not bool(shifted[0] > 0):
+            raise GramSolveError(
+                "the damped Gram matrix A + eps I is not positive definite "
+                f"(smallest eigenvalue {float(shifted[0]):.3g}); "
+                "increase flow.epsilon or use eigmin damping"
+            )
+        return 1.0 / shifted

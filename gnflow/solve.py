@@ -8,6 +8,10 @@ its solvers step by step instead (the same solver objects ``odeint`` builds), wh
 - partial results: a solver failure (step-size underflow, non-finite state, singular solve,
   too many steps, Ctrl-C) ends the run with the trajectory up to the failure and a status string.
 
+``kernel_exponential`` (:mod:`gnflow.exponential`) is driven like the adaptive torchdiffeq
+methods: its steps are exact for the linearized model, its saved states come from its own
+interpolant (no extra linearization), and one evaluation is one linearization of the flow.
+
 Adaptive methods save by torchdiffeq's dense output (the interpolant of each step), so saved times
 cost no extra evaluations. Fixed-step methods save at grid points t = k h: requested times are
 rounded to the nearest grid point, so a saved state is exactly the state after k steps.
@@ -40,8 +44,9 @@ from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.rk_common import _RungeKuttaState
 from tqdm.auto import tqdm
 
-from gnflow.config import SolverConfig
+from gnflow.config import EXPONENTIAL_METHODS, SolverConfig
 from gnflow.damping import GramSolveError
+from gnflow.exponential import KernelExponentialSolver
 from gnflow.flows import Flow, FlowError
 
 __all__ = ["CheckpointHook", "Solution", "StepSchedule", "integrate", "save_times"]
@@ -306,6 +311,61 @@ def integrate(
     return recorder.solution(status, wall, config.method)
 
 
+def _integrate_exponential(
+    flow: Flow,
+    weights0: torch.Tensor,
+    config: SolverConfig,
+    times: np.ndarray,
+    recorder: _Recorder,
+    bar: _Progress,
+    loss0: float,
+    threshold: float,
+    checkpoint: CheckpointHook | None = None,
+    resume: Mapping[str, Any] | None = None,
+    start: float = 0.0,
+) -> str:
+    if resume is None:
+        solver = KernelExponentialSolver(
+            flow, weights0, rtol=config.rtol, atol=config.atol, first_step=config.first_step
+        )
+        next_index, n_steps = 1, 0
+    else:
+        # the state after the last accepted step and the step size proposed for the next one
+        solver = KernelExponentialSolver(
+            flow, resume["y"].to(weights0.device), rtol=config.rtol, atol=config.atol, first_step=float(resume["h"])
+        )
+        solver.t = float(resume["t"])
+        next_index, n_steps, flow.nfe = int(resume["next_index"]), int(resume["n_steps"]), int(resume["nfe"])
+    t_end = float(times[-1])
+    while next_index < len(times):
+        if n_steps >= config.max_steps:
+            return f"failed: more than solver.max_steps = {config.max_steps} steps"
+        step = solver.attempt(t_end)
+        n_steps += 1
+        if step is None:
+            recorder.n_rejected += 1
+            continue
+        recorder.n_accepted += 1
+        while next_index < len(times) and times[next_index] <= step.t1:
+            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
+            next_index += 1
+        loss = solver.kernel.train_loss
+        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
+        if not math.isfinite(loss):
+            return "failed: non-finite train loss"
+        if config.stop_loss_ratio > 0 and loss <= threshold:
+            recorder.save(step.t1, step.weights)
+            return "converged"
+        if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
+            checkpoint.write(
+                _position(
+                    recorder, flow, start, y=step.weights.cpu(), t=solver.t, h=solver.h,
+                    next_index=next_index, n_steps=n_steps,
+                )
+            )
+    return "completed"
+
+
 def _integrate_adaptive(
     flow: Flow,
     weights0: torch.Tensor,
@@ -319,6 +379,10 @@ def _integrate_adaptive(
     resume: Mapping[str, Any] | None = None,
     start: float = 0.0,
 ) -> str:
+    if config.method == "kernel_exponential":
+        return _integrate_exponential(
+            flow, weights0, config, times, recorder, bar, loss0, threshold, checkpoint, resume, start
+        )
     t_tensor = torch.as_tensor(times, dtype=torch.float64, device=weights0.device)
     options: dict[str, object] = {"dtype": torch.float64}
     if config.first_step is not None:
@@ -535,6 +599,6 @@ def _check_resume(resume: Mapping[str, Any], config: SolverConfig, times: np.nda
     saved = resume["times"].numpy()
     if saved.shape != times.shape or not np.array_equal(saved, times):
         raise ValueError("cannot resume: the position was written for different saved times")
-    key = "rk_state" if config.adaptive else "y"
+    key = "rk_state" if config.adaptive and config.method not in EXPONENTIAL_METHODS else "y"
     if key not in resume:
         raise ValueError(f"cannot resume: the position holds no {key!r} for method {config.method!r}")

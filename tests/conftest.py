@@ -1,11 +1,11 @@
-import os
-
 import matplotlib
 import pytest
 import torch
 
 matplotlib.use("Agg")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Test problems are tiny: intra-op threads only add synchronisation cost (badly so on a busy
+# machine), and one thread makes in-process runs do the same arithmetic as one-thread dask workers.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

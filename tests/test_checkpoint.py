@@ -6,7 +6,6 @@ import tomllib
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 
 from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
@@ -15,14 +14,6 @@ from gnflow.config import ConfigError, config_from_dict, config_hash
 from gnflow.flows import Flow
 from gnflow.run import run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These runs are tiny: intra-op threads only add synchronisation cost on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class _Killed(BaseException):
@@ -212,3 +203,36 @@ def test_mini_batch_ggn_run_resumes_exactly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed["t"].values, reference["t"].values)
     np.testing.assert_array_equal(resumed["weights"].values, reference["weights"].values)
     np.testing.assert_array_equal(resumed["nfe"].values, reference["nfe"].values)
+
+
+def test_kernel_exponential_run_resumes_exactly(tmp_path, monkeypatch):
+    import gnflow.exponential as exponential
+
+    def config_at(path, every_steps):
+        return _config(path, method="kernel_exponential", every_steps=every_steps, rtol=1e-5, atol=1e-8)
+
+    reference, _ = run(config_at(tmp_path / "reference.nc", 0), progress=False)
+    total = int(reference["nfe"].values[-1])
+    assert reference.attrs["gnflow_status"] == "completed" and total > 10
+
+    config = config_at(tmp_path / "run.nc", 2)
+    original = exponential.freeze_kernel
+    calls = {"n": 0}
+
+    def dying_freeze(flow, weights):
+        calls["n"] += 1
+        if calls["n"] == (2 * total) // 3:
+            raise _Killed
+        return original(flow, weights)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(exponential, "freeze_kernel", dying_freeze)
+        with pytest.raises(_Killed):
+            run(config, progress=False)
+    assert checkpoint_path(config.output.path).is_file()
+    resumed, _ = run(config, progress=False, resume=True)
+    np.testing.assert_array_equal(resumed["t"].values, reference["t"].values)
+    np.testing.assert_array_equal(resumed["nfe"].values, reference["nfe"].values)
+    np.testing.assert_array_equal(resumed["weights"].values, reference["weights"].values)
+    np.testing.assert_array_equal(resumed["n_steps"].values, reference["n_steps"].values)
+    assert resumed.attrs["gnflow_status"] == "completed"

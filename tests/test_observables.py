@@ -28,15 +28,6 @@ from gnflow.transport import wasserstein2
 ALL_NAMES = list(OBSERVABLES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # the problems here are tiny: a second intra-op thread only adds contention on a busy machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small_config(*overrides: str):
     """A teacher-student GN run that integrates in about a second."""
     base = [

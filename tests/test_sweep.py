@@ -70,15 +70,6 @@ name = "broken"
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny runs: intra-op threads only add synchronisation cost on a busy machine, and serial
-    # and dask runs (one thread per worker) then do the same arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def cluster():
