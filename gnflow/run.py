@@ -52,10 +52,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> Flow:
-    """The vector field described by the ``[flow]`` section."""
+def make_flow(
+    config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False
+) -> Flow:
+    """The vector field described by the ``[flow]`` section (``allow_tf32``: see ``[compute]``)."""
     if config.kind == "gradient":
-        return GradientFlow(model, x, y)
+        return GradientFlow(model, x, y, allow_tf32=allow_tf32)
     if model.activation == "relu":
         warnings.warn(
             "relu is not differentiable at 0: the Gauss-Newton flow is then only piecewise smooth, "
@@ -63,7 +65,7 @@ def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torc
             UserWarning,
             stacklevel=2,
         )
-    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon))
+    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon), allow_tf32=allow_tf32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +96,8 @@ def build_experiment(config: RunConfig) -> Experiment:
         activation=config.model.activation,
         scaling=config.model.scaling,
         train=config.model.train,
+        chunk_size=config.compute.chunk_size,
+        block_entries=config.compute.block_entries,
     )
     weights0 = model.initial_weights(
         config.model.width,
@@ -105,7 +109,7 @@ def build_experiment(config: RunConfig) -> Experiment:
     )
     x = torch.as_tensor(data.x_train, dtype=dtype, device=device)
     y = torch.as_tensor(data.y_train, dtype=dtype, device=device)
-    flow = make_flow(config.flow, model, x, y)
+    flow = make_flow(config.flow, model, x, y, allow_tf32=config.compute.allow_tf32)
     return Experiment(config=config, data=data, model=model, flow=flow, weights0=weights0, device=device, dtype=dtype)
 
 
