@@ -242,7 +242,7 @@ class ParticleModel:
         rows = max(1, self.block_entries // weights.shape[0])
         out = []
         for start in range(0, x.shape[0], rows):
-            z = torch.addmm(weights[:, d], x[start : start + rows], weights[:, :d].T)
+            z = torch.addmm(weights[:, d], x[start : start + rows], weights[:, :d].T)  # autograd-safe
             out.append(_ACTIVATION_VALUES[self.activation](z) @ weights[:, d + 1])
         result = torch.cat(out) if out else x.new_zeros(0)
         return self.scale(weights.shape[0]) * result
@@ -262,10 +262,12 @@ class ParticleModel:
         """
         self._check(weights, x)
         chunk = self.particle_chunk(x.shape[0], weights.shape[0])
-        activations = _activations(self, weights, x) if chunk >= weights.shape[0] else None
+        x1 = _with_ones(x)
+        activations = _activations(self, weights, x1) if chunk >= weights.shape[0] else None
         return Linearization(
             model=self,
             x=x,
+            x1=x1,
             weights=weights,
             scale=self.scale(weights.shape[0]),
             chunk=chunk,
@@ -273,10 +275,18 @@ class ParticleModel:
         )
 
 
-def _activations(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """S = sigma(z) and T = sigma'(z) * v, both (sample, particle), for the particles in ``weights``."""
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
+    """X1 = [X, 1], shape (sample, d + 1)."""
+    return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
+def _activations(model: ParticleModel, weights: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = sigma(z) and T = sigma'(z) * v, both (sample, particle), for the particles in ``weights``.
+
+    x1 = [X, 1]: z = X u + b is then one product, with no separate pass adding the biases.
+    """
     d = model.input_dim
-    z = torch.addmm(weights[:, d], x, weights[:, :d].T)
+    z = x1 @ weights[:, : d + 1].T
     s, ds = _activation_pair_(model.activation, z)
     return s, ds.mul_(weights[:, d + 1])
 
@@ -292,6 +302,7 @@ class Linearization:
 
     model: ParticleModel
     x: torch.Tensor  # (sample, d)
+    x1: torch.Tensor  # (sample, d + 1): [x, 1]
     weights: torch.Tensor  # (particle, component)
     scale: float
     chunk: int
@@ -329,7 +340,7 @@ class Linearization:
             return
         for start in range(0, self.width, self.chunk):
             part = slice(start, min(start + self.chunk, self.width))
-            yield part, *_activations(self.model, self.weights[part], self.x)
+            yield part, *_activations(self.model, self.weights[part], self.x1)
 
     def predict(self) -> torch.Tensor:
         """f(X), shape (sample,)."""
@@ -343,11 +354,10 @@ class Linearization:
         d = self.model.input_dim
         out = torch.zeros(self.width, d + 2, dtype=self.x.dtype, device=self.x.device)
         c = c.to(self.x.dtype)
-        x1 = torch.cat([self.x, torch.ones_like(self.x[:, :1])], dim=1)  # (sample, d + 1)
         for part, s, t in self.chunks():
             if self.model.trains_hidden:
                 # sum_n c_n T_ni [x_n, 1] as one product: (T^T)(c * X1)
-                out[part, : d + 1] = t.T @ (c[:, None] * x1)
+                out[part, : d + 1] = t.T @ (c[:, None] * self.x1)
             if self.model.trains_output:
                 out[part, d + 1] = s.T @ c
         return out.mul_(self.scale)
@@ -416,4 +426,4 @@ def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Ten
 
 
 # below this many samples one general product is as fast as the three blocks
-_SYMMETRIC_SPLIT_MIN = 512
+_SYMMETRIC_SPLIT_MIN = 256
