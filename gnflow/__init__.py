@@ -12,6 +12,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from gnflow.config import (  # noqa: E402
+    ComputeConfig,
     ConfigError,
     DataConfig,
     FlowConfig,
@@ -24,7 +25,13 @@ from gnflow.config import (  # noqa: E402
     config_to_dict,
     load_config,
 )
-from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solve_damped  # noqa: E402
+from gnflow.damping import (  # noqa: E402
+    ConstantDamping,
+    DampedGramSolver,
+    EigminDamping,
+    RelativeDamping,
+    solve_damped,
+)
 from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student  # noqa: E402
 from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
@@ -33,8 +40,10 @@ from gnflow.run import build_experiment, run, simulate  # noqa: E402
 from gnflow.solve import Solution, integrate, save_times  # noqa: E402
 
 __all__ = [
+    "ComputeConfig",
     "ConfigError",
     "ConstantDamping",
+    "DampedGramSolver",
     "DataConfig",
     "DataError",
     "EigminDamping",

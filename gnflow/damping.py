@@ -297,10 +297,8 @@ class DampedGramSolver:
             )
         self._shift = eps
         z0 = apply_inverse(g)
-        if eps == p:
-            direction = z0
-        else:
-            direction = self._pcg(a, g, eps, apply_inverse, z0)
+        # eps == p: the preconditioner solve is already exact
+        direction = z0 if eps == p else self._pcg(a, g, eps, apply_inverse, z0)
         return DampedSolve(direction, torch.tensor(eps, dtype=torch.float64, device=a.device))
 
     def _lanczos_top(

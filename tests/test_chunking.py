@@ -30,7 +30,9 @@ def test_chunked_products_equal_unchunked(train: str, chunk: int) -> None:
     c = torch.randn(30, generator=gen, dtype=torch.float64)
     delta = torch.randn(97, 5, generator=gen, dtype=torch.float64)
     gram = whole.gram()
-    torch.testing.assert_close(chunked.gram(), gram, rtol=1e-13, atol=1e-15 * float(gram.abs().max()))
+    torch.testing.assert_close(
+        chunked.gram(), gram, rtol=1e-13, atol=1e-15 * float(gram.abs().max())
+    )
     torch.testing.assert_close(chunked.predict(), whole.predict(), rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(chunked.vjp(c), whole.vjp(c), rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(chunked.jvp(delta), whole.jvp(delta), rtol=1e-13, atol=1e-15)
@@ -73,16 +75,27 @@ def test_chunked_field_equals_unchunked(flow_kind: str) -> None:
     fields = []
     for chunk in (0, 8):
         model = ParticleModel(input_dim=3, chunk_size=chunk)
-        flow = GaussNewtonFlow(model, x, y, EigminDamping(1e-7)) if flow_kind == "gauss_newton" else GradientFlow(model, x, y)
+        flow = (
+            GaussNewtonFlow(model, x, y, EigminDamping(1e-7))
+            if flow_kind == "gauss_newton"
+            else GradientFlow(model, x, y)
+        )
         fields.append(flow(torch.tensor(0.0), w))
-    torch.testing.assert_close(fields[1], fields[0], rtol=1e-9, atol=1e-12 * float(fields[0].abs().max()))
+    torch.testing.assert_close(
+        fields[1], fields[0], rtol=1e-9, atol=1e-12 * float(fields[0].abs().max())
+    )
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activation_derivative_matches_autograd(name: str) -> None:
     z = torch.linspace(-4, 4, 201, dtype=torch.float64).requires_grad_(True)
     value, derivative = activation_and_derivative(name, z.detach())
-    reference = {"silu": torch.nn.functional.silu, "tanh": torch.tanh, "gelu": torch.nn.functional.gelu, "relu": torch.relu}[name]
+    reference = {
+        "silu": torch.nn.functional.silu,
+        "tanh": torch.tanh,
+        "gelu": torch.nn.functional.gelu,
+        "relu": torch.relu,
+    }[name]
     out = reference(z)
     (grad,) = torch.autograd.grad(out.sum(), z)
     torch.testing.assert_close(value, out.detach(), rtol=1e-14, atol=1e-15)
@@ -91,8 +104,12 @@ def test_activation_derivative_matches_autograd(name: str) -> None:
 
 def test_compute_section_reaches_the_model_and_flow() -> None:
     config = config_from_dict(
-        {"device": "cpu", "data": {"n_train": 20, "n_test": 0}, "model": {"width": 30},
-         "compute": {"chunk_size": 7, "block_entries": 4096, "allow_tf32": True}}
+        {
+            "device": "cpu",
+            "data": {"n_train": 20, "n_test": 0},
+            "model": {"width": 30},
+            "compute": {"chunk_size": 7, "block_entries": 4096, "allow_tf32": True},
+        }
     )
     experiment = build_experiment(config)
     assert experiment.model.chunk_size == 7 and experiment.model.block_entries == 4096
@@ -103,8 +120,11 @@ def test_compute_section_reaches_the_model_and_flow() -> None:
 
 @pytest.mark.parametrize(
     ("section", "message"),
-    [({"chunk_size": -1}, "compute.chunk_size"), ({"block_entries": 0}, "compute.block_entries"),
-     ({"chunks": 3}, "unknown key 'compute.chunks'")],
+    [
+        ({"chunk_size": -1}, "compute.chunk_size"),
+        ({"block_entries": 0}, "compute.block_entries"),
+        ({"chunks": 3}, "unknown key 'compute.chunks'"),
+    ],
 )
 def test_compute_section_errors(section: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -122,10 +142,16 @@ def test_cuda_float32_field_matches_cpu_float64(allow_tf32: bool) -> None:
     for device, dtype in (("cpu", torch.float64), ("cuda", torch.float32)):
         model = ParticleModel(input_dim=5, chunk_size=1000)
         flow = GaussNewtonFlow(
-            model, x.to(device, dtype), y.to(device, dtype), EigminDamping(1e-7), allow_tf32=allow_tf32
+            model,
+            x.to(device, dtype),
+            y.to(device, dtype),
+            EigminDamping(1e-7),
+            allow_tf32=allow_tf32,
         )
         fields[device] = flow(torch.tensor(0.0), w.to(device, dtype)).cpu().double()
         assert flow.solver.stats.eigvalsh_fallbacks == 0
     assert torch.backends.cuda.matmul.allow_tf32 == tf32_before  # restored after the evaluation
     scale = float(fields["cpu"].abs().max())
-    torch.testing.assert_close(fields["cuda"], fields["cpu"], rtol=0, atol=(1e-2 if allow_tf32 else 1e-3) * scale)
+    torch.testing.assert_close(
+        fields["cuda"], fields["cpu"], rtol=0, atol=(1e-2 if allow_tf32 else 1e-3) * scale
+    )

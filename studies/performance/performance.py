@@ -91,7 +91,9 @@ def load_study(path: Path, scale: str) -> tuple[Benchmark, RunConfig, RunConfig]
 # --- one state and its fields ------------------------------------------------------------------
 
 
-def benchmark_state(bench: Benchmark, n: int, m: int) -> tuple[ParticleModel, torch.Tensor, torch.Tensor, torch.Tensor]:
+def benchmark_state(
+    bench: Benchmark, n: int, m: int
+) -> tuple[ParticleModel, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A teacher--student state with non-zero output weights (so that T T^T does not vanish)."""
     config = config_from_dict(
         {
@@ -106,14 +108,18 @@ def benchmark_state(bench: Benchmark, n: int, m: int) -> tuple[ParticleModel, to
     return experiment.model, experiment.flow.x, experiment.flow.y, experiment.weights0
 
 
-def baseline_field(model: ParticleModel, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def baseline_field(
+    model: ParticleModel, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """-J^T (A + eps I)^{-1} g with J the explicit per-sample Jacobian and A's eigendecomposition."""
     m, c = weights.shape
 
     def output(w: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
         return model.predict(w, x_n[None])[0]
 
-    jac = torch.func.vmap(torch.func.jacrev(output), in_dims=(None, 0))(weights, x).reshape(x.shape[0], m * c)
+    jac = torch.func.vmap(torch.func.jacrev(output), in_dims=(None, 0))(weights, x).reshape(
+        x.shape[0], m * c
+    )
     residual = model.predict(weights, x) - y
     gram = jac @ jac.T
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
@@ -157,7 +163,9 @@ def time_size(bench: Benchmark, n: int, m: int) -> dict[str, float]:
     t0 = torch.tensor(0.0, dtype=torch.float64)
     reference = gn(t0, w)  # also the warm start of the timed calls, as inside a solve
     gen = torch.Generator().manual_seed(bench.seed)
-    times: dict[str, list[float]] = {k: [] for k in ("gn", "gn_eigh", "baseline", "products", "cholesky", "gd")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("gn", "gn_eigh", "baseline", "products", "cholesky", "gd")
+    }
     difference = float("nan")
     steps_before = (gn.solver.stats.lanczos_steps, gn.solver.stats.cg_steps, gn.solver.stats.calls)
     for rep in range(bench.repeats):
@@ -183,16 +191,21 @@ def time_size(bench: Benchmark, n: int, m: int) -> dict[str, float]:
     stats = gn.solver.stats
     calls = stats.calls - steps_before[2]
     row = {k: float(np.median(v)) for k, v in times.items()}
-    row["roofline"] = row["products"] + row["cholesky"]
-    # the roofline as the median of per-repeat sums would pair products and Cholesky of one repeat
+    # median of per-repeat sums: products and Cholesky of one repeat belong together
     row["roofline"] = float(np.median(np.add(times["products"], times["cholesky"])))
     row["lanczos_steps"] = (stats.lanczos_steps - steps_before[0]) / calls
     row["cg_steps"] = (stats.cg_steps - steps_before[1]) / calls
     row["baseline_difference"] = difference
     logger.info(
         "N=%d M=%d: gn %.3f s, roofline %.3f s (x%.2f), baseline %.3f s (gn %.1fx faster), gd %.3f s",
-        n, m, row["gn"], row["roofline"], row["gn"] / row["roofline"], row["baseline"],
-        row["baseline"] / row["gn"], row["gd"],
+        n,
+        m,
+        row["gn"],
+        row["roofline"],
+        row["gn"] / row["roofline"],
+        row["baseline"],
+        row["baseline"] / row["gn"],
+        row["gd"],
     )
     return row
 
@@ -240,19 +253,30 @@ def large_run(config: RunConfig, threads: int) -> dict[str, Any]:
     # the child imports the same gnflow as this process
     package_root = str(Path(gnflow.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path)
+    env = dict(
+        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path
+    )
     done = subprocess.run(
-        [sys.executable, "-c", _LARGE_RUN], input=config_to_json(config), capture_output=True, text=True, env=env, check=False
+        [sys.executable, "-c", _LARGE_RUN],
+        input=config_to_json(config),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"large run failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
+        raise RuntimeError(
+            f"large run failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # --- table and figure --------------------------------------------------------------------------
 
 
-def _var(dims: tuple[str, ...], values: Any, long_name: str, units: str, comment: str = "") -> xr.Variable:
+def _var(
+    dims: tuple[str, ...], values: Any, long_name: str, units: str, comment: str = ""
+) -> xr.Variable:
     attrs = {"long_name": long_name, "units": units}
     if comment:
         attrs["comment"] = comment
@@ -260,8 +284,15 @@ def _var(dims: tuple[str, ...], values: Any, long_name: str, units: str, comment
 
 
 def study_dataset(
-    bench: Benchmark, rows: dict[tuple[int, int], dict[str, float]], paper: xr.Dataset, paper_wall: float,
-    paper_config: RunConfig, large: dict[str, Any], large_config: RunConfig, scale: str, load: tuple[float, float],
+    bench: Benchmark,
+    rows: dict[tuple[int, int], dict[str, float]],
+    paper: xr.Dataset,
+    paper_wall: float,
+    paper_config: RunConfig,
+    large: dict[str, Any],
+    large_config: RunConfig,
+    scale: str,
+    load: tuple[float, float],
 ) -> xr.Dataset:
     dims = ("n_train", "width")
     grid = lambda key: [[rows[n, m][key] for m in bench.sizes_m] for n in bench.sizes_n]  # noqa: E731
@@ -275,7 +306,8 @@ def study_dataset(
         "gd": "gradient field evaluation",
     }
     variables: dict[str, xr.Variable] = {
-        f"{key}_time": _var(dims, grid(key), f"median wall time: {text}", "s") for key, text in seconds.items()
+        f"{key}_time": _var(dims, grid(key), f"median wall time: {text}", "s")
+        for key, text in seconds.items()
     }
     ratio = np.asarray(grid("gn")) / np.asarray(grid("roofline"))
     speedup = np.asarray(grid("baseline")) / np.asarray(grid("gn"))
@@ -283,27 +315,58 @@ def study_dataset(
     n_paper = paper.sizes["sample"]
     variables.update(
         gn_over_roofline=_var(dims, ratio, "gnflow GN evaluation time / roofline time", "1"),
-        speedup_over_baseline=_var(dims, speedup, "full-Jacobian baseline time / gnflow GN evaluation time", "1"),
-        lanczos_steps=_var(dims, grid("lanczos_steps"), "Lanczos steps per GN evaluation (warm-started)", "1"),
+        speedup_over_baseline=_var(
+            dims, speedup, "full-Jacobian baseline time / gnflow GN evaluation time", "1"
+        ),
+        lanczos_steps=_var(
+            dims, grid("lanczos_steps"), "Lanczos steps per GN evaluation (warm-started)", "1"
+        ),
         cg_steps=_var(dims, grid("cg_steps"), "conjugate-gradient steps per GN evaluation", "1"),
         baseline_difference=_var(
-            dims, grid("baseline_difference"), "max |baseline field - gnflow field| / max |gnflow field|", "1"
+            dims,
+            grid("baseline_difference"),
+            "max |baseline field - gnflow field| / max |gnflow field|",
+            "1",
         ),
-        paper_t=_var(("paper_t",), paper["t"].values, "flow time of the paper-size run's saved states", "1"),
+        paper_t=_var(
+            ("paper_t",), paper["t"].values, "flow time of the paper-size run's saved states", "1"
+        ),
         paper_residual_ratio=_var(
-            ("paper_t",), np.sqrt(paper["train_loss"].values / paper["train_loss"].values[0]),
-            "||r(t)|| / ||r(0)|| of the paper-size run", "1",
+            ("paper_t",),
+            np.sqrt(paper["train_loss"].values / paper["train_loss"].values[0]),
+            "||r(t)|| / ||r(0)|| of the paper-size run",
+            "1",
         ),
-        paper_law_lower=_var(("paper_t",), np.exp(-paper["t"].values / n_paper), "eigmin law lower bound exp(-t/N)", "1"),
-        paper_law_upper=_var(("paper_t",), np.exp(-paper["t"].values / (2 * n_paper)), "eigmin law upper bound exp(-t/(2N))", "1"),
+        paper_law_lower=_var(
+            ("paper_t",),
+            np.exp(-paper["t"].values / n_paper),
+            "eigmin law lower bound exp(-t/N)",
+            "1",
+        ),
+        paper_law_upper=_var(
+            ("paper_t",),
+            np.exp(-paper["t"].values / (2 * n_paper)),
+            "eigmin law upper bound exp(-t/(2N))",
+            "1",
+        ),
         paper_law_margin=_var(
-            ("paper_t",), margin, "log-scale margin of the eigmin law (>= 0 where it holds)", "1",
+            ("paper_t",),
+            margin,
+            "log-scale margin of the eigmin law (>= 0 where it holds)",
+            "1",
             "NaN where lambda_min(A) < eps0, where the law does not apply",
         ),
-        paper_gram_eigmin=_var(("paper_t",), paper["gram_eigmin"].values, "smallest Gram eigenvalue of the paper-size run", "1"),
+        paper_gram_eigmin=_var(
+            ("paper_t",),
+            paper["gram_eigmin"].values,
+            "smallest Gram eigenvalue of the paper-size run",
+            "1",
+        ),
     )
     coords = {
-        "n_train": _var(("n_train",), np.asarray(bench.sizes_n, dtype=np.int64), "training points N", "1"),
+        "n_train": _var(
+            ("n_train",), np.asarray(bench.sizes_n, dtype=np.int64), "training points N", "1"
+        ),
         "width": _var(("width",), np.asarray(bench.sizes_m, dtype=np.int64), "particles M", "1"),
     }
     ds = xr.Dataset(variables, coords=coords)
@@ -333,7 +396,9 @@ def study_dataset(
         "paper_run_nfe": int(paper.attrs["gnflow_nfe"]),
         "paper_run_steps": int(paper.attrs["gnflow_steps"]),
         "paper_run_rejected_steps": int(paper.attrs["gnflow_rejected_steps"]),
-        "paper_run_final_loss_ratio": float(paper["train_loss"].values[-1] / paper["train_loss"].values[0]),
+        "paper_run_final_loss_ratio": float(
+            paper["train_loss"].values[-1] / paper["train_loss"].values[0]
+        ),
         "paper_run_eigmin_law_holds": int(bool(np.all(applicable >= -1e-9))),
         "large_run_config": config_to_json(large_config),
         "large_run_status": large["status"],
@@ -341,8 +406,11 @@ def study_dataset(
         "large_run_nfe": large["nfe"],
         "large_run_final_loss_ratio": large["loss_ratio"],
         "large_run_peak_rss_gib": large["maxrss_kib"] / 2**20,
-        "large_run_dense_activations_gib": large_config.data.n_train * large_config.model.width
-        * (large_config.data.input_dim + 2) * 8 / 2**30,
+        "large_run_dense_activations_gib": large_config.data.n_train
+        * large_config.model.width
+        * (large_config.data.input_dim + 2)
+        * 8
+        / 2**30,
     }
     return ds
 
@@ -355,10 +423,17 @@ def plot_study(ds: xr.Dataset, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     widths = ds["width"].values
-    fig, axes = plt.subplots(1, len(widths) + 1, figsize=(4.2 * (len(widths) + 1), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(widths) + 1, figsize=(4.2 * (len(widths) + 1), 3.8), constrained_layout=True
+    )
     styles = {"baseline": "s-", "gn_eigh": "^-", "gn": "o-", "roofline": "k--", "gd": "x:"}
-    labels = {"baseline": "full Jacobian + eigh", "gn_eigh": "structured Gram + eigh", "gn": "gnflow GN",
-              "roofline": "roofline (2 products + Cholesky)", "gd": "gradient field"}
+    labels = {
+        "baseline": "full Jacobian + eigh",
+        "gn_eigh": "structured Gram + eigh",
+        "gn": "gnflow GN",
+        "roofline": "roofline (2 products + Cholesky)",
+        "gd": "gradient field",
+    }
     for ax, m in zip(axes, widths, strict=False):
         for key, style in styles.items():
             ax.loglog(ds["n_train"], ds[f"{key}_time"].sel(width=m), style, label=labels[key])
@@ -371,7 +446,9 @@ def plot_study(ds: xr.Dataset, path: Path) -> Path:
     ax.semilogy(ds["paper_t"], ds["paper_residual_ratio"], "o-", label="||r(t)|| / ||r(0)||")
     ax.semilogy(ds["paper_t"], ds["paper_law_lower"], "k--", label="exp(-t/N)")
     ax.semilogy(ds["paper_t"], ds["paper_law_upper"], "k:", label="exp(-t/(2N))")
-    ax.set_title(f"GN run: {ds.attrs['paper_run_nfe']} evaluations, {ds.attrs['paper_run_wall_time_s']:.1f} s")
+    ax.set_title(
+        f"GN run: {ds.attrs['paper_run_nfe']} evaluations, {ds.attrs['paper_run_wall_time_s']:.1f} s"
+    )
     ax.set_xlabel("flow time t")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
@@ -392,14 +469,34 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     rows = {(n, m): time_size(bench, n, m) for n in bench.sizes_n for m in bench.sizes_m}
     paper, paper_wall = paper_run(paper_config)
-    logger.info("paper-size run: %s, %d evaluations, %.1f s", paper.attrs["gnflow_status"], paper.attrs["gnflow_nfe"], paper_wall)
+    logger.info(
+        "paper-size run: %s, %d evaluations, %.1f s",
+        paper.attrs["gnflow_status"],
+        paper.attrs["gnflow_nfe"],
+        paper_wall,
+    )
     if args.skip_large:
-        large = {"wall_s": float("nan"), "status": "not run", "nfe": -1, "loss_ratio": float("nan"), "maxrss_kib": float("nan")}
+        large = {
+            "wall_s": float("nan"),
+            "status": "not run",
+            "nfe": -1,
+            "loss_ratio": float("nan"),
+            "maxrss_kib": float("nan"),
+        }
     else:
         large = large_run(large_config, bench.threads)
         logger.info("large run: %s", large)
-    ds = study_dataset(bench, rows, paper, paper_wall, paper_config, large, large_config, args.scale,
-                       (load_start, os.getloadavg()[0]))
+    ds = study_dataset(
+        bench,
+        rows,
+        paper,
+        paper_wall,
+        paper_config,
+        large,
+        large_config,
+        args.scale,
+        (load_start, os.getloadavg()[0]),
+    )
     table = write_dataset(ds, args.output / f"performance_{args.scale}.nc")
     figure = plot_study(ds, args.output / f"performance_{args.scale}.png")
     logger.info("wrote %s and %s", table, figure)
