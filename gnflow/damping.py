@@ -246,8 +246,8 @@ class DampedGramSolver:
         self.stats.calls += 1
         if not isinstance(self.damping, EigminDamping):
             eps = self.damping.epsilon(a)
-            factor = self._factor(a, float(eps))
-            return DampedSolve(torch.cholesky_solve(g[:, None], factor)[:, 0], eps.to(torch.float64))
+            self.stats.factorizations += 1
+            return DampedSolve(solve_damped(a, g, eps), eps.to(torch.float64))
         return self._solve_eigmin(a, g, self.damping.eps0)
 
     # --- eigmin ----------------------------------------------------------------------------------
@@ -372,8 +372,8 @@ class DampedGramSolver:
             if rz <= 0.0:
                 return x
         logger.debug("CG did not converge in %d steps; direct Cholesky solve", self.max_cg)
-        factor = self._factor(a, eps)
-        return torch.cholesky_solve(g[:, None], factor)[:, 0]
+        self.stats.factorizations += 1
+        return solve_damped(a, g, eps)
 
 
 def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
