@@ -136,6 +136,8 @@ def simulate(config: RunConfig, *, progress: bool | None = None) -> xr.Dataset:
         solution.n_accepted[-1],
         solution.n_rejected[-1],
     )
+    if isinstance(experiment.flow, GaussNewtonFlow):
+        logger.info("damped Gram solves: %s", experiment.flow.solver.stats)
     return trajectory_dataset(experiment, solution)
 
 
