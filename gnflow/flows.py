@@ -241,6 +241,8 @@ class GaussNewtonFlow(Flow):
     allow_tf32:
         On CUDA, let float32 products (activations, J^T c) use TF32 tensor cores.
 
+    Notes
+    -----
     Each evaluation costs the two N x M x N Gram products and one Cholesky factorization; the
     ``eigmin`` damping finds lambda_min(A) from that factorization (see
     :class:`~gnflow.damping.DampedGramSolver`), warm-started from the previous evaluation.
