@@ -13,6 +13,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from gnflow import realdata  # noqa: E402,F401  (registers data.kind "diabetes" and "concrete")
 from gnflow.config import (  # noqa: E402
+    ComputeConfig,
     ConfigError,
     DataConfig,
     FlowConfig,
@@ -25,7 +26,13 @@ from gnflow.config import (  # noqa: E402
     config_to_dict,
     load_config,
 )
-from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping, solve_damped  # noqa: E402
+from gnflow.damping import (  # noqa: E402
+    ConstantDamping,
+    DampedGramSolver,
+    EigminDamping,
+    RelativeDamping,
+    solve_damped,
+)
 from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student  # noqa: E402
 from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
@@ -38,8 +45,10 @@ from gnflow.training import history_dataset, train_module  # noqa: E402
 
 __all__ = [
     "GGN",
+    "ComputeConfig",
     "ConfigError",
     "ConstantDamping",
+    "DampedGramSolver",
     "DataConfig",
     "DataError",
     "EigminDamping",

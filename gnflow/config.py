@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 __all__ = [
+    "ComputeConfig",
     "ConfigError",
     "DataConfig",
     "FlowConfig",
@@ -423,6 +424,33 @@ class SolverConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ComputeConfig:
+    """The ``[compute]`` section: how the vector field is computed (never what it is).
+
+    Attributes
+    ----------
+    chunk_size:
+        Particles per chunk of the products over particles (0: automatic, so that one
+        (sample, particle) block holds at most ``block_entries`` entries). Peak memory of a field
+        evaluation is O(N * chunk + N^2) instead of O(N * M); results agree to rounding.
+    block_entries:
+        Entries of one (sample, particle) block for the automatic chunk size and for predictions on
+        large test sets (default 2^24: 128 MiB per block in float64).
+    allow_tf32:
+        On CUDA with ``dtype = "float32"``, let the float32 products (activations, J^T c) use TF32
+        tensor cores (about 3 significant digits fewer). Gram matrices and solves stay float64.
+    """
+
+    chunk_size: int = 0
+    block_entries: int = 1 << 24
+    allow_tf32: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.chunk_size >= 0, "compute.chunk_size", f"must be >= 0 (0 = automatic), got {self.chunk_size}")
+        _require(self.block_entries >= 1, "compute.block_entries", f"must be >= 1, got {self.block_entries}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class OutputConfig:
     """The ``[output]`` section: where and what the run writes.
 
@@ -484,6 +512,7 @@ class RunConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -531,6 +560,7 @@ _SECTIONS = {
     "flow": FlowConfig,
     "observe": ObserveConfig,
     "solver": SolverConfig,
+    "compute": ComputeConfig,
     "output": OutputConfig,
 }
 

@@ -7,20 +7,30 @@ solve that uses them is :func:`solve_damped`. Everything here runs in float64 wh
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+import numpy as np
 import torch
 
 __all__ = [
     "ConstantDamping",
+    "DampedGramSolver",
+    "DampedSolve",
+    "DampedSolveStats",
     "Damping",
     "EigminDamping",
     "GramSolveError",
     "RelativeDamping",
+    "cholesky_shifted",
     "make_damping",
     "solve_damped",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class GramSolveError(RuntimeError):
@@ -91,6 +101,29 @@ def make_damping(kind: str, epsilon: float) -> EigminDamping | ConstantDamping |
     raise ValueError(f"unknown damping {kind!r}; allowed: eigmin, constant, relative")
 
 
+def _damped_copy(gram: torch.Tensor, shift: float) -> torch.Tensor:
+    damped = gram.clone()
+    damped.diagonal().add_(shift)
+    return damped
+
+
+def cholesky_shifted(gram: torch.Tensor, shift: float) -> torch.Tensor:
+    """Lower Cholesky factor of A + shift I, float64.
+
+    Raises
+    ------
+    GramSolveError
+        If A + shift I is not numerically positive definite.
+    """
+    factor, info = torch.linalg.cholesky_ex(_damped_copy(gram.to(torch.float64), shift))
+    if int(info) != 0:
+        raise GramSolveError(
+            "the damped Gram matrix A + eps I is not positive definite "
+            f"(Cholesky failed at column {int(info)}, eps = {shift:.3g}); increase flow.epsilon or use eigmin damping"
+        )
+    return factor
+
+
 def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
     """(A + eps I)^{-1} rhs in float64 by a Cholesky factorization.
 
@@ -108,13 +141,245 @@ def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | 
     GramSolveError
         If A + eps I is not numerically positive definite (e.g. eps = 0 and A singular).
     """
-    a = gram.to(torch.float64)
-    n = a.shape[0]
-    damped = a + epsilon * torch.eye(n, dtype=torch.float64, device=a.device)
-    factor, info = torch.linalg.cholesky_ex(damped)
-    if int(info) != 0:
-        raise GramSolveError(
-            "the damped Gram matrix A + eps I is not positive definite "
-            f"(Cholesky failed at column {int(info)}); increase flow.epsilon or use eigmin damping"
-        )
+    factor = cholesky_shifted(gram, float(epsilon))
     return torch.cholesky_solve(rhs.to(torch.float64)[:, None], factor)[:, 0]
+
+
+@dataclass
+class DampedSolveStats:
+    """Work done by a :class:`DampedGramSolver` since it was created.
+
+    Attributes
+    ----------
+    calls:
+        Damped solves.
+    factorizations:
+        Cholesky factorizations (one per call, plus retries and exact fallbacks).
+    lanczos_steps:
+        Applications of (A + p I)^{-1} by the Lanczos iteration for lambda_min(A).
+    cg_steps:
+        Preconditioned conjugate-gradient steps of the solve with A + eps I.
+    eigvalsh_fallbacks:
+        Calls whose lambda_min came from a full eigendecomposition because Lanczos did not meet
+        its tolerance within ``max_lanczos`` steps.
+    """
+
+    calls: int = 0
+    factorizations: int = 0
+    lanczos_steps: int = 0
+    cg_steps: int = 0
+    eigvalsh_fallbacks: int = 0
+
+
+@dataclass
+class DampedSolve:
+    """Result of one damped solve: z = (A + eps I)^{-1} g and the eps used (0-d float64 tensor)."""
+
+    direction: torch.Tensor
+    epsilon: torch.Tensor
+
+
+class DampedGramSolver:
+    """z = (A + eps(A) I)^{-1} g for one damping rule, with one Cholesky factorization per call.
+
+    ``constant`` and ``relative`` damping know eps before the factorization: one Cholesky of
+    A + eps I and two triangular solves. ``eigmin`` damping needs lambda_min(A), which a full
+    eigendecomposition would give at several times the cost of the Gram products. Instead:
+
+    1. factor A + p I = L L^T with the shift p = eps of the previous call (eps0 at the first);
+    2. lambda_min(A) = 1 / nu - p, where nu is the largest eigenvalue of (A + p I)^{-1}, found by
+       Lanczos with full reorthogonalization, started from the previous call's Ritz vector;
+    3. eps = max(eps0, lambda_min(A)); solve (A + eps I) z = g by conjugate gradients
+       preconditioned with (A + p I)^{-1}. The preconditioned spectrum
+       (lambda + eps) / (lambda + p) lies between 1 and (lambda_min + eps) / (lambda_min + p), which
+       is within a few percent of 1 when eps changed little since the previous call, so a few steps
+       reach rounding level. When eps = p the first step is already the exact Cholesky solve.
+
+    Both iterations stop on rounding-level criteria, so eps and z agree with
+    ``max(eps0, eigvalsh(A)[0])`` and ``solve_damped`` to rounding error amplified by the
+    conditioning of A. Should Lanczos not converge within ``max_lanczos`` steps (a near-multiple
+    smallest eigenvalue), lambda_min is taken from ``torch.linalg.eigvalsh`` and the event is
+    counted in :attr:`stats`; CG likewise falls back to a Cholesky factorization of A + eps I.
+
+    The solver keeps (p, Ritz vector) between calls; :meth:`reset` forgets them.
+
+    Parameters
+    ----------
+    damping:
+        The damping rule.
+    lanczos_rtol:
+        Relative accuracy of nu = 1 / (lambda_min + p): Lanczos stops when the error bound
+        min(r, r^2 / (nu - nu_2)) of its top Ritz value is below lanczos_rtol * nu, with r the
+        residual norm of the Ritz pair and nu_2 bounded by the second Ritz value plus its residual
+        (Kato--Temple). lambda_min then has relative error lanczos_rtol * (1 + p / lambda_min).
+        Two eigenvalues closer than the tolerance are not told apart; eps is then correct to their
+        distance.
+    max_lanczos, max_cg:
+        Step limits before the exact fallbacks.
+    """
+
+    def __init__(
+        self,
+        damping: Damping,
+        *,
+        lanczos_rtol: float = 1e-11,
+        max_lanczos: int = 60,
+        max_cg: int = 40,
+    ) -> None:
+        self.damping = damping
+        self.lanczos_rtol = lanczos_rtol
+        self.max_lanczos = max_lanczos
+        self.max_cg = max_cg
+        self.stats = DampedSolveStats()
+        self._shift: float | None = None
+        self._vector: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the warm start (shift and Ritz vector) of the previous call."""
+        self._shift = None
+        self._vector = None
+
+    def __call__(self, gram: torch.Tensor, rhs: torch.Tensor) -> DampedSolve:
+        """(A + eps I)^{-1} rhs and eps for A of shape (sample, sample), rhs of shape (sample,)."""
+        a = gram.to(torch.float64)
+        g = rhs.to(torch.float64)
+        self.stats.calls += 1
+        if not isinstance(self.damping, EigminDamping):
+            eps = self.damping.epsilon(a)
+            self.stats.factorizations += 1
+            return DampedSolve(solve_damped(a, g, eps), eps.to(torch.float64))
+        return self._solve_eigmin(a, g, self.damping.eps0)
+
+    # --- eigmin ----------------------------------------------------------------------------------
+
+    def _factor(self, a: torch.Tensor, shift: float) -> torch.Tensor:
+        self.stats.factorizations += 1
+        return cholesky_shifted(a, shift)
+
+    def _factor_positive(self, a: torch.Tensor, shift: float) -> tuple[torch.Tensor, float]:
+        """Cholesky of A + p I for the first p >= shift (growing geometrically) that succeeds."""
+        floor = 1e-14 * float(torch.diagonal(a).mean())
+        p = max(shift, 0.0)
+        for _ in range(40):
+            try:
+                return self._factor(a, p), p
+            except GramSolveError:
+                p = max(4.0 * p, floor)
+        raise GramSolveError("the Gram matrix has non-finite entries or is not positive semi-definite")
+
+    def _solve_eigmin(self, a: torch.Tensor, g: torch.Tensor, eps0: float) -> DampedSolve:
+        n = a.shape[0]
+        shift = eps0 if self._shift is None else self._shift
+        factor, p = self._factor_positive(a, shift)
+
+        def apply_inverse(x: torch.Tensor) -> torch.Tensor:
+            return torch.cholesky_solve(x[:, None], factor)[:, 0]
+
+        start = self._vector
+        if start is None or start.shape[0] != n or start.device != a.device:
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            start = torch.randn(n, generator=generator, dtype=torch.float64).to(a.device)
+        # once a Ritz value exceeds 1 / (eps0 + p), lambda_min < eps0 is certain and eps = eps0
+        found = self._lanczos_top(apply_inverse, start, certain_above=1.0 / (eps0 + p) if eps0 > 0 else math.inf)
+        if found is None:
+            self.stats.eigvalsh_fallbacks += 1
+            logger.debug("Lanczos did not converge in %d steps; lambda_min from eigvalsh", self.max_lanczos)
+            lam_min = float(torch.linalg.eigvalsh(a)[0])
+            self._vector = None
+        else:
+            nu, vector = found
+            lam_min = 1.0 / nu - p
+            self._vector = vector
+        eps = max(eps0, lam_min)
+        if lam_min + eps <= 0.0:
+            raise GramSolveError(
+                f"the Gram matrix is not positive semi-definite (lambda_min = {lam_min:.3g}): A + eps I is singular"
+            )
+        self._shift = eps
+        z0 = apply_inverse(g)
+        # eps == p: the preconditioner solve is already exact
+        direction = z0 if eps == p else self._pcg(a, g, eps, apply_inverse, z0)
+        return DampedSolve(direction, torch.tensor(eps, dtype=torch.float64, device=a.device))
+
+    def _lanczos_top(
+        self, apply: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, certain_above: float
+    ) -> tuple[float, torch.Tensor] | None:
+        """Largest eigenpair (nu, unit vector) of the SPD operator ``apply``, or None if unconverged.
+
+        Ritz values increase towards nu with the steps, so the iteration also stops as soon as one
+        exceeds ``certain_above`` (the caller then only needs nu > certain_above).
+        """
+        n = start.shape[0]
+        steps = min(self.max_lanczos, n)
+        basis = torch.empty(steps, n, dtype=torch.float64, device=start.device)
+        basis[0] = start / torch.linalg.vector_norm(start)
+        alphas: list[float] = []
+        betas: list[float] = []
+        for k in range(steps):
+            w = apply(basis[k])
+            self.stats.lanczos_steps += 1
+            # full reorthogonalization, twice: the basis is short and the Ritz vector is reused
+            q = basis[: k + 1]
+            alpha_k = float(q[k] @ w)
+            w -= q.T @ (q @ w)
+            w -= q.T @ (q @ w)
+            beta_k = float(torch.linalg.vector_norm(w))
+            alphas.append(alpha_k)
+            theta, s = _tridiagonal_eigh(alphas, betas)
+            nu, s_top = float(theta[-1]), s[:, -1]
+            residual = beta_k * abs(float(s_top[-1]))
+            # Kato--Temple: nu - theta <= r^2 / (theta - nu_2), with nu_2 <= theta_2 + r_2 once the
+            # second Ritz pair has settled on the second eigenvalue
+            below = float(theta[-2]) + beta_k * abs(float(s[-1, -2])) if k >= 1 else nu
+            error = residual if below >= nu else min(residual, residual * residual / (nu - below))
+            if error <= self.lanczos_rtol * nu or nu > certain_above or k + 1 == n:
+                vector = torch.as_tensor(s_top, dtype=torch.float64, device=start.device) @ q
+                return nu, vector / torch.linalg.vector_norm(vector)
+            if k + 1 < steps:
+                basis[k + 1] = w / beta_k
+                betas.append(beta_k)
+        return None
+
+    def _pcg(
+        self,
+        a: torch.Tensor,
+        g: torch.Tensor,
+        eps: float,
+        precondition: Callable[[torch.Tensor], torch.Tensor],
+        x: torch.Tensor,
+    ) -> torch.Tensor:
+        """(A + eps I)^{-1} g by CG preconditioned with (A + p I)^{-1}, from the guess x."""
+        # backward-error stopping test: ||r|| <= tol (||A + eps I|| ||x|| + ||g||), trace >= ||A||
+        norm_a = float(torch.diagonal(a).sum()) + eps
+        norm_g = float(torch.linalg.vector_norm(g))
+        tol = 4.0 * torch.finfo(torch.float64).eps
+        r = g - (a @ x + eps * x)
+        zr = precondition(r)
+        d = zr.clone()
+        rz = float(r @ zr)
+        for _ in range(self.max_cg):
+            if float(torch.linalg.vector_norm(r)) <= tol * (norm_a * float(torch.linalg.vector_norm(x)) + norm_g):
+                return x
+            self.stats.cg_steps += 1
+            ad = a @ d + eps * d
+            step = rz / float(d @ ad)
+            x = x + step * d
+            r = r - step * ad
+            zr = precondition(r)
+            rz_new = float(r @ zr)
+            d = zr + (rz_new / rz) * d
+            rz = rz_new
+            if rz <= 0.0:
+                return x
+        logger.debug("CG did not converge in %d steps; direct Cholesky solve", self.max_cg)
+        self.stats.factorizations += 1
+        return solve_damped(a, g, eps)
+
+
+def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal Lanczos matrix."""
+    t = np.diag(np.asarray(alphas))
+    if betas:
+        off = np.asarray(betas[: len(alphas) - 1])
+        t += np.diag(off, 1) + np.diag(off, -1)
+    return np.linalg.eigh(t)

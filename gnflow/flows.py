@@ -9,12 +9,21 @@ torchdiffeq expects. With r = f(X) - y, g = r / N and A = J J^T:
 The fields count their own evaluations (``nfe``) and remember the residual of the last state they
 saw, so that the solver loop can read the train loss of an accepted state without another
 forward pass.
+
+Host synchronisation: the Gauss--Newton field synchronises anyway (its Cholesky status, Lanczos and
+CG stopping tests are read on the host), and checks the residual for non-finite values at no extra
+cost. The gradient field on a GPU does not check, so that an evaluation never waits for the device:
+a non-finite state is caught once per step by the solver (torchdiffeq checks the state, and
+:func:`gnflow.solve.integrate` the train loss of every accepted step). On the CPU the check is free and
+is always made.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +31,10 @@ import torch
 from gnflow.config import ConfigError
 from gnflow.damping import (
     ConstantDamping,
+    DampedGramSolver,
     EigminDamping,
     GramSolveError,
     RelativeDamping,
-    solve_damped,
 )
 from gnflow.model import Linearization, ParticleModel
 
@@ -71,12 +80,16 @@ class Flow(ABC):
 
     name = "flow"
 
-    def __init__(self, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> None:
+    #: whether each evaluation checks the residual for non-finite values (a host synchronisation)
+    check_finite: bool = True
+
+    def __init__(self, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False) -> None:
         if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise ValueError(f"x must be (sample, d) and y (sample,), got {tuple(x.shape)} and {tuple(y.shape)}")
         self.model = model
         self.x = x
         self.y = y
+        self.allow_tf32 = allow_tf32
         self.nfe = 0
         self._last_state: torch.Tensor | None = None
         self._last_residual: torch.Tensor | None = None
@@ -89,7 +102,7 @@ class Flow(ABC):
     def _linearize(self, weights: torch.Tensor) -> tuple[Linearization, torch.Tensor]:
         lin = self.model.linearize(weights, self.x)
         residual = lin.predict() - self.y
-        if not bool(torch.isfinite(residual).all()):
+        if (self.check_finite or self.x.device.type == "cpu") and not bool(torch.isfinite(residual).all()):
             raise FlowError("non-finite network output: the state has diverged")
         self._last_state = weights
         self._last_residual = residual
@@ -132,8 +145,9 @@ class Flow(ABC):
     def __call__(self, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """d weights / dt at flow time t; weights and result have shape (particle, component)."""
         self.nfe += 1
-        lin, residual = self._linearize(weights)
-        return -lin.vjp(self.function_space_direction(lin, residual)).to(weights.dtype)
+        with _tf32(self.allow_tf32 and weights.is_cuda):
+            lin, residual = self._linearize(weights)
+            return -lin.vjp(self.function_space_direction(lin, residual)).to(weights.dtype)
 
     @abstractmethod
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
@@ -183,10 +197,25 @@ class Flow(ABC):
         )
 
 
+@contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """Allow TF32 in CUDA float32 matrix products inside the block (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 class GradientFlow(Flow):
     """dw/dt = -J^T g = -grad_w L, with g = r / N."""
 
     name = "gradient"
+    check_finite = False
 
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
         """g = r / N."""
@@ -209,6 +238,14 @@ class GaussNewtonFlow(Flow):
     damping:
         The rule eps(w): :class:`~gnflow.damping.EigminDamping`,
         :class:`~gnflow.damping.ConstantDamping` or :class:`~gnflow.damping.RelativeDamping`.
+    allow_tf32:
+        On CUDA, let float32 products (activations, J^T c) use TF32 tensor cores.
+
+    Notes
+    -----
+    Each evaluation costs the two N x M x N Gram products and one Cholesky factorization; the
+    ``eigmin`` damping finds lambda_min(A) from that factorization (see
+    :class:`~gnflow.damping.DampedGramSolver`), warm-started from the previous evaluation.
     """
 
     name = "gauss_newton"
@@ -219,15 +256,31 @@ class GaussNewtonFlow(Flow):
         x: torch.Tensor,
         y: torch.Tensor,
         damping: EigminDamping | ConstantDamping | RelativeDamping,
+        *,
+        allow_tf32: bool = False,
     ) -> None:
-        super().__init__(model, x, y)
+        super().__init__(model, x, y, allow_tf32=allow_tf32)
         self.damping = damping
+        self.solver = DampedGramSolver(damping)
+        self.last_epsilon: torch.Tensor | None = None
+
+    def restrict(self, index: torch.Tensor) -> Flow:
+        """The Gauss--Newton flow on the samples ``index``, with a damped solver of its own.
+
+        The solver's warm start (shift and eigenvector from the previous evaluation) belongs to
+        the full data set, so the batch flow starts a fresh one.
+        """
+        batch = super().restrict(index)
+        assert isinstance(batch, GaussNewtonFlow)
+        batch.solver = DampedGramSolver(self.damping)
+        batch.last_epsilon = None
+        return batch
 
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
         """(A + eps I)^{-1} g in float64."""
-        gram = lin.gram()
-        g = residual.double() / self.n_samples
-        return solve_damped(gram, g, self.damping.epsilon(gram))
+        solved = self.solver(lin.gram(), residual.double() / self.n_samples)
+        self.last_epsilon = solved.epsilon
+        return solved.direction
 
     def epsilon(self, gram: torch.Tensor) -> float:
         """eps(w) from the damping rule."""

@@ -85,7 +85,9 @@ def ggn_damping(lam: float, alpha: float) -> float:
     return alpha / lam
 
 
-def ggn_flow(model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, lam: float, alpha: float) -> GaussNewtonFlow:
+def ggn_flow(
+    model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, lam: float, alpha: float, allow_tf32: bool = False
+) -> GaussNewtonFlow:
     """The Gauss--Newton flow whose Euler steps of size b / lam on batches are GGN(lam, alpha).
 
     Parameters
@@ -96,8 +98,10 @@ def ggn_flow(model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, lam: flo
         All training inputs (sample, d) and labels (sample,); batches restrict them.
     lam, alpha:
         GGN hyper-parameters, lam > 0 and alpha >= 0.
+    allow_tf32:
+        Allow TF32 matrix products on CUDA (see the ``[compute]`` section).
     """
-    return GaussNewtonFlow(model, x, y, ConstantDamping(ggn_damping(lam, alpha)))
+    return GaussNewtonFlow(model, x, y, ConstantDamping(ggn_damping(lam, alpha)), allow_tf32=allow_tf32)
 
 
 def check_batch_size(batch_size: int, n_samples: int, key: str = "flow.batch_size") -> None:

@@ -13,7 +13,7 @@ below is a contraction of S, T and X; the N x P Jacobian is never formed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,43 +34,65 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def _silu(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# Each function returns (sigma(z), sigma'(z)) and may overwrite z with sigma'(z): every pass over a
+# (sample, particle) block is memory traffic, and fresh large buffers cost page faults, so the
+# derivative reuses the buffer of z.
+
+
+def _silu_(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # sigma = z s, sigma' = s (1 + z - sigma) with s the logistic sigmoid
     s = torch.sigmoid(z)
-    return z * s, s * (1.0 + z * (1.0 - s))
+    value = z * s
+    return value, z.sub_(value).add_(1.0).mul_(s)
 
 
-def _tanh(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.tanh(z)
-    return t, 1.0 - t * t
+def _tanh_(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    value = torch.tanh(z)
+    return value, torch.mul(value, value, out=z).neg_().add_(1.0)
 
 
-def _gelu(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gelu_(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # exact (erf) GELU: sigma(z) = z Phi(z), sigma'(z) = Phi(z) + z phi(z)
-    cdf = 0.5 * (1.0 + torch.erf(z * _SQRT_HALF))
-    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    return z * cdf, cdf + z * pdf
+    cdf = torch.erf(z * _SQRT_HALF).add_(1.0).mul_(0.5)
+    pdf = torch.mul(z, z).mul_(-0.5).exp_().mul_(_INV_SQRT_2PI)
+    value = z * cdf
+    return value, z.mul_(pdf).add_(cdf)
 
 
-def _relu(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    positive = z > 0
-    return torch.where(positive, z, torch.zeros_like(z)), positive.to(z.dtype)
+def _relu_(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    value = torch.clamp_min(z, 0.0)
+    return value, torch.gt(z, 0, out=torch.empty_like(z, dtype=torch.bool)).to(z.dtype)
 
 
 _ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
-    "silu": _silu,
-    "tanh": _tanh,
-    "gelu": _gelu,
-    "relu": _relu,
+    "silu": _silu_,
+    "tanh": _tanh_,
+    "gelu": _gelu_,
+    "relu": _relu_,
 }
 
 
-def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma(z) and sigma'(z) elementwise for the named activation."""
+# sigma alone, as torch's fused and differentiable kernels (predict() is also used under autograd)
+_ACTIVATION_VALUES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": torch.nn.functional.silu,
+    "tanh": torch.tanh,
+    "gelu": torch.nn.functional.gelu,
+    "relu": torch.relu,
+}
+
+
+def _activation_pair_(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma(z) and sigma'(z); z is overwritten."""
     try:
         function = _ACTIVATION_FUNCTIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}") from None
     return function(z)
+
+
+def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sigma(z) and sigma'(z) elementwise for the named activation (z is left unchanged)."""
+    return _activation_pair_(name, z.clone())
 
 
 def component_names(input_dim: int) -> list[str]:
@@ -92,12 +114,21 @@ class ParticleModel:
         ``"mean_field"`` (c = 1/M) or ``"ntk"`` (c = 1/sqrt(M)).
     train:
         Which components move under the flows: ``"all"``, ``"hidden"`` (u, b) or ``"output"`` (v).
+    chunk_size:
+        Particles per chunk of the products over particles (0: automatic, so that one
+        (sample, particle) block holds at most ``block_entries`` entries). Results do not depend on
+        it beyond rounding; peak memory is O(N * chunk + N^2).
+    block_entries:
+        Entries of one (sample, particle) block when chunks are chosen automatically, and for the
+        row blocks of :meth:`predict` (default 2^24, i.e. 128 MiB in float64).
     """
 
     input_dim: int
     activation: str = "silu"
     scaling: Literal["mean_field", "ntk"] = "mean_field"
     train: Literal["all", "hidden", "output"] = "all"
+    chunk_size: int = 0
+    block_entries: int = 1 << 24
 
     def __post_init__(self) -> None:
         if self.input_dim < 1:
@@ -108,6 +139,10 @@ class ParticleModel:
             raise ValueError(f"unknown scaling {self.scaling!r}; allowed: mean_field, ntk")
         if self.train not in ("all", "hidden", "output"):
             raise ValueError(f"unknown trainable part {self.train!r}; allowed: all, hidden, output")
+        if self.chunk_size < 0:
+            raise ValueError(f"chunk_size must be >= 0 (0 = automatic), got {self.chunk_size}")
+        if self.block_entries < 1:
+            raise ValueError(f"block_entries must be >= 1, got {self.block_entries}")
 
     # --- layout of the state --------------------------------------------------------------
 
@@ -197,50 +232,81 @@ class ParticleModel:
             raise ValueError(f"x must have shape (sample, {self.input_dim}), got {tuple(x.shape)}")
 
     def predict(self, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """f(x) for every row of x: weights (particle, component), x (sample, d) -> (sample,)."""
+        """f(x) for every row of x: weights (particle, component), x (sample, d) -> (sample,).
+
+        Rows are taken in blocks so that the (sample, particle) activations of one block hold at
+        most ``block_entries`` entries; memory stays O(block_entries + sample).
+        """
         self._check(weights, x)
         d = self.input_dim
-        # rows in chunks so that the (sample, particle) activations stay below ~2^24 entries
-        rows = max(1, (1 << 24) // weights.shape[0])
+        rows = max(1, self.block_entries // weights.shape[0])
         out = []
         for start in range(0, x.shape[0], rows):
-            z = torch.addmm(weights[:, d], x[start : start + rows], weights[:, :d].T)
-            s, _ = activation_and_derivative(self.activation, z)
-            out.append(s @ weights[:, d + 1])
+            z = torch.addmm(weights[:, d], x[start : start + rows], weights[:, :d].T)  # autograd-safe
+            out.append(_ACTIVATION_VALUES[self.activation](z) @ weights[:, d + 1])
         result = torch.cat(out) if out else x.new_zeros(0)
         return self.scale(weights.shape[0]) * result
 
+    def particle_chunk(self, n_samples: int, width: int) -> int:
+        """Particles per chunk of a linearization on ``n_samples`` inputs (at least 1)."""
+        if self.chunk_size > 0:
+            return min(self.chunk_size, width)
+        return max(1, min(width, self.block_entries // max(n_samples, 1)))
+
     def linearize(self, weights: torch.Tensor, x: torch.Tensor) -> Linearization:
-        """The network and its derivatives at ``weights`` on the inputs ``x``."""
+        """The network and its derivatives at ``weights`` on the inputs ``x``.
+
+        When all particles fit in one chunk (see :meth:`particle_chunk`) the activations S and T are
+        computed once here and shared by every product; otherwise each product recomputes them chunk
+        by chunk, so that memory stays O(N * chunk + N^2) instead of O(N * M).
+        """
         self._check(weights, x)
-        d = self.input_dim
-        z = torch.addmm(weights[:, d], x, weights[:, :d].T)
-        s, ds = activation_and_derivative(self.activation, z)
-        v = weights[:, d + 1]
+        chunk = self.particle_chunk(x.shape[0], weights.shape[0])
+        x1 = _with_ones(x)
+        activations = _activations(self, weights, x1) if chunk >= weights.shape[0] else None
         return Linearization(
             model=self,
             x=x,
-            s=s,
-            t=ds * v,
-            v=v,
+            x1=x1,
+            weights=weights,
             scale=self.scale(weights.shape[0]),
+            chunk=chunk,
+            cached=activations,
         )
+
+
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
+    """X1 = [X, 1], shape (sample, d + 1)."""
+    return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
+def _activations(model: ParticleModel, weights: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S = sigma(z) and T = sigma'(z) * v, both (sample, particle), for the particles in ``weights``.
+
+    x1 = [X, 1]: z = X u + b is then one product, with no separate pass adding the biases.
+    """
+    d = model.input_dim
+    z = x1 @ weights[:, : d + 1].T
+    s, ds = _activation_pair_(model.activation, z)
+    return s, ds.mul_(weights[:, d + 1])
 
 
 @dataclass(frozen=True, eq=False)
 class Linearization:
     """Derivatives of f(X) with respect to the trained components, at one state.
 
-    Holds S = sigma(z) and T = sigma'(z) * v, both (sample, particle), so that f(X), J^T c,
-    J delta and A = J J^T all reuse the same activations. J is never formed.
+    Every product is a contraction of S = sigma(z) and T = sigma'(z) * v, both (sample, particle),
+    taken over chunks of ``chunk`` particles; J is never formed. When the whole width is one chunk,
+    ``cached`` holds (S, T) so that f(X), J^T c, J delta and A = J J^T reuse the same activations.
     """
 
     model: ParticleModel
     x: torch.Tensor  # (sample, d)
-    s: torch.Tensor  # (sample, particle)
-    t: torch.Tensor  # (sample, particle)
-    v: torch.Tensor  # (particle,)
+    x1: torch.Tensor  # (sample, d + 1): [x, 1]
+    weights: torch.Tensor  # (particle, component)
     scale: float
+    chunk: int
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -250,23 +316,50 @@ class Linearization:
     @property
     def width(self) -> int:
         """M, the number of particles."""
-        return int(self.s.shape[1])
+        return int(self.weights.shape[0])
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Output weights, shape (particle,)."""
+        return self.weights[:, self.model.input_dim + 1]
+
+    @property
+    def s(self) -> torch.Tensor:
+        """S = sigma(z), shape (sample, particle) (all chunks at once: O(N * M) memory)."""
+        return self.cached[0] if self.cached is not None else torch.cat([s for _, s, _ in self.chunks()], dim=1)
+
+    @property
+    def t(self) -> torch.Tensor:
+        """T = sigma'(z) * v, shape (sample, particle) (all chunks at once: O(N * M) memory)."""
+        return self.cached[1] if self.cached is not None else torch.cat([t for _, _, t in self.chunks()], dim=1)
+
+    def chunks(self) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """(particle slice, S, T) for consecutive chunks of particles; S, T are (sample, chunk)."""
+        if self.cached is not None:
+            yield slice(0, self.width), *self.cached
+            return
+        for start in range(0, self.width, self.chunk):
+            part = slice(start, min(start + self.chunk, self.width))
+            yield part, *_activations(self.model, self.weights[part], self.x1)
 
     def predict(self) -> torch.Tensor:
         """f(X), shape (sample,)."""
-        return self.scale * (self.s @ self.v)
+        out = self.x.new_zeros(self.n_samples)
+        for part, s, _ in self.chunks():
+            out.addmv_(s, self.v[part])
+        return out.mul_(self.scale)
 
     def vjp(self, c: torch.Tensor) -> torch.Tensor:
         """J^T c for c of shape (sample,): result (particle, component), zero on frozen parts."""
-        m, d = self.width, self.model.input_dim
-        out = torch.zeros(m, d + 2, dtype=self.s.dtype, device=self.s.device)
-        c = c.to(self.s.dtype)
-        if self.model.trains_hidden:
-            tc = self.t * c[:, None]  # (sample, particle)
-            out[:, :d] = tc.T @ self.x
-            out[:, d] = tc.sum(0)
-        if self.model.trains_output:
-            out[:, d + 1] = self.s.T @ c
+        d = self.model.input_dim
+        out = torch.zeros(self.width, d + 2, dtype=self.x.dtype, device=self.x.device)
+        c = c.to(self.x.dtype)
+        for part, s, t in self.chunks():
+            if self.model.trains_hidden:
+                # sum_n c_n T_ni [x_n, 1] as one product: (T^T)(c * X1)
+                out[part, : d + 1] = t.T @ (c[:, None] * self.x1)
+            if self.model.trains_output:
+                out[part, d + 1] = s.T @ c
         return out.mul_(self.scale)
 
     def jvp(self, delta: torch.Tensor) -> torch.Tensor:
@@ -275,26 +368,62 @@ class Linearization:
         Components that are not trained do not contribute.
         """
         d = self.model.input_dim
-        delta = delta.to(self.s.dtype)
-        out = torch.zeros(self.n_samples, dtype=self.s.dtype, device=self.s.device)
-        if self.model.trains_hidden:
-            hidden = torch.addmm(delta[:, d], self.x, delta[:, :d].T)  # (sample, particle)
-            out = out + (self.t * hidden).sum(1)
-        if self.model.trains_output:
-            out = out + self.s @ delta[:, d + 1]
-        return self.scale * out
+        delta = delta.to(self.x.dtype)
+        out = self.x.new_zeros(self.n_samples)
+        for part, s, t in self.chunks():
+            if self.model.trains_hidden:
+                hidden = torch.addmm(delta[part, d], self.x, delta[part, :d].T)  # (sample, chunk)
+                out += (t * hidden).sum(1)
+            if self.model.trains_output:
+                out.addmv_(s, delta[part, d + 1])
+        return out.mul_(self.scale)
 
     def gram(self) -> torch.Tensor:
-        """A = J J^T, shape (sample, sample), computed in float64.
+        """A = J J^T, shape (sample, sample), accumulated in float64 over particle chunks.
 
-        A = c^2 [ (T T^T) * (X1 X1^T) + S S^T ] with only the trained parts contributing.
+        A = c^2 [ (T T^T) * (X1 X1^T) + S S^T ] with only the trained parts contributing. The two
+        N x M x N products are the whole cost; they run in float64 whatever the state dtype.
         """
-        s = self.s.double()
-        a = torch.zeros(self.n_samples, self.n_samples, dtype=torch.float64, device=s.device)
-        if self.model.trains_hidden:
-            t = self.t.double()
-            x = self.x.double()
-            a = (t @ t.T) * torch.addmm(torch.ones_like(a), x, x.T)
-        if self.model.trains_output:
-            a = a + s @ s.T
-        return a.mul_(self.scale**2)
+        hidden: torch.Tensor | None = None
+        output: torch.Tensor | None = None
+        for _, s, t in self.chunks():
+            if self.model.trains_hidden:
+                hidden = _add_outer_product(hidden, t.to(torch.float64))
+            if self.model.trains_output:
+                output = _add_outer_product(output, s.to(torch.float64))
+        x = self.x.double()
+        if hidden is None:
+            assert output is not None
+            return output.mul_(self.scale**2)
+        # (T T^T) * (X1 X1^T) with X1 X1^T = X X^T + 1
+        hidden.mul_(torch.addmm(torch.ones_like(hidden), x, x.T))
+        if output is not None:
+            hidden.add_(output)
+        return hidden.mul_(self.scale**2)
+
+
+def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
+    """total + a a^T for a of shape (sample, chunk), allocating total at the first chunk.
+
+    a a^T is symmetric: with the samples split in two halves only three of the four blocks are
+    products (three quarters of the flops of one general product), and the fourth is a transposed
+    copy. Small problems use one product.
+    """
+    n = a.shape[0]
+    first = total is None
+    if first:
+        total = torch.empty(n, n, dtype=a.dtype, device=a.device)
+    beta = 0.0 if first else 1.0
+    if n < _SYMMETRIC_SPLIT_MIN:
+        return total.addmm_(a, a.T, beta=beta)
+    h = n // 2
+    top, bottom = a[:h], a[h:]
+    total[:h, :h].addmm_(top, top.T, beta=beta)
+    total[h:, h:].addmm_(bottom, bottom.T, beta=beta)
+    total[h:, :h].addmm_(bottom, top.T, beta=beta)
+    total[:h, h:] = total[h:, :h].T
+    return total
+
+
+# below this many samples one general product is as fast as the three blocks
+_SYMMETRIC_SPLIT_MIN = 256

@@ -65,14 +65,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor) -> Flow:
-    """The vector field described by the ``[flow]`` section.
+def make_flow(
+    config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False
+) -> Flow:
+    """The vector field described by the ``[flow]`` section (``allow_tf32``: see ``[compute]``).
 
     For ``kind = "ggn"`` it is the Gauss--Newton flow with constant damping alpha / lam, whose
     Euler steps on mini-batches are the GGN steps (see :mod:`gnflow.ggn`).
     """
     if config.kind == "gradient":
-        return GradientFlow(model, x, y)
+        return GradientFlow(model, x, y, allow_tf32=allow_tf32)
     if model.activation == "relu":
         warnings.warn(
             "relu is not differentiable at 0: the Gauss-Newton flow is then only piecewise smooth, "
@@ -82,8 +84,8 @@ def make_flow(config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torc
         )
     if config.kind == "ggn":
         check_batch_size(config.batch_size, int(x.shape[0]))
-        return ggn_flow(model, x, y, lam=config.lam, alpha=config.alpha)
-    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon))
+        return ggn_flow(model, x, y, lam=config.lam, alpha=config.alpha, allow_tf32=allow_tf32)
+    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon), allow_tf32=allow_tf32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,6 +127,8 @@ def build_experiment(config: RunConfig) -> Experiment:
         activation=config.model.activation,
         scaling=config.model.scaling,
         train=config.model.train,
+        chunk_size=config.compute.chunk_size,
+        block_entries=config.compute.block_entries,
     )
     weights0 = model.initial_weights(
         config.model.width,
@@ -136,7 +140,7 @@ def build_experiment(config: RunConfig) -> Experiment:
     )
     x = torch.as_tensor(data.x_train, dtype=dtype, device=device)
     y = torch.as_tensor(data.y_train, dtype=dtype, device=device)
-    flow = make_flow(config.flow, model, x, y)
+    flow = make_flow(config.flow, model, x, y, allow_tf32=config.compute.allow_tf32)
     return Experiment(config=config, data=data, model=model, flow=flow, weights0=weights0, device=device, dtype=dtype)
 
 
@@ -192,6 +196,8 @@ def simulate(
         solution.n_accepted[-1],
         solution.n_rejected[-1],
     )
+    if isinstance(experiment.flow, GaussNewtonFlow):
+        logger.info("damped Gram solves: %s", experiment.flow.solver.stats)
     ds = trajectory_dataset(experiment, solution)
     if config.observe.names:
         ds = observe(ds, config.observe.names, options=config.observe, data=experiment.data, device=experiment.device)

@@ -447,3 +447,25 @@ def test_uniform_fixed_step_schedule_keeps_grid_saving_and_steps():
         w = w + 0.5 * flow(torch.tensor(0.5 * k), w)
         states.append(w)
     np.testing.assert_allclose(solution.weights.numpy(), torch.stack(states)[[0, 2, 4, 6]].numpy(), rtol=0, atol=1e-14)
+
+
+def test_restricted_gauss_newton_flow_has_its_own_solver_state():
+    # eigmin damping warm-starts from the previous evaluation: a batch flow must not reuse the
+    # full flow's N-dimensional eigenvector
+    from gnflow.damping import EigminDamping
+    from gnflow.flows import GaussNewtonFlow
+    from problems import explicit_jacobian, relative_error, small_problem
+
+    model, w, x, y = small_problem(n_train=20, width=40)
+    full = GaussNewtonFlow(model, x, y, EigminDamping(1e-9))
+    full(torch.tensor(0.0), w)  # leaves a warm start of length 20
+    index = torch.arange(0, 20, 3)
+    batch = full.restrict(index)
+    assert batch.solver is not full.solver
+    field = batch(torch.tensor(0.0), w)
+    jac = explicit_jacobian(model, w, x[index]).numpy()
+    a = jac @ jac.T
+    eps = max(1e-9, np.linalg.eigvalsh(a)[0])
+    g = (model.predict(w, x[index]) - y[index]).numpy() / len(index)
+    expected = -jac.T @ np.linalg.solve(a + eps * np.eye(len(index)), g)
+    assert relative_error(field.reshape(-1), expected) < 1e-8

@@ -1,0 +1,76 @@
+"""The performance study at smoke size: it writes its table and figure, and what it measures is sane.
+
+Timings are not asserted (they depend on the machine); the study's own consistency checks are:
+the full-Jacobian baseline computes the same field as gnflow, and the paper-style run obeys the
+eigmin law at every saved time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gnflow.dataset import read_dataset
+
+SCRIPT = Path(__file__).resolve().parent.parent / "studies" / "performance" / "performance.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("performance_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["performance_study"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke_table(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("performance")
+    assert study.main(["--scale", "smoke", "-o", str(out)]) == 0
+    return read_dataset(out / "performance_smoke.nc"), out
+
+
+def test_smoke_study_writes_table_and_figure(smoke_table) -> None:
+    ds, out = smoke_table
+    assert (out / "performance_smoke.png").stat().st_size > 0
+    assert ds.sizes["n_train"] == 2 and ds.sizes["width"] == 1
+    for key in ("gn", "gn_eigh", "baseline", "roofline", "products", "cholesky", "gd"):
+        values = ds[f"{key}_time"].values
+        assert np.all(np.isfinite(values)) and np.all(values > 0), key
+    np.testing.assert_allclose(ds["gn_over_roofline"], ds["gn_time"] / ds["roofline_time"])
+    for name in ds.variables:
+        assert "long_name" in ds[name].attrs and "units" in ds[name].attrs, name
+
+
+def test_baseline_computes_the_same_field(smoke_table) -> None:
+    ds, _ = smoke_table
+    assert float(ds["baseline_difference"].max()) < 1e-8
+
+
+def test_paper_style_run_obeys_the_eigmin_law(smoke_table) -> None:
+    ds, _ = smoke_table
+    assert ds.attrs["paper_run_status"] == "converged"
+    assert ds.attrs["paper_run_final_loss_ratio"] <= 1e-8
+    margin = ds["paper_law_margin"].values
+    assert np.isfinite(margin).sum() >= 2
+    assert np.all(margin[np.isfinite(margin)] >= -1e-6)
+    assert ds.attrs["paper_run_eigmin_law_holds"] == 1
+
+
+def test_large_run_reports_peak_memory(smoke_table) -> None:
+    ds, _ = smoke_table
+    assert ds.attrs["large_run_status"] == "completed"
+    assert ds.attrs["large_run_peak_rss_gib"] > 0
+    assert ds.attrs["large_run_nfe"] > 0
+
+
+def test_unknown_scale_is_one_line_error(study) -> None:
+    from gnflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--scale 'huge': unknown; allowed: full, smoke"):
+        study.load_study(SCRIPT.parent / "performance.toml", "huge")
