@@ -205,7 +205,9 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             "ratio_gd": max(_loss_ratio(gd) for _, gd in pairs),
             "gd_converged": all(_converged(gd) for _, gd in pairs),
             "gn_converged": all(_converged(gn) for gn, _ in pairs),
-            "gd_steps": _mean([_stable_euler_steps(gd, t) for (_, gd), t in zip(pairs, t_gd, strict=True)]),
+            "gd_steps": _mean(
+                [_stable_euler_steps(gd, t) for (_, gd), t in zip(pairs, t_gd, strict=True)]
+            ),
             "gn_steps": _mean([t / s["arbel_step"] for t in t_gn]),
             "eigmin_gn": _mean(
                 [float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]
@@ -355,8 +357,12 @@ def _claims(
             ),
             "supported" if faster else "not supported",
             "Flow time to the common train-loss level."
-            + (" GD stopped at its horizon or step limit for some tau0; the level is then the higher of the two "
-               "lowest losses." if any_gd_open else ""),
+            + (
+                " GD stopped at its horizon or step limit for some tau0; the level is then the higher of the two "
+                "lowest losses."
+                if any_gd_open
+                else ""
+            ),
         )
     )
     fewer = all(m["gd_steps"] > m["gn_steps"] for m in per_tau.values())
@@ -435,7 +441,9 @@ def _claims(
         )
     rf = float(gd.dataset["random_features_test_loss"])
     parts.append(f"RF {fmt(rf)}; GD final test {fmt(_final(gd, 'test_loss'))}")
-    verdict = "supported" if all(present) else "not supported" if not any(present) else "inconclusive"
+    verdict = (
+        "supported" if all(present) else "not supported" if not any(present) else "inconclusive"
+    )
     claims.append(
         Claim(
             "With small tau0 and a small step, GN's features refit to a good test loss although its own "
