@@ -91,7 +91,14 @@ def _activation_pair_(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sigma(z) and sigma'(z) elementwise for the named activation (z is left unchanged)."""
+    """sigma(z) and sigma'(z) elementwise for the named activation (z is left unchanged).
+
+    sigma(z) is differentiable by autograd; sigma'(z) is computed from a detached copy.
+    """
+    if name not in _ACTIVATION_VALUES:
+        raise ValueError(f"unknown activation {name!r}; allowed: {', '.join(ACTIVATIONS)}")
+    if z.requires_grad and torch.is_grad_enabled():
+        return _ACTIVATION_VALUES[name](z), _activation_pair_(name, z.detach().clone())[1]
     return _activation_pair_(name, z.clone())
 
 
