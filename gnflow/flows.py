@@ -153,8 +153,11 @@ class Flow(ABC):
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
         """The vector c with dw/dt = -J^T c, shape (sample,)."""
 
-    def epsilon(self, gram: torch.Tensor) -> float:
-        """Damping used at a state with Gram matrix ``gram`` (NaN when the flow has none)."""
+    def epsilon(self, gram: torch.Tensor, eigenvalues: torch.Tensor | None = None) -> float:
+        """Damping used at a state with Gram matrix ``gram`` (NaN when the flow has none).
+
+        ``eigenvalues`` (ascending, of ``gram``) may be passed when they are known already.
+        """
         return float("nan")
 
     def preconditioner_spectrum(
@@ -193,7 +196,7 @@ class Flow(ABC):
             train_loss=float(r @ r) / (2 * self.n_samples),
             gram_eigmin=float(eig[0]),
             gram_eigmax=float(eig[-1]),
-            damping=self.epsilon(gram),
+            damping=self.epsilon(gram, eig),
         )
 
 
@@ -282,8 +285,10 @@ class GaussNewtonFlow(Flow):
         self.last_epsilon = solved.epsilon
         return solved.direction
 
-    def epsilon(self, gram: torch.Tensor) -> float:
-        """eps(w) from the damping rule."""
+    def epsilon(self, gram: torch.Tensor, eigenvalues: torch.Tensor | None = None) -> float:
+        """eps(w) from the damping rule (from ``eigenvalues`` of ``gram`` when given, for eigmin)."""
+        if eigenvalues is not None and isinstance(self.damping, EigminDamping):
+            return max(self.damping.eps0, float(eigenvalues[0]))
         return float(self.damping.epsilon(gram))
 
     def preconditioner_spectrum(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torchdiffeq
 import xarray as xr
+from tqdm.auto import tqdm
 
 from gnflow import __version__
 from gnflow.checkpoint import Checkpointer, checkpoint_path, load_checkpoint
@@ -26,7 +27,7 @@ from gnflow.config import ConfigError, FlowConfig, RunConfig, config_to_json
 from gnflow.damping import make_damping
 from gnflow.data import RegressionData, make_data
 from gnflow.dataset import apply_variable_attrs, write_dataset
-from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
+from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow, StateDiagnostics
 from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import ParticleModel
 from gnflow.observables import observe, validate_observable_names
@@ -198,7 +199,7 @@ def simulate(
     )
     if isinstance(experiment.flow, GaussNewtonFlow):
         logger.info("damped Gram solves: %s", experiment.flow.solver.stats)
-    ds = trajectory_dataset(experiment, solution)
+    ds = trajectory_dataset(experiment, solution, progress=progress)
     if config.observe.names:
         ds = observe(ds, config.observe.names, options=config.observe, data=experiment.data, device=experiment.device)
     return ds
@@ -245,28 +246,38 @@ def run(
     return ds, target
 
 
-def _test_loss(experiment: Experiment, weights: torch.Tensor) -> np.ndarray:
-    """Test loss at each saved state, shape (t,) (NaN when there is no test set)."""
+def _measure_saved_states(
+    experiment: Experiment, weights: torch.Tensor, progress: bool | None
+) -> tuple[list[StateDiagnostics], np.ndarray]:
+    """Diagnostics and test loss at each saved state (test loss NaN when there is no test set)."""
     data = experiment.data
-    if data.n_test == 0:
-        return np.full(weights.shape[0], np.nan)
     x_test = experiment.tensor(data.x_test)
     y_test = experiment.tensor(data.y_test)
-    losses = []
-    for w in weights:
-        r = (experiment.model.predict(w, x_test) - y_test).double()
-        losses.append(float(r @ r) / (2 * data.n_test))
-    return np.asarray(losses)
+    diagnostics: list[StateDiagnostics] = []
+    test_loss = np.full(weights.shape[0], np.nan)
+    states = tqdm(
+        weights, desc="measuring saved states", unit="state", leave=False,
+        disable=None if progress is None else not progress,
+    )
+    for k, w in enumerate(states):
+        diagnostics.append(experiment.flow.diagnostics(w))
+        if data.n_test > 0:
+            r = (experiment.model.predict(w, x_test) - y_test).double()
+            test_loss[k] = float(r @ r) / (2 * data.n_test)
+    return diagnostics, test_loss
 
 
-def trajectory_dataset(experiment: Experiment, solution: Solution) -> xr.Dataset:
-    """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``)."""
+def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: bool | None = False) -> xr.Dataset:
+    """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``).
+
+    The train loss, Gram spectrum extremes, damping and test loss are measured at every saved
+    state (``progress``: show a bar while doing so; None = only on a terminal).
+    """
     config = experiment.config
     flow = experiment.flow
     data = experiment.data
     n_saved = len(solution.t)
-    diagnostics = [flow.diagnostics(w) for w in solution.weights]
-    test_loss = _test_loss(experiment, solution.weights)
+    diagnostics, test_loss = _measure_saved_states(experiment, solution.weights, progress)
     time_dims = ("t",)
     variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
         "weights": (("t", "particle", "component"), solution.weights.detach().cpu().double().numpy()),
