@@ -11,8 +11,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from gnflow import realdata  # noqa: E402,F401  (registers data.kind "diabetes" and "concrete")
-from gnflow.config import (  # noqa: E402
+from gnflow import realdata  # noqa: F401  (registers data.kind "diabetes" and "concrete")
+from gnflow.config import (
     ComputeConfig,
     ConfigError,
     DataConfig,
@@ -26,22 +26,22 @@ from gnflow.config import (  # noqa: E402
     config_to_dict,
     load_config,
 )
-from gnflow.damping import (  # noqa: E402
+from gnflow.damping import (
     ConstantDamping,
     DampedGramSolver,
     EigminDamping,
     RelativeDamping,
     solve_damped,
 )
-from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student  # noqa: E402
-from gnflow.dataset import read_dataset, write_dataset  # noqa: E402
-from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow  # noqa: E402
-from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size  # noqa: E402
-from gnflow.model import Linearization, ParticleModel  # noqa: E402
-from gnflow.observables import ObservableError, observe  # noqa: E402
-from gnflow.run import build_experiment, run, simulate  # noqa: E402
-from gnflow.solve import Solution, StepSchedule, integrate, save_times  # noqa: E402
-from gnflow.training import history_dataset, train_module  # noqa: E402
+from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student
+from gnflow.dataset import read_dataset, write_dataset
+from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow
+from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size
+from gnflow.model import Linearization, ParticleModel
+from gnflow.observables import ObservableError, observe
+from gnflow.run import build_experiment, run, simulate
+from gnflow.solve import Solution, StepSchedule, integrate, save_times
+from gnflow.training import history_dataset, train_module
 
 __all__ = [
     "GGN",

@@ -56,9 +56,7 @@ class Checkpointer:
         (0 = no step trigger).
     """
 
-    def __init__(
-        self, path: str | Path, config: RunConfig, *, every_s: float = 0.0, every_steps: int = 0
-    ) -> None:
+    def __init__(self, path: str | Path, config: RunConfig, *, every_s: float = 0.0, every_steps: int = 0) -> None:
         if every_s < 0 or every_steps < 0:
             raise ValueError("every_s and every_steps must be >= 0")
         self.path = Path(path)
@@ -99,9 +97,7 @@ class Checkpointer:
             "position": position,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         try:
             torch.save(payload, tmp_name)
@@ -131,14 +127,8 @@ def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        raise CheckpointError(
-            f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})"
-        ) from None
-    if (
-        not isinstance(payload, dict)
-        or payload.get("format") != FORMAT
-        or "position" not in payload
-    ):
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "position" not in payload:
         raise CheckpointError(f"{path}: not a gnflow checkpoint of format {FORMAT}")
     expected = config_hash(config)
     if payload.get("config_hash") != expected:

@@ -53,7 +53,9 @@ def _free_path(path: Path) -> Path:
         k += 1
 
 
-def _new_file_path(explicit: str | None, default: str | Path, overwrite: bool, suffixes: Sequence[str], what: str) -> Path:
+def _new_file_path(
+    explicit: str | None, default: str | Path, overwrite: bool, suffixes: Sequence[str], what: str
+) -> Path:
     """The file a command writes: ``-o`` as given, which must not exist unless ``overwrite``; or
     ``default``, moved to the first free ``stem-K.suffix`` beside an existing file unless
     ``overwrite``. The name must end in one of ``suffixes``."""
@@ -246,7 +248,9 @@ def _observe_options(stored: object, overrides: Sequence[str]) -> object:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if "." in key and not key.startswith("observe."):
-            raise CommandError(f"--set {item!r}: gnflow observe changes [observe] keys only, e.g. observe.top_k=[1,10]", EXIT_USAGE)
+            raise CommandError(
+                f"--set {item!r}: gnflow observe changes [observe] keys only, e.g. observe.top_k=[1,10]", EXIT_USAGE
+            )
         prefixed.append(item if key.startswith("observe.") else f"observe.{item}")
     return config_from_dict(apply_overrides(config_to_dict(stored), prefixed)).observe
 
@@ -404,9 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow plot data/sweeps/tau0/                 # writes data/sweeps/tau0/comparison.png\n"
         ),
     )
-    plot.add_argument("path", metavar="FILE.nc|DIR", help="a run file, or a directory searched recursively for run files")
     plot.add_argument(
-        "-o", "--output", metavar="FIG.png",
+        "path", metavar="FILE.nc|DIR", help="a run file, or a directory searched recursively for run files"
+    )
+    plot.add_argument(
+        "-o",
+        "--output",
+        metavar="FIG.png",
         help="figure file, .png, .pdf or .svg (default: FILE.png beside the run, or DIR/comparison.png)",
     )
     plot.add_argument("--overwrite", action="store_true", help="replace an existing figure file")
@@ -445,7 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler")
     where.add_argument("--scheduler-file", metavar="FILE", help="scheduler file of a running dask cluster")
     sweep.add_argument(
-        "--retries", type=int, default=2, metavar="N", help="dask retries of a task that failed outside the run (default 2)"
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="dask retries of a task that failed outside the run (default 2)",
     )
     sweep.set_defaults(handler=_cmd_sweep)
 
@@ -470,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     obs.add_argument("file", nargs="?", help="a trajectory file written by gnflow run")
     obs.add_argument("names", nargs="*", metavar="NAME", help="observables to compute (default: all that apply)")
-    obs.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an [observe] option, e.g. top_k=[1,10]")
+    obs.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override an [observe] option, e.g. top_k=[1,10]"
+    )
     obs.add_argument("-o", "--output", metavar="OUT.nc", help="write here instead of rewriting FILE.nc")
     obs.add_argument("--device", default="cpu", help='torch device of the computations (default "cpu")')
     obs.add_argument("--list", action="store_true", help="list the observables and their variables, then exit")
@@ -496,10 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     study.add_argument("name", nargs="?", metavar="NAME", help="arbel2023, cai2019 or mean_field_limit")
-    study.add_argument("--scale", choices=("smoke", "small", "paper"), default="smoke", help="size of the study (default: smoke)")
+    study.add_argument(
+        "--scale", choices=("smoke", "small", "paper"), default="smoke", help="size of the study (default: smoke)"
+    )
     study.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/studies/NAME/SCALE)")
     study.add_argument(
-        "--workers", type=int, metavar="K",
+        "--workers",
+        type=int,
+        metavar="K",
         help="run the runs on K local dask worker processes (0: serially in this process; default: serially "
         "for smoke and small, dask with the sweep engine's default workers for paper)",
     )
@@ -522,7 +540,9 @@ def _configure_logging(args: argparse.Namespace) -> None:
     root = logging.getLogger("gnflow")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(message)s" if not args.verbose else "%(levelname)s %(name)s: %(message)s")
+    )
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -30,9 +30,7 @@ SWEEP_VARIABLES: dict[str, VariableInfo] = {
     "run_id": VariableInfo(
         "run identifier", "1", "hash of the resolved run config; the run's file is runs/<run_id>.nc"
     ),
-    "status": VariableInfo(
-        "run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"
-    ),
+    "status": VariableInfo("run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"),
     "t_final": VariableInfo("last saved flow time of the run", "1"),
     "wall_time_s": VariableInfo("wall-clock time of the integration", "s"),
     RUN_DIM: VariableInfo("name of the explicit run ([[runs]] entry of the study)", "1"),
@@ -59,9 +57,7 @@ def _coordinate(values: Sequence[Any]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def combine_runs(
-    study: Study, paths: Mapping[str, Path], outcomes: Mapping[str, Mapping[str, Any]]
-) -> xr.Dataset:
+def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
     """The summary dataset of a sweep: every scalar-over-``t`` variable of the runs on one grid.
 
     Dimensions are ``run`` (explicit runs, when the study has them), one per grid key (named
@@ -97,11 +93,7 @@ def combine_runs(
         for name in _time_series(ds):
             if name not in names:
                 names.append(name)
-                attrs[name] = {
-                    k: v
-                    for k, v in ds[name].attrs.items()
-                    if k in ("long_name", "units", "comment")
-                }
+                attrs[name] = {k: v for k, v in ds[name].attrs.items() if k in ("long_name", "units", "comment")}
     series = {name: np.full((*shape, times.size), np.nan) for name in names}
     finals = {name: np.full(shape, np.nan) for name in names}
     t_final = np.full(shape, np.nan)
@@ -132,9 +124,7 @@ def combine_runs(
     for name in names:
         data_vars[name] = ((*dims, "t"), series[name], attrs[name])
         final_attrs = dict(attrs[name])
-        final_attrs["long_name"] = (
-            f"{attrs[name].get('long_name', name)} at the last saved time t_final"
-        )
+        final_attrs["long_name"] = f"{attrs[name].get('long_name', name)} at the last saved time t_final"
         data_vars[f"{name}_final"] = (dims, finals[name], final_attrs)
     data_vars["t_final"] = (dims, t_final)
     data_vars["wall_time_s"] = (dims, wall)

@@ -49,7 +49,14 @@ AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg
 FixedMethod = Literal["euler", "midpoint", "rk4"]
 ExponentialMethod = Literal["kernel_exponential"]
 SolverMethod = Literal[
-    "dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2", "euler", "midpoint", "rk4",
+    "dopri5",
+    "bosh3",
+    "adaptive_heun",
+    "dopri8",
+    "fehlberg2",
+    "euler",
+    "midpoint",
+    "rk4",
     "kernel_exponential",
 ]
 SaveSpacing = Literal["log", "linear"]
@@ -118,7 +125,11 @@ class DataConfig:
         _require(self.teacher_width >= 1, "data.teacher_width", f"must be >= 1, got {self.teacher_width}")
         _require(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
         _require(self.n_test >= 0, "data.n_test", f"must be >= 0, got {self.n_test}")
-        _require(math.isfinite(self.noise) and self.noise >= 0, "data.noise", f"must be a finite number >= 0, got {self.noise}")
+        _require(
+            math.isfinite(self.noise) and self.noise >= 0,
+            "data.noise",
+            f"must be a finite number >= 0, got {self.noise}",
+        )
         if self.kind == "file":
             _require(self.path is not None and self.path != "", "data.path", 'required when data.kind = "file"')
         _require(
@@ -225,7 +236,9 @@ class FlowConfig:
         )
         _require(math.isfinite(self.lam) and self.lam > 0, "flow.lam", f"must be a finite number > 0, got {self.lam}")
         _require(
-            math.isfinite(self.alpha) and self.alpha >= 0, "flow.alpha", f"must be a finite number >= 0, got {self.alpha}"
+            math.isfinite(self.alpha) and self.alpha >= 0,
+            "flow.alpha",
+            f"must be a finite number >= 0, got {self.alpha}",
         )
         _require(self.batch_size >= 1, "flow.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(
@@ -384,7 +397,11 @@ class SolverConfig:
             "solver.step_size",
             f"must be a finite number > 0, got {self.step_size}",
         )
-        _require(math.isfinite(self.t_end) and self.t_end > 0, "solver.t_end", f"must be a finite number > 0, got {self.t_end}")
+        _require(
+            math.isfinite(self.t_end) and self.t_end > 0,
+            "solver.t_end",
+            f"must be a finite number > 0, got {self.t_end}",
+        )
         _require(self.n_save >= 2, "solver.n_save", f"must be >= 2, got {self.n_save}")
         _require(
             math.isfinite(self.save_decades) and self.save_decades > 0,
@@ -475,9 +492,7 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _require(self.path != "", "output.path", "must not be empty")
-        _require(
-            self.path.endswith(".nc"), "output.path", f"must name a NetCDF file ending in .nc, got {self.path!r}"
-        )
+        _require(self.path.endswith(".nc"), "output.path", f"must name a NetCDF file ending in .nc, got {self.path!r}")
         _require(
             math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0,
             "output.checkpoint_every_s",
@@ -518,9 +533,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _require(self.seed >= 0, "seed", f"must be an integer >= 0, got {self.seed}")
         device = self.device
-        ok = device in ("auto", "cpu", "cuda") or (
-            device.startswith("cuda:") and device[5:].isdigit()
-        )
+        ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
         _require(ok, "device", f'unknown device {device!r}; allowed: "auto", "cpu", "cuda", "cuda:K"')
 
 
@@ -630,9 +643,11 @@ def _section_from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         full = f"{prefix}{key}"
-        if key not in names or key in _SECTIONS and not prefix:
+        if key not in names or (key in _SECTIONS and not prefix):
             allowed = [n for n in names if not (not prefix and n in _SECTIONS)]
-            raise ConfigError(f"unknown key {full!r}; allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(allowed)}")
+            raise ConfigError(
+                f"unknown key {full!r}; allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(allowed)}"
+            )
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 

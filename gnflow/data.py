@@ -146,7 +146,9 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> RegressionData:
     x = pick("x", "x_train")
     y = pick("y", "y_train")
     if x is None or y is None:
-        raise DataError(f"{path}: needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); found: {', '.join(sorted(arrays)) or 'none'}")
+        raise DataError(
+            f"{path}: needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); found: {', '.join(sorted(arrays)) or 'none'}"
+        )
     if x.ndim == 1:
         x = x[:, None]
     y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
@@ -169,7 +171,9 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: empty CSV file")
     header = [h.strip() for h in rows[0]]
     if "y" not in header:
-        raise DataError(f"{path}: CSV needs a header row with a 'y' column (other columns are inputs; optional 'split' = train|test)")
+        raise DataError(
+            f"{path}: CSV needs a header row with a 'y' column (other columns are inputs; optional 'split' = train|test)"
+        )
     body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
     if not body:
         raise DataError(f"{path}: CSV has a header but no data rows")
@@ -217,7 +221,9 @@ def load_data_file(path: str | Path) -> RegressionData:
 
         try:
             with xr.open_dataset(path) as ds:
-                arrays = {k: ds[k].values for k in ds.variables if k in ("x", "y", "x_train", "y_train", "x_test", "y_test")}
+                arrays = {
+                    k: ds[k].values for k in ds.variables if k in ("x", "y", "x_train", "y_train", "x_test", "y_test")
+                }
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read NetCDF file ({exc})") from None
     else:

@@ -47,9 +47,13 @@ class VariableInfo:
 
 
 VARIABLES: dict[str, VariableInfo] = {
-    "t": VariableInfo("flow time", "1", "dimensionless time of the continuous flow; Euler steps of size h advance it by h"),
+    "t": VariableInfo(
+        "flow time", "1", "dimensionless time of the continuous flow; Euler steps of size h advance it by h"
+    ),
     "particle": VariableInfo("particle (hidden neuron) index"),
-    "component_name": VariableInfo("particle component label", "1", "u0..u{d-1}: input weights, b: bias, v: output weight"),
+    "component_name": VariableInfo(
+        "particle component label", "1", "u0..u{d-1}: input weights, b: bias, v: output weight"
+    ),
     "weights": VariableInfo("particle positions (u, b, v) of the hidden neurons"),
     "train_loss": VariableInfo("training loss L = ||f(X) - y||^2 / (2N)"),
     "test_loss": VariableInfo("test loss ||f(X_test) - y_test||^2 / (2 N_test)"),

@@ -84,9 +84,7 @@ def phi1(z: torch.Tensor) -> torch.Tensor:
     return torch.where(small, 1.0 + z * (0.5 + z / 6.0), torch.expm1(safe) / safe)
 
 
-def exponential_factor(
-    eigenvalues: torch.Tensor, multiplier: torch.Tensor, h: float, n_samples: int
-) -> torch.Tensor:
+def exponential_factor(eigenvalues: torch.Tensor, multiplier: torch.Tensor, h: float, n_samples: int) -> torch.Tensor:
     """phi_k(h) = (h / N) beta_k phi1(-h lambda_k beta_k / N) = (1 - exp(-h mu_k / N)) / lambda_k.
 
     Parameters
@@ -230,9 +228,7 @@ class ExponentialStep:
         return self.start.step(s) + theta * theta * (self.weights - self.one_step)
 
 
-def _error_ratio(
-    w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, rtol: float, atol: float
-) -> float:
+def _error_ratio(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, rtol: float, atol: float) -> float:
     """RMS((w2 - w1) / (atol + rtol max(abs(w0), abs(w2)))), torchdiffeq's norm, in float64."""
     w0, w1, w2 = w0.double(), w1.double(), w2.double()
     scale = atol + rtol * torch.maximum(w0.abs(), w2.abs())
@@ -315,6 +311,4 @@ class KernelExponentialSolver:
         self.kernel = freeze_kernel(self.flow, weights)
         self.t = t1
         self.h = h * growth
-        return ExponentialStep(
-            t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error
-        )
+        return ExponentialStep(t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error)

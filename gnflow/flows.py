@@ -160,9 +160,7 @@ class Flow(ABC):
         """
         return float("nan")
 
-    def preconditioner_spectrum(
-        self, gram: torch.Tensor, eigenvalues: torch.Tensor
-    ) -> torch.Tensor:
+    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
         """Eigenvalues beta_k of B(A), where c = B(A) g is :meth:`function_space_direction`.
 
         Flows whose direction is a spectral function of A = Q diag(lambda) Q^T, B(A) =
@@ -224,9 +222,7 @@ class GradientFlow(Flow):
         """g = r / N."""
         return residual / self.n_samples
 
-    def preconditioner_spectrum(
-        self, gram: torch.Tensor, eigenvalues: torch.Tensor
-    ) -> torch.Tensor:
+    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
         """beta_k = 1 (B = I)."""
         return torch.ones_like(eigenvalues)
 
@@ -291,9 +287,7 @@ class GaussNewtonFlow(Flow):
             return max(self.damping.eps0, float(eigenvalues[0]))
         return float(self.damping.epsilon(gram))
 
-    def preconditioner_spectrum(
-        self, gram: torch.Tensor, eigenvalues: torch.Tensor
-    ) -> torch.Tensor:
+    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
         """beta_k = 1 / (lambda_k + eps(w)), the spectrum of (A + eps I)^{-1}.
 
         Raises

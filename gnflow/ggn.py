@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = 10
 
 register_variable(
-    "iteration", VariableInfo("number of optimizer steps taken", "1", "GGN steps (mini-batch Euler steps) since the start")
+    "iteration",
+    VariableInfo("number of optimizer steps taken", "1", "GGN steps (mini-batch Euler steps) since the start"),
 )
 register_variable(
     "epoch",
@@ -331,7 +332,9 @@ class GGN(torch.optim.Optimizer):
 
 def _per_sample_output(out: torch.Tensor, b: int) -> torch.Tensor:
     if out.shape not in ((b,), (b, 1)):
-        raise ValueError(f"GGN: the model must return one value per sample, shape ({b},) or ({b}, 1); got {tuple(out.shape)}")
+        raise ValueError(
+            f"GGN: the model must return one value per sample, shape ({b},) or ({b}, 1); got {tuple(out.shape)}"
+        )
     return out.reshape(b)
 
 
@@ -381,9 +384,7 @@ def per_sample_gram(
 
         jac_fn = vmap(jacrev(f_single, has_aux=True), in_dims=(None, 0))
 
-        def rows(
-            index: slice, jac_fn: Any = jac_fn, names: list[str] = names, block: dict = block
-        ) -> torch.Tensor:
+        def rows(index: slice, jac_fn: Any = jac_fn, names: list[str] = names, block: dict = block) -> torch.Tensor:
             with torch.enable_grad():
                 jac, values = jac_fn(block, x[index])
             if outputs is not None:

@@ -232,9 +232,7 @@ class ParticleModel:
 
     def _check(self, weights: torch.Tensor, x: torch.Tensor) -> None:
         if weights.ndim != 2 or weights.shape[1] != self.n_components:
-            raise ValueError(
-                f"weights must have shape (particle, {self.n_components}), got {tuple(weights.shape)}"
-            )
+            raise ValueError(f"weights must have shape (particle, {self.n_components}), got {tuple(weights.shape)}")
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"x must have shape (sample, {self.input_dim}), got {tuple(x.shape)}")
 

@@ -126,9 +126,7 @@ class Trajectory:
 def _run_config(ds: xr.Dataset) -> RunConfig:
     text = ds.attrs.get("gnflow_config")
     if not isinstance(text, str):
-        raise ObservableError(
-            "the dataset has no gnflow_config attribute: it was not written by gnflow run"
-        )
+        raise ObservableError("the dataset has no gnflow_config attribute: it was not written by gnflow run")
     return config_from_json(text)
 
 
@@ -258,9 +256,7 @@ def centered_kernel_alignment(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ca * cb).sum()) / denominator
 
 
-def feature_distance(
-    features: torch.Tensor, reference: torch.Tensor, *, chunk: int = 1024
-) -> float:
+def feature_distance(features: torch.Tensor, reference: torch.Tensor, *, chunk: int = 1024) -> float:
     """Weighted cosine distance of features to their nearest reference feature.
 
     D = sum_i ||u_i||^2 min_j sqrt(2 (1 - cos(u_i, r_j))) / sum_i ||u_i||^2, the metric of
@@ -352,9 +348,7 @@ def _loss(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor, y: torch
     return float(r @ r) / (2 * x.shape[0])
 
 
-def regime_label(
-    hidden_weight_movement: float, kernel_movement: float, options: ObserveConfig
-) -> str:
+def regime_label(hidden_weight_movement: float, kernel_movement: float, options: ObserveConfig) -> str:
     """``"kernel"`` when both movements lie below their thresholds, else ``"feature"``.
 
     A run whose kernel movement is NaN (A_0 = 0: the kernel is undefined at t = 0) is labelled
@@ -414,9 +408,7 @@ class Spectrum(Observable):
         self.condition = self._series()
         count = min(options.spectrum_count, self.n_times)
         self.spectrum_indices = (
-            np.unique(np.round(np.linspace(0, self.n_times - 1, count)).astype(int))
-            if count
-            else np.zeros(0, int)
+            np.unique(np.round(np.linspace(0, self.n_times - 1, count)).astype(int)) if count else np.zeros(0, int)
         )
         self.spectra: list[np.ndarray] = []
 
@@ -486,9 +478,7 @@ class ParticleDistance(Observable):
         w = self.trajectory.weights
         distance = torch.linalg.vector_norm(w - w[0], dim=2).cpu().numpy()  # (t, particle)
         levels = np.asarray(self.options.quantiles, dtype=np.float64)
-        values = np.quantile(
-            distance, levels, axis=1
-        ).T  # linear interpolation between order statistics
+        values = np.quantile(distance, levels, axis=1).T  # linear interpolation between order statistics
         return _Output(
             {
                 "particle_distance_quantile": xr.DataArray(
@@ -518,15 +508,12 @@ class KernelMovement(Observable):
             self.gram0_norm = float(torch.linalg.norm(state.gram))
             if self.gram0_norm == 0.0:
                 logger.warning(
-                    "kernel_movement: A_0 = 0 (no trained component moves f at t = 0); "
-                    "kernel movement is NaN"
+                    "kernel_movement: A_0 = 0 (no trained component moves f at t = 0); kernel movement is NaN"
                 )
         k = state.index
         self.alignment_loss[k] = 1.0 - centered_kernel_alignment(state.gram, self.gram0)
         if self.gram0_norm > 0:
-            self.relative_change[k] = (
-                float(torch.linalg.norm(state.gram - self.gram0)) / self.gram0_norm
-            )
+            self.relative_change[k] = float(torch.linalg.norm(state.gram - self.gram0)) / self.gram0_norm
 
     def result(self, ds: xr.Dataset) -> _Output:
         return _Output(
@@ -629,9 +616,7 @@ class Wasserstein(Observable):
     def __init__(self, trajectory: Trajectory, options: ObserveConfig) -> None:
         super().__init__(trajectory, options)
         self.initial = trajectory.weights[0].cpu().numpy()
-        self.teacher = (
-            None if trajectory.teacher_weights is None else trajectory.teacher_weights.cpu().numpy()
-        )
+        self.teacher = None if trajectory.teacher_weights is None else trajectory.teacher_weights.cpu().numpy()
         self.to_initial = self._series()
         self.to_teacher = self._series()
         self.methods: dict[str, str] = {}
@@ -653,17 +638,11 @@ class Wasserstein(Observable):
             self.to_teacher[state.index] = self._distance(particles, self.teacher, "teacher")
 
     def result(self, ds: xr.Dataset) -> _Output:
-        variables = {
-            "wasserstein_initial": _time_series(self.to_initial, method=self.methods["initial"])
-        }
+        variables = {"wasserstein_initial": _time_series(self.to_initial, method=self.methods["initial"])}
         if self.teacher is not None:
-            variables["wasserstein_teacher"] = _time_series(
-                self.to_teacher, method=self.methods["teacher"]
-            )
+            variables["wasserstein_teacher"] = _time_series(self.to_teacher, method=self.methods["teacher"])
         else:
-            logger.info(
-                "wasserstein: no teacher in the dataset; only the distance to the initial measure"
-            )
+            logger.info("wasserstein: no teacher in the dataset; only the distance to the initial measure")
         return _Output(variables, {})
 
 
@@ -732,9 +711,7 @@ class NormHistogram(Observable):
         d = self.trajectory.input_dim
         hidden = torch.linalg.vector_norm(w[:, :, : d + 1], dim=2).cpu().numpy()
         output = w[:, :, d + 1].abs().cpu().numpy()
-        return _Output(
-            {**self._histogram(hidden, "hidden_norm"), **self._histogram(output, "output_norm")}, {}
-        )
+        return _Output({**self._histogram(hidden, "hidden_norm"), **self._histogram(output, "output_norm")}, {})
 
 
 class Regime(Observable):
@@ -793,40 +770,28 @@ _VARIABLE_DOCS: dict[str, VariableInfo] = {
     "t_spectrum": VariableInfo("flow time of a stored Gram spectrum", "1"),
     "eig": VariableInfo("eigenvalue index, 0 = largest"),
     "weight_movement": VariableInfo("relative weight change ||W_t - W_0|| / ||W_0||", "1"),
-    "hidden_weight_movement": VariableInfo(
-        "relative hidden-weight change ||(U,b)_t - (U,b)_0|| / ||(U,b)_0||", "1"
-    ),
+    "hidden_weight_movement": VariableInfo("relative hidden-weight change ||(U,b)_t - (U,b)_0|| / ||(U,b)_0||", "1"),
     "output_weight_movement": VariableInfo(
         "relative output-weight change ||v_t - v_0|| / ||v_0||",
         "1",
         "divided by ||W_0|| instead when v_0 = 0; the normalization attribute says which",
     ),
-    "particle_distance_quantile": VariableInfo(
-        "quantile over particles of the distance ||w_i(t) - w_i(0)||", "1"
-    ),
+    "particle_distance_quantile": VariableInfo("quantile over particles of the distance ||w_i(t) - w_i(0)||", "1"),
     "quantile": VariableInfo("quantile level", "1"),
-    "kernel_movement": VariableInfo(
-        "kernel movement 1 - CKA(A_t, A_0) (centered kernel alignment)", "1"
-    ),
+    "kernel_movement": VariableInfo("kernel movement 1 - CKA(A_t, A_0) (centered kernel alignment)", "1"),
     "kernel_relative_change": VariableInfo("relative Gram change ||A_t - A_0||_F / ||A_0||_F", "1"),
     "teacher_feature_distance": VariableInfo(
-        "||u_i||^2-weighted cosine distance sqrt(2(1 - cos)) of hidden features "
-        "to the nearest teacher feature",
+        "||u_i||^2-weighted cosine distance sqrt(2(1 - cos)) of hidden features to the nearest teacher feature",
         "1",
         "bias excluded; 0 = every feature aligned with a teacher feature",
     ),
     "initial_feature_distance": VariableInfo(
-        "||u_i||^2-weighted cosine distance sqrt(2(1 - cos)) of hidden features "
-        "to the nearest initial feature",
+        "||u_i||^2-weighted cosine distance sqrt(2(1 - cos)) of hidden features to the nearest initial feature",
         "1",
         "bias excluded",
     ),
-    "refit_train_loss": VariableInfo(
-        "training loss after refitting the output layer on the hidden features at t", "1"
-    ),
-    "refit_test_loss": VariableInfo(
-        "test loss after refitting the output layer on the hidden features at t", "1"
-    ),
+    "refit_train_loss": VariableInfo("training loss after refitting the output layer on the hidden features at t", "1"),
+    "refit_test_loss": VariableInfo("test loss after refitting the output layer on the hidden features at t", "1"),
     "random_features_train_loss": VariableInfo(
         "training loss of the output layer refit on the initial hidden features (random features)",
         "1",
@@ -834,24 +799,18 @@ _VARIABLE_DOCS: dict[str, VariableInfo] = {
     "random_features_test_loss": VariableInfo(
         "test loss of the output layer refit on the initial hidden features (random features)", "1"
     ),
-    "wasserstein_initial": VariableInfo(
-        "Wasserstein-2 distance between the particle measures at t and at t = 0", "1"
-    ),
+    "wasserstein_initial": VariableInfo("Wasserstein-2 distance between the particle measures at t and at t = 0", "1"),
     "wasserstein_teacher": VariableInfo(
         "Wasserstein-2 distance between the particle measure at t and the teacher measure", "1"
     ),
-    "residual_top_fraction": VariableInfo(
-        "fraction of ||r||^2 in the top-k eigendirections of the Gram matrix A", "1"
-    ),
+    "residual_top_fraction": VariableInfo("fraction of ||r||^2 in the top-k eigendirections of the Gram matrix A", "1"),
     "top_k": VariableInfo("number k of leading eigendirections of A"),
     "hidden_norm_histogram": VariableInfo(
         "fraction of particles per bin of the hidden-weight norm ||(u_i, b_i)||", "1"
     ),
     "hidden_norm": VariableInfo("hidden-weight norm ||(u_i, b_i)|| at the bin center", "1"),
     "hidden_norm_edges": VariableInfo("bin edges of the hidden-weight norm ||(u_i, b_i)||", "1"),
-    "output_norm_histogram": VariableInfo(
-        "fraction of particles per bin of the output-weight magnitude |v_i|", "1"
-    ),
+    "output_norm_histogram": VariableInfo("fraction of particles per bin of the output-weight magnitude |v_i|", "1"),
     "output_norm": VariableInfo("output-weight magnitude |v_i| at the bin center", "1"),
     "output_norm_edges": VariableInfo("bin edges of the output-weight magnitude |v_i|", "1"),
 }
@@ -878,9 +837,7 @@ def validate_observable_names(names: Sequence[str], *, has_teacher: bool) -> Non
     """Raise ConfigError if a name is unknown or needs teacher--student data that are absent."""
     for name in names:
         if name not in OBSERVABLES:
-            raise ConfigError(
-                f"observe.names: unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}"
-            )
+            raise ConfigError(f"observe.names: unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}")
         if OBSERVABLES[name].needs_teacher and not has_teacher:
             raise ConfigError(
                 f'observe.names: {name!r} needs teacher-student data (data.kind = "teacher"); '
@@ -959,9 +916,7 @@ def observe(
 
 
 def _options_dict(options: ObserveConfig) -> dict[str, object]:
-    return {
-        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()
-    }
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
 
 
 def append_history(ds: xr.Dataset, line: str) -> None:

@@ -213,7 +213,9 @@ def _run_title(ds: xr.Dataset) -> str:
 # --- one run ------------------------------------------------------------------------------------
 
 
-def _plot_series(ax: Axes, ds: xr.Dataset, styles: Mapping[str, tuple[str, str, str]]) -> tuple[np.ndarray, list[float]]:
+def _plot_series(
+    ax: Axes, ds: xr.Dataset, styles: Mapping[str, tuple[str, str, str]]
+) -> tuple[np.ndarray, list[float]]:
     """Plot the (t,) variables named in ``styles`` (name -> label, colour, line style) that ``ds``
     holds, at t > 0; return the times and every plotted value (for choosing the axis scales)."""
     keep = _positive_time(ds)
@@ -357,18 +359,34 @@ def _plot_particles(axes: Sequence[Axes], ds: xr.Dataset) -> None:
     extent = float(np.quantile(np.abs(finite), 0.995)) * 1.15 if finite.size else 1.0
     extent = extent if extent > 0 else 1.0
     signs = np.sign(snapshots[:, :, -1])
-    groups = ((1.0, OKABE_ITO[0], "particles, v > 0"), (-1.0, OKABE_ITO[5], "particles, v < 0"),
-              (0.0, "#999999", "particles, v = 0"))
+    groups = (
+        (1.0, OKABE_ITO[0], "particles, v > 0"),
+        (-1.0, OKABE_ITO[5], "particles, v < 0"),
+        (0.0, "#999999", "particles, v = 0"),
+    )
     for k, (ax, index) in enumerate(zip(axes, picks, strict=False)):
         for sign, colour, label in groups:
             mask = signs[k] == sign
             if mask.any():
-                ax.scatter(coordinates[k, mask, 0], coordinates[k, mask, 1], s=sizes[k, mask], color=colour,
-                           alpha=0.5, linewidths=0, label=label)
+                ax.scatter(
+                    coordinates[k, mask, 0],
+                    coordinates[k, mask, 1],
+                    s=sizes[k, mask],
+                    color=colour,
+                    alpha=0.5,
+                    linewidths=0,
+                    label=label,
+                )
         if rays is not None:
             for j, (a, b) in enumerate(rays):
-                ax.plot([0, extent * a], [0, extent * b], "--", color="#000000", lw=1,
-                        label="teacher directions (projected)" if j == 0 else None)
+                ax.plot(
+                    [0, extent * a],
+                    [0, extent * b],
+                    "--",
+                    color="#000000",
+                    lw=1,
+                    label="teacher directions (projected)" if j == 0 else None,
+                )
         ax.set_xlim(-extent, extent)
         ax.set_ylim(-extent, extent)
         ax.set_aspect("equal")
@@ -377,7 +395,7 @@ def _plot_particles(axes: Sequence[Axes], ds: xr.Dataset) -> None:
         if k == 0:
             ax.set_ylabel(f"{labels[1]} ({_units(ds, 'weights')})")
         ax.legend(loc="upper left", fontsize="x-small", markerscale=2)
-    for ax in axes[len(picks):]:
+    for ax in axes[len(picks) :]:
         ax.set_visible(False)
 
 
@@ -412,8 +430,11 @@ def plot_run(ds: xr.Dataset) -> Figure:
     _plot_movement(fig.add_subplot(grid[0, 2]), ds)
     if has_particles:
         first = fig.add_subplot(grid[1, 0])
-        axes = [first, fig.add_subplot(grid[1, 1], sharex=first, sharey=first),
-                fig.add_subplot(grid[1, 2], sharex=first, sharey=first)]
+        axes = [
+            first,
+            fig.add_subplot(grid[1, 1], sharex=first, sharey=first),
+            fig.add_subplot(grid[1, 2], sharex=first, sharey=first),
+        ]
         _plot_particles(axes, ds)
     fig.suptitle(_run_title(ds))
     return fig
@@ -499,7 +520,9 @@ def load_run_curves(paths: Sequence[str | Path], *, progress: bool | None = None
                 wanted = [name for name in ("train_loss", "test_loss") if name in ds]
                 runs.append(RunCurves.from_dataset(path.stem, ds[wanted].load()))
         except (OSError, ValueError) as exc:
-            logger.warning("%s: not readable as NetCDF (%s); skipped", path, str(exc).splitlines()[0] if str(exc) else exc)
+            logger.warning(
+                "%s: not readable as NetCDF (%s); skipped", path, str(exc).splitlines()[0] if str(exc) else exc
+            )
     return runs
 
 
@@ -536,7 +559,8 @@ def _colours(runs: Sequence[RunCurves], keys: Sequence[str]) -> list[Any]:
         if all(_is_number(v) for v in values):
             array = np.asarray(values, dtype=np.float64)
             norm: Normalize = (
-                LogNorm(array.min(), array.max()) if array.min() > 0 and _spans_decades(array, 1.0)
+                LogNorm(array.min(), array.max())
+                if array.min() > 0 and _spans_decades(array, 1.0)
                 else Normalize(array.min(), array.max() if array.max() > array.min() else array.min() + 1)
             )
             cmap = colormaps["cividis"]
@@ -576,7 +600,9 @@ def _plot_final(ax: Axes, runs: Sequence[RunCurves], key: str, keys: Sequence[st
         plotted.extend(train)
         xs_all.extend(xs)
     short = _short_key(key, keys)
-    name = {"model.init_scale": "initial scale τ0 of hidden weights", "data.n_train": "training set size N"}.get(key, key)
+    name = {"model.init_scale": "initial scale τ0 of hidden weights", "data.n_train": "training set size N"}.get(
+        key, key
+    )
     ax.set_xlabel(f"{name} ({short}, dimensionless)" if key == "model.init_scale" else f"{name} ({short})")
     ax.set_ylabel("final loss (dimensionless)")
     ax.set_title(f"final loss against {short}")

@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available; use \"auto\" or \"cpu\"")
+            raise ConfigError(f'device: {name!r} requested but CUDA is not available; use "auto" or "cpu"')
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"device: {name!r} does not exist; {torch.cuda.device_count()} CUDA device(s) present")
@@ -256,7 +256,10 @@ def _measure_saved_states(
     diagnostics: list[StateDiagnostics] = []
     test_loss = np.full(weights.shape[0], np.nan)
     states = tqdm(
-        weights, desc="measuring saved states", unit="state", leave=False,
+        weights,
+        desc="measuring saved states",
+        unit="state",
+        leave=False,
         disable=None if progress is None else not progress,
     )
     for k, w in enumerate(states):
@@ -317,7 +320,11 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         if solver.adaptive
         else f"{solver.method} (step_size={solver.step_size:g})"
     )
-    flow_text = flow.name if flow.name == "gradient" else f"{flow.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+    flow_text = (
+        flow.name
+        if flow.name == "gradient"
+        else f"{flow.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+    )
     if config.flow.kind == "ggn":
         fc = config.flow
         b = min(fc.batch_size, data.n_train)

@@ -359,8 +359,14 @@ def _integrate_exponential(
         if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
             checkpoint.write(
                 _position(
-                    recorder, flow, start, y=step.weights.cpu(), t=solver.t, h=solver.h,
-                    next_index=next_index, n_steps=n_steps,
+                    recorder,
+                    flow,
+                    start,
+                    y=step.weights.cpu(),
+                    t=solver.t,
+                    h=solver.h,
+                    next_index=next_index,
+                    n_steps=n_steps,
                 )
             )
     return "completed"
@@ -395,9 +401,7 @@ def _integrate_adaptive(
     next_index = 1
     n_steps = 0
     if resume is not None:
-        solver.rk_state = _RungeKuttaState(
-            **{k: _to_device(v, weights0.device) for k, v in resume["rk_state"].items()}
-        )
+        solver.rk_state = _RungeKuttaState(**{k: _to_device(v, weights0.device) for k, v in resume["rk_state"].items()})
         next_index, n_steps, flow.nfe = int(resume["next_index"]), int(resume["n_steps"]), int(resume["nfe"])
         bar.update(float(solver.rk_state.t1), float("nan"), flow.nfe)
     while next_index < len(times):
@@ -561,6 +565,8 @@ class StepSchedule:
             return np.arange(self.n_steps + 1, dtype=np.float64)
         used = np.cumsum([len(b) for b in self.batches])
         return np.concatenate([[0.0], used / self.n_samples])
+
+
 def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)

@@ -89,13 +89,9 @@ class Claim:
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
-            raise ValueError(
-                f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}"
-            )
+            raise ValueError(f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
         if not _NUMBER.search(self.measured):
-            raise ValueError(
-                f"claim {self.statement!r}: the measured text holds no number: {self.measured!r}"
-            )
+            raise ValueError(f"claim {self.statement!r}: the measured text holds no number: {self.measured!r}")
 
 
 @dataclass
@@ -244,9 +240,7 @@ def run_study(
     return write_report(out / "report.md", report, name=name, scale=scale, wall_time_s=wall)
 
 
-def write_report(
-    path: str | Path, report: StudyReport, *, name: str, scale: str, wall_time_s: float
-) -> Path:
+def write_report(path: str | Path, report: StudyReport, *, name: str, scale: str, wall_time_s: float) -> Path:
     """Write the Markdown report: claims table (claim, measured, verdict), setup, figures.
 
     The claims table has one row per claim, ``| k | claim | measured | verdict |``; its verdict
@@ -373,10 +367,7 @@ def select(runs: Sequence[GridRun], label: str | None = None, **values: Any) -> 
     """The runs with ``label`` whose varied values match ``values`` (keys with ``__`` for ``.``)."""
     wanted = {k.replace("__", "."): v for k, v in values.items()}
     return [
-        r
-        for r in runs
-        if (label is None or r.label == label)
-        and all(r.values.get(k) == v for k, v in wanted.items())
+        r for r in runs if (label is None or r.label == label) and all(r.values.get(k) == v for k, v in wanted.items())
     ]
 
 
@@ -459,9 +450,7 @@ def claims_table(report_text: str) -> list[list[str]]:
             inside = line == "## Claims"
             continue
         if inside and line.startswith("| ") and not line.startswith("| # "):
-            cells = [
-                c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]
-            ]
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
             rows.append(cells)
     return rows
 

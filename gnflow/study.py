@@ -129,13 +129,9 @@ def _flatten(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str
     for key in flat:
         parts = key.split(".")
         if len(parts) > 2 or any(not p for p in parts):
-            raise ConfigError(
-                f"{where}: key {key!r} must be 'key' or 'section.key', e.g. model.init_scale"
-            )
+            raise ConfigError(f"{where}: key {key!r} must be 'key' or 'section.key', e.g. model.init_scale")
         if key in _MANAGED_KEYS:
-            raise ConfigError(
-                f"{where}: {key} is set by the sweep (each run writes DIR/runs/<id>.nc)"
-            )
+            raise ConfigError(f"{where}: {key} is set by the sweep (each run writes DIR/runs/<id>.nc)")
     return flat
 
 
@@ -179,8 +175,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     unknown = [k for k in values if k not in _TABLES]
     if unknown:
         raise ConfigError(
-            f"unknown study table {unknown[0]!r}; allowed: {', '.join(_TABLES)} "
-            "(run config keys go under [base])"
+            f"unknown study table {unknown[0]!r}; allowed: {', '.join(_TABLES)} (run config keys go under [base])"
         )
     header = values.get("study", {})
     if not isinstance(header, Mapping) or set(header) - {"name", "base_file"}:
@@ -205,9 +200,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
 
     grid_table = values.get("grid", {})
     if not isinstance(grid_table, Mapping):
-        raise ConfigError(
-            'grid: expected a table [grid] of lists, e.g. "model.init_scale" = [0.1, 1.0]'
-        )
+        raise ConfigError('grid: expected a table [grid] of lists, e.g. "model.init_scale" = [0.1, 1.0]')
     grid = _flatten(grid_table, "[grid]")
     for key, options in grid.items():
         if not isinstance(options, list) or not options:
@@ -217,11 +210,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     labels: tuple[str, ...] | None = None
     variants: list[dict[str, Any]] = [{}]
     if runs_table is not None:
-        if (
-            not isinstance(runs_table, list)
-            or not runs_table
-            or not all(isinstance(r, Mapping) for r in runs_table)
-        ):
+        if not isinstance(runs_table, list) or not runs_table or not all(isinstance(r, Mapping) for r in runs_table):
             raise ConfigError("runs: expected one or more [[runs]] tables")
         variants, names = [], []
         for i, entry in enumerate(runs_table):
@@ -232,9 +221,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
             overrides = _flatten(entry, f"runs[{i}] ({label})")
             both = sorted(set(overrides) & set(grid))
             if both:
-                raise ConfigError(
-                    f"runs[{i}] ({label}): {both[0]} is also a [grid] key; set it in one place"
-                )
+                raise ConfigError(f"runs[{i}] ({label}): {both[0]} is also a [grid] key; set it in one place")
             variants.append(overrides)
             names.append(label)
         if len(set(names)) != len(names):
@@ -245,10 +232,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     reserved = {RUN_DIM, "t"}
     for dim, key in zip(dims, grid, strict=True):
         if dim in reserved or dims.count(dim) > 1:
-            raise ConfigError(
-                f"grid.{key}: its dimension name {dim!r} is taken; "
-                "grid keys must give distinct names"
-            )
+            raise ConfigError(f"grid.{key}: its dimension name {dim!r} is taken; grid keys must give distinct names")
 
     runs: list[StudyRun] = []
     seen: dict[str, str] = {}
@@ -272,9 +256,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
                 raise ConfigError(f"{where}: {exc}") from None
             run_id = config_hash(config)
             if run_id in seen:
-                raise ConfigError(
-                    f"{where} gives the same run as {seen[run_id]}; remove one of them"
-                )
+                raise ConfigError(f"{where} gives the same run as {seen[run_id]}; remove one of them")
             seen[run_id] = where
             as_dict = config_to_dict(config)
             index = ((v_index,) if labels is not None else ()) + point
@@ -299,13 +281,9 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     definition = {
         "base": config_to_dict(base_config),
         "grid": {k: list(v) for k, v in grid.items()},
-        "runs": [{"name": n, **o} for n, o in zip(labels, variants, strict=True)]
-        if labels is not None
-        else [],
+        "runs": [{"name": n, **o} for n, o in zip(labels, variants, strict=True)] if labels is not None else [],
     }
-    return Study(
-        name=name, grid=resolved_grid, labels=labels, runs=tuple(runs), definition=definition
-    )
+    return Study(name=name, grid=resolved_grid, labels=labels, runs=tuple(runs), definition=definition)
 
 
 def load_study(path: str | Path) -> Study:

@@ -301,11 +301,7 @@ def _folder_lock(out_dir: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             holder = lock.read_text().split() if lock.is_file() else []
-            if (
-                len(holder) == 2
-                and holder[0] == socket.gethostname()
-                and _pid_alive(int(holder[1]))
-            ):
+            if len(holder) == 2 and holder[0] == socket.gethostname() and _pid_alive(int(holder[1])):
                 raise SweepError(
                     f"{out_dir} is being written by another gnflow sweep (pid {holder[1]}); "
                     "wait for it or choose another -o"
@@ -359,9 +355,7 @@ class _Progress:
         self.show(counts)
 
     def show(self, counts: Mapping[str, int]) -> None:
-        self.bar.set_postfix_str(
-            f"done={counts['done']}, failed={counts['failed']}, remaining={counts['pending']}"
-        )
+        self.bar.set_postfix_str(f"done={counts['done']}, failed={counts['failed']}, remaining={counts['pending']}")
 
     def advance(self, counts: Mapping[str, int]) -> None:
         self.bar.update(1)
@@ -371,17 +365,13 @@ class _Progress:
         self.bar.close()
 
 
-def _run_serial(
-    todo: list[tuple[StudyRun, str]], task: RunTask, finish: Callable[[dict[str, Any]], None]
-) -> None:
+def _run_serial(todo: list[tuple[StudyRun, str]], task: RunTask, finish: Callable[[dict[str, Any]], None]) -> None:
     for run, config_json in todo:
         finish(task(config_json, str(run.config.output.path)))
 
 
 @contextlib.contextmanager
-def _dask_client(
-    workers: int | None, scheduler: str | None, scheduler_file: str | None
-) -> Iterator[Any]:
+def _dask_client(workers: int | None, scheduler: str | None, scheduler_file: str | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler is not None or scheduler_file is not None:
@@ -444,11 +434,7 @@ def _run_dask(
             try:
                 outcome = future.result()
             except Exception as exc:  # KilledWorker after repeated worker deaths, lost scheduler
-                error = (
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(
-                        ": "
-                    )
-                )
+                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
                 outcome = {
                     "run_id": run_id,
                     "status": f"error: {error}",
@@ -528,12 +514,9 @@ def run_sweep(
     runs_dir.mkdir(parents=True, exist_ok=True)
     paths = {run.run_id: runs_dir / f"{run.run_id}.nc" for run in study.runs}
     runs = [
-        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values)
-        for run in study.runs
+        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values) for run in study.runs
     ]
-    result = SweepResult(
-        out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc"
-    )
+    result = SweepResult(out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc")
 
     with _folder_lock(out_dir):
         for stale in runs_dir.glob(".*.tmp"):
@@ -550,9 +533,7 @@ def run_sweep(
                 result.outcomes[run.run_id] = outcome
                 continue
             if path.exists():
-                logger.info(
-                    "run %s will be computed again: %s is %s", run.run_id, path.name, reason
-                )
+                logger.info("run %s will be computed again: %s is %s", run.run_id, path.name, reason)
             todo.append((run, config_to_json(run.config)))
         manifest.write()
         counts = manifest.counts()

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 for _name, _info in {
     "batch_loss": VariableInfo("training loss on the step's mini-batch before the step", "1"),
     "elapsed_s": VariableInfo("cumulative optimizer time after the step", "s", "excludes evaluation of losses"),
-    "wall_time_s": VariableInfo("cumulative optimizer time at the end of the epoch", "s", "excludes evaluation of losses"),
+    "wall_time_s": VariableInfo(
+        "cumulative optimizer time at the end of the epoch", "s", "excludes evaluation of losses"
+    ),
     "epoch_time_s": VariableInfo("optimizer time spent in the epoch", "s", "excludes evaluation of losses"),
     "cpu_time_s": VariableInfo(
         "cumulative processor time of the optimizer at the end of the epoch",
@@ -208,7 +210,13 @@ def train_module(
             history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
             history.wall_time_s.append(elapsed)
             history.cpu_time_s.append(cpu)
-            logger.info("epoch %d: train loss %.4g, test loss %.4g, %.2f s", epoch, history.train_loss[-1], history.test_loss[-1], elapsed)
+            logger.info(
+                "epoch %d: train loss %.4g, test loss %.4g, %.2f s",
+                epoch,
+                history.train_loss[-1],
+                history.test_loss[-1],
+                elapsed,
+            )
     if history.status != "completed":
         logger.warning("training stopped: %s", history.status)
     return history
@@ -224,7 +232,9 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Te
         optimizer.zero_grad()
         out = model(xb)
         if out.shape not in ((b,), (b, 1)):
-            raise ValueError(f"the model must return one value per sample, shape ({b},) or ({b}, 1); got {tuple(out.shape)}")
+            raise ValueError(
+                f"the model must return one value per sample, shape ({b},) or ({b}, 1); got {tuple(out.shape)}"
+            )
         r = out.reshape(b) - yb
         loss = (r @ r) / (2 * b)
         loss.backward()

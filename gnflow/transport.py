@@ -85,9 +85,7 @@ def wasserstein2(
         cost = cdist(a, b, metric="sqeuclidean")
         # the network simplex needs O(n_a n_b) pivots in the worst case; POT's default cap
         # (100000) is reached for a few hundred particles
-        value, log = ot.emd2(
-            _uniform(n_a), _uniform(n_b), cost, numItermax=max(100_000, 50 * n_a * n_b), log=True
-        )
+        value, log = ot.emd2(_uniform(n_a), _uniform(n_b), cost, numItermax=max(100_000, 50 * n_a * n_b), log=True)
         if log.get("warning"):
             raise RuntimeError(f"exact optimal transport did not converge: {log['warning']}")
         return TransportResult(

@@ -15,7 +15,6 @@ from gnflow.flows import Flow
 from gnflow.run import run
 
 
-
 class _Killed(BaseException):
     """Stands in for the process dying: nothing in gnflow catches it."""
 
@@ -74,14 +73,10 @@ def _count_evaluations(monkeypatch):
     return calls
 
 
-def _assert_same_trajectory(
-    resumed: xr.Dataset, reference: xr.Dataset, rtol: float, atol: float
-) -> None:
+def _assert_same_trajectory(resumed: xr.Dataset, reference: xr.Dataset, rtol: float, atol: float) -> None:
     np.testing.assert_array_equal(resumed["t"].values, reference["t"].values)
     for name in ("weights", "train_loss", "test_loss", "gram_eigmin", "gram_eigmax"):
-        np.testing.assert_allclose(
-            resumed[name].values, reference[name].values, rtol=rtol, atol=atol, err_msg=name
-        )
+        np.testing.assert_allclose(resumed[name].values, reference[name].values, rtol=rtol, atol=atol, err_msg=name)
     for name in ("nfe", "n_steps", "n_rejected"):
         np.testing.assert_array_equal(resumed[name].values, reference[name].values, err_msg=name)
     assert resumed.attrs["gnflow_status"] == reference.attrs["gnflow_status"]
@@ -114,9 +109,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch, 
     assert 0 < calls["n"] < total / 2 + 10  # continued, did not start over
     assert not ckpt.exists()  # a finished run removes its checkpoint
     _assert_same_trajectory(resumed, reference, rtol=config.solver.rtol, atol=config.solver.atol)
-    _assert_same_trajectory(
-        xr.load_dataset(written), reference, rtol=config.solver.rtol, atol=config.solver.atol
-    )
+    _assert_same_trajectory(xr.load_dataset(written), reference, rtol=config.solver.rtol, atol=config.solver.atol)
 
 
 def test_resume_from_the_command_line(tmp_path, monkeypatch):
@@ -170,9 +163,7 @@ def test_checkpoint_triggers_and_keys():
     assert Checkpointer.for_output("x.nc", _config("x.nc", every_steps=0)) is None
     assert checkpoint_path("data/runs/r.nc").as_posix() == "data/runs/r.checkpoint.pt"
     # where and how often files are written does not change what is computed
-    assert config_hash(_config("a.nc", every_steps=5)) == config_hash(
-        _config("b.nc", every_steps=0)
-    )
+    assert config_hash(_config("a.nc", every_steps=5)) == config_hash(_config("b.nc", every_steps=0))
     assert config_hash(_config("a.nc")) != config_hash(_config("a.nc", rtol=1e-6))
     with pytest.raises(ConfigError, match=r"output\.checkpoint_every_s"):
         config_from_dict({"output": {"checkpoint_every_s": -1.0}})
@@ -183,7 +174,8 @@ def test_checkpoint_triggers_and_keys():
 def test_mini_batch_ggn_run_resumes_exactly(tmp_path, monkeypatch):
     def ggn_config(path, every_steps):
         values = {
-            "seed": 5, "device": "cpu",
+            "seed": 5,
+            "device": "cpu",
             "data": {"input_dim": 3, "teacher_width": 2, "n_train": 16, "n_test": 20},
             "model": {"width": 12, "output_init": "normal"},
             "flow": {"kind": "ggn", "lam": 2.0, "alpha": 0.1, "batch_size": 4, "epochs": 6, "batch_order": "shuffled"},

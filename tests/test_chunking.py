@@ -30,9 +30,7 @@ def test_chunked_products_equal_unchunked(train: str, chunk: int) -> None:
     c = torch.randn(30, generator=gen, dtype=torch.float64)
     delta = torch.randn(97, 5, generator=gen, dtype=torch.float64)
     gram = whole.gram()
-    torch.testing.assert_close(
-        chunked.gram(), gram, rtol=1e-13, atol=1e-15 * float(gram.abs().max())
-    )
+    torch.testing.assert_close(chunked.gram(), gram, rtol=1e-13, atol=1e-15 * float(gram.abs().max()))
     torch.testing.assert_close(chunked.predict(), whole.predict(), rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(chunked.vjp(c), whole.vjp(c), rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(chunked.jvp(delta), whole.jvp(delta), rtol=1e-13, atol=1e-15)
@@ -81,9 +79,7 @@ def test_chunked_field_equals_unchunked(flow_kind: str) -> None:
             else GradientFlow(model, x, y)
         )
         fields.append(flow(torch.tensor(0.0), w))
-    torch.testing.assert_close(
-        fields[1], fields[0], rtol=1e-9, atol=1e-12 * float(fields[0].abs().max())
-    )
+    torch.testing.assert_close(fields[1], fields[0], rtol=1e-9, atol=1e-12 * float(fields[0].abs().max()))
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -152,6 +148,4 @@ def test_cuda_float32_field_matches_cpu_float64(allow_tf32: bool) -> None:
         assert flow.solver.stats.eigvalsh_fallbacks == 0
     assert torch.backends.cuda.matmul.allow_tf32 == tf32_before  # restored after the evaluation
     scale = float(fields["cpu"].abs().max())
-    torch.testing.assert_close(
-        fields["cuda"], fields["cpu"], rtol=0, atol=(1e-2 if allow_tf32 else 1e-3) * scale
-    )
+    torch.testing.assert_close(fields["cuda"], fields["cpu"], rtol=0, atol=(1e-2 if allow_tf32 else 1e-3) * scale)

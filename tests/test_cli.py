@@ -35,7 +35,7 @@ def test_reduced_paper_setting_converges(tmp_path, capsys):
 def test_config_file_and_never_overwrite(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.toml").write_text(
-        '[data]\ninput_dim = 2\nn_train = 10\nn_test = 5\n[model]\nwidth = 20\n'
+        "[data]\ninput_dim = 2\nn_train = 10\nn_test = 5\n[model]\nwidth = 20\n"
         '[flow]\nkind = "gradient"\n[solver]\nt_end = 50.0\nn_save = 5\n[output]\npath = "out/r.nc"\n'
     )
     assert run_cli(["run", "c.toml", "-q"], capsys)[0] == 0
@@ -70,8 +70,23 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, ar
 def test_failed_run_is_saved_with_its_status(tmp_path, capsys):
     out = tmp_path / "f.nc"
     code, stdout, _ = run_cli(
-        ["run", "--set", "model.width=2", "--set", "data.input_dim=2", "--set", "data.n_train=40",
-         "--set", "flow.damping=constant", "--set", "flow.epsilon=0", "--set", "model.output_init=normal", "-o", str(out)],
+        [
+            "run",
+            "--set",
+            "model.width=2",
+            "--set",
+            "data.input_dim=2",
+            "--set",
+            "data.n_train=40",
+            "--set",
+            "flow.damping=constant",
+            "--set",
+            "flow.epsilon=0",
+            "--set",
+            "model.output_init=normal",
+            "-o",
+            str(out),
+        ],
         capsys,
     )
     assert code == 1

@@ -116,7 +116,9 @@ def test_run_never_overwrites_without_permission(
     assert "--overwrite" in capsys.readouterr().err
     assert first.read_bytes() == content
     assert main(["run", str(config_file), "-o", str(first), "--overwrite", "--set", "seed=6"]) == 0
-    assert read_dataset(first).attrs["gnflow_config"] != read_dataset(tmp_path / "out" / "run-1.nc").attrs["gnflow_config"]
+    assert (
+        read_dataset(first).attrs["gnflow_config"] != read_dataset(tmp_path / "out" / "run-1.nc").attrs["gnflow_config"]
+    )
 
     # --overwrite with the default path replaces the configured file itself
     assert main(["run", str(config_file), "--overwrite", "-q"]) == 0

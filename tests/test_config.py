@@ -17,7 +17,13 @@ from gnflow.config import (
 def test_defaults_match_spec():
     c = RunConfig()
     assert (c.seed, c.device, c.dtype) == (1, "auto", "float64")
-    assert (c.data.kind, c.data.input_dim, c.data.teacher_width, c.data.n_train, c.data.n_test) == ("teacher", 10, 5, 500, 10000)
+    assert (c.data.kind, c.data.input_dim, c.data.teacher_width, c.data.n_train, c.data.n_test) == (
+        "teacher",
+        10,
+        5,
+        500,
+        10000,
+    )
     assert (c.model.width, c.model.activation, c.model.scaling, c.model.init_scale) == (5000, "silu", "mean_field", 1.0)
     assert (c.model.output_init, c.model.train) == ("zero", "all")
     assert (c.flow.kind, c.flow.damping, c.flow.epsilon) == ("gauss_newton", "eigmin", 1e-7)
@@ -49,7 +55,10 @@ def test_json_round_trip():
         ({"modle": {"width": 10}}, "unknown key 'modle'; allowed in the top level: seed, device, dtype"),
         ({"model": {"width": "ten"}}, "model.width: expected an integer, got 'ten'"),
         ({"model": {"width": 0}}, "model.width: must be >= 1, got 0"),
-        ({"model": {"activation": "sigmoid"}}, "model.activation: unknown value 'sigmoid'; allowed: silu, tanh, gelu, relu"),
+        (
+            {"model": {"activation": "sigmoid"}},
+            "model.activation: unknown value 'sigmoid'; allowed: silu, tanh, gelu, relu",
+        ),
         ({"solver": {"method": "rk45"}}, "solver.method: unknown value 'rk45'; allowed: dopri5"),
         ({"solver": {"rtol": -1.0}}, "solver.rtol: must be a finite number > 0, got -1.0"),
         ({"solver": {"stop_loss_ratio": 1.5}}, "solver.stop_loss_ratio: must lie in [0, 1), got 1.5"),

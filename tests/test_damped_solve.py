@@ -41,9 +41,7 @@ def dense_reference(gram: torch.Tensor, g: torch.Tensor, eps0: float) -> tuple[f
     return eps, torch.as_tensor(np.linalg.solve(a, g.numpy()))
 
 
-def assert_matches(
-    solver: DampedGramSolver, gram: torch.Tensor, g: torch.Tensor, eps0: float
-) -> None:
+def assert_matches(solver: DampedGramSolver, gram: torch.Tensor, g: torch.Tensor, eps0: float) -> None:
     out = solver(gram, g)
     eps_ref, z_ref = dense_reference(gram, g, eps0)
     assert abs(float(out.epsilon) - eps_ref) <= EPS_RTOL * eps_ref
@@ -80,9 +78,7 @@ def test_eigmin_near_double_smallest_eigenvalue_within_its_gap() -> None:
     out = DampedGramSolver(EigminDamping(1e-7))(gram, g)
     eps_ref, z_ref = dense_reference(gram, g, 1e-7)
     assert abs(float(out.epsilon) - eps_ref) <= 1e-7 * eps_ref + EPS_RTOL * eps_ref
-    z_used = torch.as_tensor(
-        np.linalg.solve(gram.numpy() + float(out.epsilon) * np.eye(100), g.numpy())
-    )
+    z_used = torch.as_tensor(np.linalg.solve(gram.numpy() + float(out.epsilon) * np.eye(100), g.numpy()))
     torch.testing.assert_close(out.direction, z_used, rtol=1e-9, atol=0)
     torch.testing.assert_close(out.direction, z_ref, rtol=1e-6, atol=0)
 
@@ -153,9 +149,7 @@ def test_indefinite_or_nonfinite_gram_raises() -> None:
     with pytest.raises(GramSolveError):
         DampedGramSolver(EigminDamping(1e-7))(bad, g)
     with pytest.raises(GramSolveError):
-        DampedGramSolver(EigminDamping(1e-7))(
-            torch.full((20, 20), math.nan, dtype=torch.float64), g
-        )
+        DampedGramSolver(EigminDamping(1e-7))(torch.full((20, 20), math.nan, dtype=torch.float64), g)
     with pytest.raises(GramSolveError):
         DampedGramSolver(ConstantDamping(0.0))(torch.zeros(20, 20, dtype=torch.float64), g)
 
@@ -174,9 +168,7 @@ def test_gauss_newton_field_equals_dense_jacobian_field(train: str) -> None:
         state = w + 0.05 * step * torch.randn(m, d + 2, generator=gen, dtype=torch.float64)
         field = flow(torch.tensor(0.0), state)
         mask = model.trainable_mask()
-        jac = torch.func.jacrev(lambda flat: model.predict(flat.reshape(m, d + 2), x))(
-            state.reshape(-1)
-        )
+        jac = torch.func.jacrev(lambda flat: model.predict(flat.reshape(m, d + 2), x))(state.reshape(-1))
         jac = jac * mask.repeat(m)  # frozen components do not move
         gram = jac @ jac.T
         residual = model.predict(state, x) - y

@@ -36,7 +36,9 @@ def test_file_formats(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=y, x_test=xt, y_test=yt)
     xr.Dataset({"x": (("s", "f"), x), "y": ("s", y)}).to_netcdf(tmp_path / "d.nc")
     lines = ["a,b,c,y,split"] + [
-        ",".join(repr(float(v)) for v in [*row, label]) + f",{split}" for rows, labels, split in ((x, y, "train"), (xt, yt, "test")) for row, label in zip(rows, labels)
+        ",".join(repr(float(v)) for v in [*row, label]) + f",{split}"
+        for rows, labels, split in ((x, y, "train"), (xt, yt, "test"))
+        for row, label in zip(rows, labels)
     ]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     for name in ("d.npz", "d.csv"):

@@ -45,8 +45,9 @@ def test_schema(tiny_run):
     assert config_from_json(attrs["gnflow_config"]) == config_from_dict(TINY)
     assert int(ds["nfe"][-1]) == attrs["gnflow_nfe"] > 0
     # losses are consistent with the stored weights and data
-    from gnflow.model import ParticleModel
     import torch
+
+    from gnflow.model import ParticleModel
 
     model = ParticleModel(input_dim=3)
     w_end = torch.as_tensor(ds["weights"].values[-1])

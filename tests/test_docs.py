@@ -119,10 +119,7 @@ def test_every_command_is_in_the_cli_reference(site: Path) -> None:
     page = (site / "cli.html").read_text()
     parser = build_parser()
     commands = [
-        name
-        for action in parser._actions
-        if isinstance(action, argparse._SubParsersAction)
-        for name in action.choices
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
     ]
     assert {"run", "info", "plot"} <= set(commands)
     for name in commands:
@@ -133,7 +130,11 @@ def test_every_public_module_is_in_the_api_reference(site: Path) -> None:
     import pkgutil
 
     page = (site / "api.html").read_text()
-    modules = [m.name for m in pkgutil.walk_packages(gnflow.__path__, "gnflow.") if not any(p.startswith("_") for p in m.name.split("."))]
+    modules = [
+        m.name
+        for m in pkgutil.walk_packages(gnflow.__path__, "gnflow.")
+        if not any(p.startswith("_") for p in m.name.split("."))
+    ]
     assert "gnflow.plot" in modules
     for name in modules:
         assert f'id="module-{name}"' in page, name
@@ -177,6 +178,10 @@ def test_public_methods_have_docstrings() -> None:
             if attr.startswith("_"):
                 continue
             function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
-            if inspect.isfunction(function) and function.__module__.startswith("gnflow") and not (function.__doc__ or "").strip():
+            if (
+                inspect.isfunction(function)
+                and function.__module__.startswith("gnflow")
+                and not (function.__doc__ or "").strip()
+            ):
                 missing.append(f"{name}.{attr}")
     assert not missing, f"public methods without a docstring: {missing}"

@@ -231,9 +231,7 @@ def test_gradient_flow_loss_does_not_increase(gradient_reference) -> None:
 
 
 def test_gauss_newton_flow_agrees_with_dopri5() -> None:
-    experiment, config = _experiment(
-        kind="gauss_newton", method="dopri5", rtol=1e-10, atol=1e-13, t_end=200.0
-    )
+    experiment, config = _experiment(kind="gauss_newton", method="dopri5", rtol=1e-10, atol=1e-13, t_end=200.0)
     reference = integrate(experiment.flow, experiment.weights0, config.solver)
     rtol = 1e-5
     solver = replace(config.solver, method="kernel_exponential", rtol=rtol, atol=rtol * 1e-3)
@@ -246,9 +244,7 @@ def test_gauss_newton_flow_agrees_with_dopri5() -> None:
 
 
 def test_stops_on_the_loss_ratio() -> None:
-    experiment, config = _experiment(
-        train="output", method="kernel_exponential", t_end=1e9, stop_loss_ratio=1e-3
-    )
+    experiment, config = _experiment(train="output", method="kernel_exponential", t_end=1e9, stop_loss_ratio=1e-3)
     solution = integrate(experiment.flow, experiment.weights0, config.solver)
     assert solution.status == "converged"
     loss0 = experiment.flow.train_loss(solution.weights[0])
@@ -276,9 +272,7 @@ def test_singular_gauss_newton_fails_with_a_partial_result() -> None:
 
 
 def test_step_limit_fails_with_the_states_reached() -> None:
-    experiment, config = _experiment(
-        method="kernel_exponential", rtol=1e-8, atol=1e-11, t_end=300.0, max_steps=5
-    )
+    experiment, config = _experiment(method="kernel_exponential", rtol=1e-8, atol=1e-11, t_end=300.0, max_steps=5)
     solution = integrate(experiment.flow, experiment.weights0, config.solver)
     assert solution.status == "failed: more than solver.max_steps = 5 steps"
     assert solution.n_accepted[-1] + solution.n_rejected[-1] <= 5
@@ -289,9 +283,7 @@ def test_flow_without_a_spectral_direction_is_a_config_error() -> None:
     class ShiftedFlow(Flow):
         name = "shifted"
 
-        def function_space_direction(
-            self, lin: Linearization, residual: torch.Tensor
-        ) -> torch.Tensor:
+        def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
             return residual + 1.0
 
     experiment, _ = _experiment()
@@ -327,6 +319,4 @@ def test_run_dataset_records_the_method_and_its_counters() -> None:
     assert ds.attrs["gnflow_status"] == "completed"
     assert ds.attrs["gnflow_solver"].startswith("kernel_exponential (rtol=")
     assert np.all(np.diff(ds["nfe"].values) >= 0) and ds["nfe"].values[-1] > 1
-    np.testing.assert_array_equal(
-        ds["t"].values, np.concatenate([[0.0], np.geomspace(0.1, 1e3, 4)])
-    )
+    np.testing.assert_array_equal(ds["t"].values, np.concatenate([[0.0], np.geomspace(0.1, 1e3, 4)]))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from problems import explicit_jacobian, relative_error, scatter_trained, small_problem
 
 from gnflow.damping import ConstantDamping, EigminDamping, GramSolveError, RelativeDamping, make_damping, solve_damped
 from gnflow.flows import FlowError, GaussNewtonFlow, GradientFlow
-from problems import explicit_jacobian, relative_error, scatter_trained, small_problem
 
 
 @pytest.mark.parametrize("train", ["all", "hidden", "output"])

@@ -160,10 +160,22 @@ def test_full_batch_ggn_converges_quadratically_on_wide_theory_network():
         {
             "seed": 0,
             "data": {"kind": "diabetes", "max_train": n},
-            "model": {"width": 3000, "activation": "tanh", "scaling": "ntk", "output_init": "sign",
-                      "train": "hidden", "init_scale": 1.0},
-            "flow": {"kind": "ggn", "lam": 1.0, "alpha": 0.0, "batch_size": n, "iterations": 6,
-                     "save_every": "iteration"},
+            "model": {
+                "width": 3000,
+                "activation": "tanh",
+                "scaling": "ntk",
+                "output_init": "sign",
+                "train": "hidden",
+                "init_scale": 1.0,
+            },
+            "flow": {
+                "kind": "ggn",
+                "lam": 1.0,
+                "alpha": 0.0,
+                "batch_size": n,
+                "iterations": 6,
+                "save_every": "iteration",
+            },
             "solver": {"stop_loss_ratio": 0.0},
         }
     )
@@ -190,7 +202,11 @@ def test_full_batch_ggn_converges_quadratically_on_wide_theory_network():
 def _mlp(seed: int = 0, d: int = 4, hidden: int = 7) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1)
+        torch.nn.Linear(d, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.SiLU(),
+        torch.nn.Linear(hidden, 1),
     ).double()
 
 
@@ -428,8 +444,21 @@ batch_order = "shuffled"
 def test_batch_size_error_from_the_command_line(tmp_path, capsys):
     from gnflow.cli import main
 
-    code = main(["run", "--set", "flow.kind=ggn", "--set", "flow.batch_size=500", "--set", "data.n_train=50",
-                 "--set", "model.width=10", "-o", str(tmp_path / "x.nc")])
+    code = main(
+        [
+            "run",
+            "--set",
+            "flow.kind=ggn",
+            "--set",
+            "flow.batch_size=500",
+            "--set",
+            "data.n_train=50",
+            "--set",
+            "model.width=10",
+            "-o",
+            str(tmp_path / "x.nc"),
+        ]
+    )
     assert code != 0
     assert "flow.batch_size: must lie in 1..N = 1..50" in capsys.readouterr().err
 
@@ -452,9 +481,10 @@ def test_uniform_fixed_step_schedule_keeps_grid_saving_and_steps():
 def test_restricted_gauss_newton_flow_has_its_own_solver_state():
     # eigmin damping warm-starts from the previous evaluation: a batch flow must not reuse the
     # full flow's N-dimensional eigenvector
+    from problems import explicit_jacobian, relative_error, small_problem
+
     from gnflow.damping import EigminDamping
     from gnflow.flows import GaussNewtonFlow
-    from problems import explicit_jacobian, relative_error, small_problem
 
     model, w, x, y = small_problem(n_train=20, width=40)
     full = GaussNewtonFlow(model, x, y, EigminDamping(1e-9))

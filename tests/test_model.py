@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from problems import explicit_jacobian, relative_error, scatter_trained, small_problem
 
 from gnflow.model import ParticleModel, activation_and_derivative, component_names
-from problems import explicit_jacobian, relative_error, scatter_trained, small_problem
 
 CASES = list(itertools.product(["silu", "tanh", "gelu", "relu"], ["mean_field", "ntk"], ["all", "hidden", "output"]))
 TOL = 1e-10
@@ -39,9 +39,7 @@ def test_structured_derivatives_match_autograd(activation, scaling, train):
 def test_predict_matches_definition():
     model, w, x, _ = small_problem(width=7, scaling="ntk", activation="tanh")
     d = model.input_dim
-    expected = sum(
-        w[i, d + 1] * torch.tanh(x @ w[i, :d] + w[i, d]) for i in range(w.shape[0])
-    ) / np.sqrt(w.shape[0])
+    expected = sum(w[i, d + 1] * torch.tanh(x @ w[i, :d] + w[i, d]) for i in range(w.shape[0])) / np.sqrt(w.shape[0])
     assert relative_error(model.predict(w, x), expected) < 1e-14
 
 

@@ -81,9 +81,7 @@ def lazy_run(init_scale: float) -> xr.Dataset:
         "solver.stop_loss_ratio=0",
         'observe.names=["regime"]',
     ]
-    probe = simulate(
-        load_config(None, [*overrides, "solver.t_end=1e-9", "solver.n_save=2"]), progress=False
-    )
+    probe = simulate(load_config(None, [*overrides, "solver.t_end=1e-9", "solver.n_save=2"]), progress=False)
     traj = trajectory_from_dataset(probe, need_test=False)
     gram0 = jacobian_gram(traj.model, traj.weights[0], traj.x_train)
     t_end = 3 * traj.x_train.shape[0] / np.linalg.eigvalsh(gram0)[-1]
@@ -100,17 +98,13 @@ def linearized_residual_error(ds: xr.Dataset) -> float:
     errors = []
     for k, t in enumerate(traj.t):
         r = (traj.model.predict(traj.weights[k], x) - y).numpy()
-        errors.append(
-            np.linalg.norm(r - scipy.linalg.expm(-t * gram0 / n) @ r0) / np.linalg.norm(r0)
-        )
+        errors.append(np.linalg.norm(r - scipy.linalg.expm(-t * gram0 / n) @ r0) / np.linalg.norm(r0))
     return max(errors)
 
 
 def test_lazy_limit_follows_linearized_closed_form_and_kernel_does_not_move():
     lazy = lazy_run(100.0)
-    assert (
-        lazy["train_loss"].values[-1] < 0.2 * lazy["train_loss"].values[0]
-    )  # the residual did move
+    assert lazy["train_loss"].values[-1] < 0.2 * lazy["train_loss"].values[0]  # the residual did move
     assert linearized_residual_error(lazy) < 1e-4
     assert np.nanmax(lazy["kernel_movement"].values) < 1e-8
     assert lazy["hidden_weight_movement"].values[-1] < 1e-4
@@ -153,9 +147,7 @@ def test_refit_matches_numpy_least_squares_and_ridge():
     y = torch.as_tensor(rng.standard_normal(n))
     phi = np.tanh(x.numpy() @ w[:, :d].numpy().T + w[:, d].numpy()) / np.sqrt(m)
     v_lstsq = np.linalg.lstsq(phi, y.numpy(), rcond=None)[0]
-    np.testing.assert_allclose(
-        refit_output_layer(model, w, x, y)[:, -1].numpy(), v_lstsq, rtol=1e-8, atol=1e-12
-    )
+    np.testing.assert_allclose(refit_output_layer(model, w, x, y)[:, -1].numpy(), v_lstsq, rtol=1e-8, atol=1e-12)
     ridge = 0.3
     v_ridge = np.linalg.solve(phi.T @ phi + ridge * np.eye(m), phi.T @ y.numpy())
     np.testing.assert_allclose(
@@ -212,12 +204,8 @@ def test_wasserstein_variables_record_their_method(observed_run):
     assert ds["wasserstein_initial"].values[0] == 0.0
     teacher = trajectory_from_dataset(ds).teacher_weights.numpy()
     last = ds["weights"].values[-1]
-    assert ds["wasserstein_teacher"].values[-1] == pytest.approx(
-        wasserstein2(last, teacher).distance, rel=1e-12
-    )
-    sliced = observe(
-        ds, ["wasserstein"], options=small_config("observe.wasserstein_exact_max=10").observe
-    )
+    assert ds["wasserstein_teacher"].values[-1] == pytest.approx(wasserstein2(last, teacher).distance, rel=1e-12)
+    sliced = observe(ds, ["wasserstein"], options=small_config("observe.wasserstein_exact_max=10").observe)
     assert sliced["wasserstein_initial"].attrs["method"].startswith("sliced")
 
 
@@ -231,12 +219,8 @@ def test_kernel_alignment_against_explicit_centering():
     h = np.eye(6) - np.ones((6, 6)) / 6
     ca, cb = h @ a @ h, h @ b @ h
     expected = np.sum(ca * cb) / (np.linalg.norm(ca) * np.linalg.norm(cb))
-    assert centered_kernel_alignment(torch.as_tensor(a), torch.as_tensor(b)) == pytest.approx(
-        expected, rel=1e-12
-    )
-    assert centered_kernel_alignment(torch.as_tensor(a), torch.as_tensor(7.0 * a)) == pytest.approx(
-        1.0, rel=1e-14
-    )
+    assert centered_kernel_alignment(torch.as_tensor(a), torch.as_tensor(b)) == pytest.approx(expected, rel=1e-12)
+    assert centered_kernel_alignment(torch.as_tensor(a), torch.as_tensor(7.0 * a)) == pytest.approx(1.0, rel=1e-14)
 
 
 def test_kernel_and_spectrum_against_autograd_gram(observed_run):
@@ -249,9 +233,7 @@ def test_kernel_and_spectrum_against_autograd_gram(observed_run):
     assert ds["kernel_movement"].values[k] == pytest.approx(expected, rel=1e-8, abs=1e-12)
     eig = np.linalg.eigvalsh(gram)
     assert ds["gram_condition_number"].values[k] == pytest.approx(eig[-1] / eig[0], rel=1e-6)
-    np.testing.assert_allclose(
-        ds["gram_spectrum"].values[-1], eig[::-1], rtol=1e-6, atol=1e-12 * eig[-1]
-    )
+    np.testing.assert_allclose(ds["gram_spectrum"].values[-1], eig[::-1], rtol=1e-6, atol=1e-12 * eig[-1])
     assert list(ds["t_spectrum"].values) == [ds["t"].values[0], ds["t"].values[-1]]
     residual = (traj.model.predict(traj.weights[k], traj.x_train) - traj.y_train).numpy()
     _, vectors = np.linalg.eigh(gram)
@@ -271,9 +253,7 @@ def test_feature_distance_against_brute_force():
     nearest = np.sqrt(2 * (1 - cos.max(axis=1)))
     weight = (u**2).sum(1)
     expected = (weight * nearest).sum() / weight.sum()
-    assert feature_distance(torch.as_tensor(u), torch.as_tensor(ref), chunk=5) == pytest.approx(
-        expected, rel=1e-10
-    )
+    assert feature_distance(torch.as_tensor(u), torch.as_tensor(ref), chunk=5) == pytest.approx(expected, rel=1e-10)
     scaled = torch.as_tensor(ref[[0, 2, 1, 1]] * np.array([[3.0], [0.5], [2.0], [9.0]]))
     assert feature_distance(scaled, torch.as_tensor(ref)) == pytest.approx(0.0, abs=1e-15)
 
@@ -289,12 +269,8 @@ def test_movement_and_histograms(observed_run):
     )
     assert ds["output_weight_movement"].attrs["normalization"].startswith("||W_0||")  # v_0 = 0
     distance = np.linalg.norm(w - w[0], axis=2)
-    np.testing.assert_allclose(
-        ds["particle_distance_quantile"].sel(quantile=1.0).values, distance.max(axis=1)
-    )
-    np.testing.assert_allclose(
-        ds["hidden_norm_histogram"].sum("hidden_norm").values, 1.0, rtol=1e-14
-    )
+    np.testing.assert_allclose(ds["particle_distance_quantile"].sel(quantile=1.0).values, distance.max(axis=1))
+    np.testing.assert_allclose(ds["hidden_norm_histogram"].sum("hidden_norm").values, 1.0, rtol=1e-14)
     assert ds["teacher_feature_distance"].values[0] > ds["teacher_feature_distance"].values[-1]
     assert ds["initial_feature_distance"].values[0] == 0.0
 
@@ -306,14 +282,10 @@ def test_observables_invariant_to_permuting_particles(observed_run):
     ds = observed_run
     permutation = np.random.default_rng(10).permutation(ds.sizes["particle"])
     permuted = ds.copy()
-    permuted["weights"] = (
-        ds["weights"].isel(particle=permutation).assign_coords(particle=ds["particle"])
-    )
+    permuted["weights"] = ds["weights"].isel(particle=permutation).assign_coords(particle=ds["particle"])
     again = observe(permuted, ALL_NAMES)
     for name in observable_vars(ds):
-        np.testing.assert_allclose(
-            again[name].values, ds[name].values, rtol=1e-9, atol=1e-13, err_msg=name
-        )
+        np.testing.assert_allclose(again[name].values, ds[name].values, rtol=1e-9, atol=1e-13, err_msg=name)
     assert again.attrs["gnflow_regime"] == ds.attrs["gnflow_regime"]
 
 
@@ -347,9 +319,7 @@ def test_test_set_is_rebuilt_when_the_file_omits_it(tmp_path):
     during = simulate(config, progress=False)
     assert "x_test" not in during
     afterwards = observe(during.drop_vars(observable_vars(during)), ["refit"])
-    np.testing.assert_array_equal(
-        afterwards["refit_test_loss"].values, during["refit_test_loss"].values
-    )
+    np.testing.assert_array_equal(afterwards["refit_test_loss"].values, during["refit_test_loss"].values)
     assert np.all(np.isfinite(during["refit_test_loss"].values))
 
 
@@ -362,19 +332,12 @@ def cf_issues(path: Path) -> set[str]:
         str(path), ["cf:1.8"], 0, "normal", output_filename=str(report), output_format="json"
     )
     result = json.loads(report.read_text())["cf:1.8"]
-    return {
-        msg
-        for level in ("high_priorities", "medium_priorities")
-        for item in result[level]
-        for msg in item["msgs"]
-    }
+    return {msg for level in ("high_priorities", "medium_priorities") for item in result[level] for msg in item["msgs"]}
 
 
 def test_observed_file_adds_no_cf_issues(observed_run, tmp_path):
     observed = write_dataset(observed_run, tmp_path / "observed.nc")
-    bare = write_dataset(
-        observed_run.drop_vars(observable_vars(observed_run)), tmp_path / "bare.nc"
-    )
+    bare = write_dataset(observed_run.drop_vars(observable_vars(observed_run)), tmp_path / "bare.nc")
     assert cf_issues(observed) <= cf_issues(bare)
     back = read_dataset(observed)
     xr.testing.assert_identical(back, observed_run)
@@ -387,9 +350,7 @@ def test_observed_file_adds_no_cf_issues(observed_run, tmp_path):
 def test_observables_on_cuda_match_cpu(observed_run):
     on_gpu = observe(observed_run, ALL_NAMES, device="cuda")
     for name in observable_vars(observed_run):
-        np.testing.assert_allclose(
-            on_gpu[name].values, observed_run[name].values, rtol=1e-7, atol=1e-12, err_msg=name
-        )
+        np.testing.assert_allclose(on_gpu[name].values, observed_run[name].values, rtol=1e-7, atol=1e-12, err_msg=name)
 
 
 # --- regimes -------------------------------------------------------------------------------------
@@ -436,9 +397,7 @@ def test_teacher_observables_need_a_teacher(tmp_path):
 def test_unknown_names_are_rejected(tmp_path, capsys):
     with pytest.raises(ConfigError, match="unknown observable 'kernel'"):
         small_config('observe.names=["kernel"]')
-    path = write_dataset(
-        simulate(small_config("observe.names=[]"), progress=False), tmp_path / "run.nc"
-    )
+    path = write_dataset(simulate(small_config("observe.names=[]"), progress=False), tmp_path / "run.nc")
     assert main(["observe", str(path), "kernel"]) == 2
     assert "allowed:" in capsys.readouterr().err
     assert main(["observe", str(path), "--set", "model.width=3"]) == 2

@@ -172,7 +172,9 @@ def test_save_figure_rejects_unknown_formats(run_file: Path, tmp_path: Path) -> 
 # --- command line -----------------------------------------------------------------------------
 
 
-def test_cli_plot_file_default_name_never_overwrites(run_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_plot_file_default_name_never_overwrites(
+    run_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     local = tmp_path / "run.nc"
     local.write_bytes(run_file.read_bytes())
     assert main(["plot", str(local), "--dpi", "50"]) == 0

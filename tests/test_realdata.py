@@ -60,7 +60,11 @@ def test_split_is_seeded_and_max_train_takes_a_prefix():
     ("x", "y", "message"),
     [
         (np.zeros((0, 3)), np.zeros(0), "s: the data set is empty"),
-        (np.array([[1.0, np.nan], [2.0, 3.0], [0.0, 1.0]]), np.ones(3), r"s: the data hold non-finite values \(NaN or inf\)"),
+        (
+            np.array([[1.0, np.nan], [2.0, 3.0], [0.0, 1.0]]),
+            np.ones(3),
+            r"s: the data hold non-finite values \(NaN or inf\)",
+        ),
         (np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]]), np.arange(3.0), r"s: input column\(s\) \[1\] constant"),
     ],
 )

@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from problems import explicit_jacobian, relative_error, small_problem
 
 from gnflow.config import SolverConfig
 from gnflow.damping import ConstantDamping, EigminDamping
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.solve import integrate, save_times
-from problems import explicit_jacobian, relative_error, small_problem
 
 
 def residuals(flow, solution):
     return np.stack([flow.residual(w).numpy() for w in solution.weights])
 
 
-@pytest.mark.parametrize(("method", "rtol", "tol"), [("dopri5", 1e-10, 1e-7), ("dopri8", 1e-10, 1e-7), ("bosh3", 1e-6, 1e-3)])
+@pytest.mark.parametrize(
+    ("method", "rtol", "tol"), [("dopri5", 1e-10, 1e-7), ("dopri8", 1e-10, 1e-7), ("bosh3", 1e-6, 1e-3)]
+)
 def test_undamped_gauss_newton_residual_is_exponential(method, rtol, tol):
     # the nonlinear network, all components trained: r(t) = exp(-t/N) r(0) exactly
     model, w, x, y = small_problem(n_train=15, width=80, output_init="normal")

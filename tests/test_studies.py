@@ -31,9 +31,7 @@ NUMBER = re.compile(r"\d")
 
 
 @pytest.fixture(scope="module", params=sorted(STUDIES))
-def smoke_study(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, Path]:
+def smoke_study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     name = request.param
     out = tmp_path_factory.mktemp(name)
     assert main(["study", name, "--scale", "smoke", "-o", str(out), "-q"]) == 0
@@ -55,9 +53,7 @@ def test_smoke_study_writes_report_with_measured_claims(smoke_study: tuple[str, 
         number, statement, measured, verdict = row
         assert number == str(k)
         assert statement
-        assert NUMBER.search(measured), (
-            f"claim {k} of {name} carries no measured number: {measured!r}"
-        )
+        assert NUMBER.search(measured), f"claim {k} of {name} carries no measured number: {measured!r}"
         assert verdict in VERDICTS
 
 

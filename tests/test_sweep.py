@@ -70,14 +70,11 @@ name = "broken"
 )
 
 
-
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
     with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as local,
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local,
         distributed.Client(local) as client,
     ):
         yield local, client
@@ -154,9 +151,7 @@ def _assert_combined_matches_run_files(combined: xr.Dataset, study, out_dir: Pat
         # a converged run's stopping time is off the save grid: it is only in the *_final values
         on_axis = t[:-1] if ds.attrs["gnflow_status"] == "converged" else t
         for name in ("train_loss", "test_loss", "gram_eigmin", "nfe", "n_steps"):
-            np.testing.assert_array_equal(
-                cell[name].sel(t=on_axis).values, ds[name].values[: on_axis.size]
-            )
+            np.testing.assert_array_equal(cell[name].sel(t=on_axis).values, ds[name].values[: on_axis.size])
             assert float(cell[f"{name}_final"]) == float(ds[name].values[-1])
             after = cell[name].sel(t=slice(on_axis[-1], None)).values[1:]
             assert np.isnan(after).all()  # padded after the run stopped
@@ -180,17 +175,13 @@ def test_dask_sweep_combined_dataset_manifest_and_serial_path(tmp_path, cluster)
             assert entry["state"] == "failed" and "does-not-exist.npz" in entry["error"]
         else:
             assert entry["state"] == "done" and entry["error"] is None
-            assert (
-                run_file_status(tmp_path / "dask" / entry["path"], run.run_id)[0] == entry["status"]
-            )
+            assert run_file_status(tmp_path / "dask" / entry["path"], run.run_id)[0] == entry["status"]
     pids = {manifest["runs"][r]["pid"] for r in result.executed}
     assert len(pids) >= 1 and os.getpid() not in pids  # computed in the worker processes
 
     combined = xr.load_dataset(tmp_path / "dask" / "sweep.nc")
     _assert_combined_matches_run_files(combined, study, tmp_path / "dask")
-    checker = shutil.which("compliance-checker") or str(
-        Path(sys.executable).parent / "compliance-checker"
-    )
+    checker = shutil.which("compliance-checker") or str(Path(sys.executable).parent / "compliance-checker")
     if Path(checker).exists():
         report = subprocess.run(
             [checker, "--test=cf:1.8", str(tmp_path / "dask" / "sweep.nc")],
@@ -212,12 +203,7 @@ def test_existing_scheduler_from_the_command_line(tmp_path, cluster):
     local, _ = cluster
     study_file = _write(tmp_path / "s.toml", BASE + "[grid]\nseed = [7]\n")
     out = tmp_path / "out"
-    assert (
-        main(
-            ["-q", "sweep", str(study_file), "-o", str(out), "--scheduler", local.scheduler_address]
-        )
-        == 0
-    )
+    assert main(["-q", "sweep", str(study_file), "-o", str(out), "--scheduler", local.scheduler_address]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["summary"] == {"done": 1, "failed": 0, "pending": 0}
     assert manifest["invocations"][-1]["executor"] == "dask"
@@ -245,10 +231,7 @@ def test_a_dead_worker_does_not_lose_its_run(tmp_path, cluster):
     victim = next(r.run_id for r in study.runs if r.config.seed == 2)
     assert result.outcomes[victim]["pid"] != int(marker.read_text())  # retried in another process
     for run in study.runs:
-        assert (
-            run_file_status(tmp_path / "out" / "runs" / f"{run.run_id}.nc", run.run_id)[0]
-            is not None
-        )
+        assert run_file_status(tmp_path / "out" / "runs" / f"{run.run_id}.nc", run.run_id)[0] is not None
 
 
 # --- restarts and fallbacks (no dask needed) ---------------------------------------------------

@@ -19,7 +19,11 @@ from gnflow.training import history_dataset, mean_half_squared_error, train_modu
 def _mlp(d: int, hidden: int = 32, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+        torch.nn.Linear(d, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, 1),
     ).double()
 
 
@@ -48,23 +52,29 @@ def test_minibatch_ggn_beats_tuned_sgd_with_momentum_on_concrete(concrete):
         sgd_final[lr] = history.train_loss[-1]
     best_sgd = min(v for v in sgd_final.values() if np.isfinite(v))
     assert ggn.status == "completed"
-    assert ggn.train_loss[0] == pytest.approx(mean_half_squared_error(net0, *map(torch.as_tensor, (concrete.x_train, concrete.y_train))))
+    assert ggn.train_loss[0] == pytest.approx(
+        mean_half_squared_error(net0, *map(torch.as_tensor, (concrete.x_train, concrete.y_train)))
+    )
     assert ggn.train_loss[-1] < best_sgd, (ggn.train_loss, sgd_final)
 
 
 def test_history_dataset_is_cf_clean_and_round_trips(tmp_path):
     data = _toy_data()
     net = _mlp(3, hidden=8)
-    history = train_module(net, GGN(net.parameters(), lam=1.0, alpha=0.5), data, epochs=3, batch_size=16,
-                           evaluate_iterations=True)
+    history = train_module(
+        net, GGN(net.parameters(), lam=1.0, alpha=0.5), data, epochs=3, batch_size=16, evaluate_iterations=True
+    )
     ds = history_dataset(history, optimizer="GGN", model=net, data=data, batch_size=16, batch_order="shuffled", seed=0)
     assert ds.sizes == {"iteration": 9, "epoch": 4}
     np.testing.assert_array_equal(ds["iteration_epoch"].values, [1, 1, 1, 2, 2, 2, 3, 3, 3])
     assert np.all(np.diff(ds["elapsed_s"].values) >= 0) and ds["wall_time_s"].values[0] == 0
     # the per-iteration loss at the end of each epoch is the per-epoch loss
     np.testing.assert_allclose(ds["iteration_train_loss"].values[2::3], ds["train_loss"].values[1:], rtol=1e-14)
-    np.testing.assert_allclose(ds["train_loss"].values[-1], mean_half_squared_error(
-        net, torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)), rtol=1e-14)
+    np.testing.assert_allclose(
+        ds["train_loss"].values[-1],
+        mean_half_squared_error(net, torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)),
+        rtol=1e-14,
+    )
     path = write_dataset(ds, tmp_path / "history.nc")
     xr.testing.assert_identical(read_dataset(path), ds)
     for name in ds.variables:
@@ -74,7 +84,12 @@ def test_history_dataset_is_cf_clean_and_round_trips(tmp_path):
 
     CheckSuite.load_all_available_checkers()
     ok, errors = ComplianceChecker.run_checker(
-        str(path), ["cf:1.8"], verbose=0, criteria="strict", output_filename=str(tmp_path / "report.txt"), output_format="text"
+        str(path),
+        ["cf:1.8"],
+        verbose=0,
+        criteria="strict",
+        output_filename=str(tmp_path / "report.txt"),
+        output_format="text",
     )
     assert not errors and ok, (tmp_path / "report.txt").read_text()
 

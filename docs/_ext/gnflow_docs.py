@@ -86,7 +86,11 @@ def _attribute_docs(cls: type) -> dict[str, str]:
     lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
     docs: dict[str, str] = {}
     try:
-        start = next(k for k, line in enumerate(lines[:-1]) if line.strip() == "Attributes" and set(lines[k + 1].strip()) == {"-"})
+        start = next(
+            k
+            for k, line in enumerate(lines[:-1])
+            if line.strip() == "Attributes" and set(lines[k + 1].strip()) == {"-"}
+        )
     except StopIteration:
         return docs
     names: list[str] = []
@@ -199,9 +203,7 @@ def dataset_reference(ds: Any) -> dict[str, str]:
             dims = ", ".join(f"`{d}`" for d in ds[name].dims)
         else:
             dims = "(depends on the option that adds it)"
-        rows.append(
-            f"| `{name}` | {dims} | {_cell(info.long_name)} | `{info.units}` | {_cell(info.comment) or '—'} |"
-        )
+        rows.append(f"| `{name}` | {dims} | {_cell(info.long_name)} | `{info.units}` | {_cell(info.comment) or '—'} |")
     undocumented = sorted(str(n) for n in ds.variables if str(n) not in VARIABLES)
     for name in undocumented:
         attrs = ds[name].attrs
@@ -377,7 +379,9 @@ def write_generated() -> None:
         topics.append("_generated/performance")
     elif placeholder.exists():
         placeholder.unlink()
-    _write(FRAGMENTS / "topics_toc.md", "```{toctree}\n:maxdepth: 2\n:caption: Topics\n\n" + "\n".join(topics) + "\n```\n")
+    _write(
+        FRAGMENTS / "topics_toc.md", "```{toctree}\n:maxdepth: 2\n:caption: Topics\n\n" + "\n".join(topics) + "\n```\n"
+    )
 
 
 def _builder_inited(app: Any) -> None:

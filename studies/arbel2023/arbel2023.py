@@ -37,9 +37,7 @@ from gnflow.studies import (
     time_to_level,
 )
 
-TITLE = (
-    "Arbel, Menegaux, Wolinski (2023): Gauss-Newton vs gradient flow on the teacher-student task"
-)
+TITLE = "Arbel, Menegaux, Wolinski (2023): Gauss-Newton vs gradient flow on the teacher-student task"
 OBSERVE = ["refit", "teacher_alignment"]
 FLOWS = {"gn": "Gauss-Newton flow", "gd": "gradient flow"}
 
@@ -71,9 +69,7 @@ def _flow_runs(s: dict[str, Any], n_train: int, gd_method: str) -> list[dict[str
     ]
 
 
-def _tau_grid(
-    context: StudyContext, name: str, s: dict[str, Any], n_train: int, taus: list[float]
-) -> list[GridRun]:
+def _tau_grid(context: StudyContext, name: str, s: dict[str, Any], n_train: int, taus: list[float]) -> list[GridRun]:
     """GN and GD for every tau0 of ``taus`` and every seed at N = ``n_train``.
 
     GD uses ``gd_method`` below tau0 = ``gd_exponential_from`` and ``kernel_exponential`` from
@@ -122,17 +118,12 @@ def _common_level(gn: GridRun, gd: GridRun, stop_ratio: float) -> float:
 
 def _times(gn: GridRun, gd: GridRun, stop_ratio: float) -> tuple[float, float, float]:
     level = _common_level(gn, gd, stop_ratio)
-    times = [
-        time_to_level(r.dataset["t"].values, r.dataset["train_loss"].values, level)
-        for r in (gn, gd)
-    ]
+    times = [time_to_level(r.dataset["t"].values, r.dataset["train_loss"].values, level) for r in (gn, gd)]
     l0 = float(gn.dataset["train_loss"].values[0])
     return times[0], times[1], level / l0
 
 
-def _pairs(
-    runs: list[GridRun], key: str, value: Any, seeds: list[int], **fixed: Any
-) -> list[tuple[GridRun, GridRun]]:
+def _pairs(runs: list[GridRun], key: str, value: Any, seeds: list[int], **fixed: Any) -> list[tuple[GridRun, GridRun]]:
     out = []
     for seed in seeds:
         where = {key.replace(".", "__"): value, "seed": seed, **fixed}
@@ -182,9 +173,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         context,
         "slowed",
         slow_base,
-        runs=[
-            {"name": f"h={frac:g}N", "solver.step_size": frac * n_main} for frac in s["slow_steps"]
-        ],
+        runs=[{"name": f"h={frac:g}N", "solver.step_size": frac * n_main} for frac in s["slow_steps"]],
     )
     continuous = select(tau_runs, "gn", model__init_scale=s["slow_tau0"], seed=seeds[0])
     gd_slow = select(tau_runs, "gd", model__init_scale=s["slow_tau0"], seed=seeds[0])
@@ -205,16 +194,10 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             "ratio_gd": max(_loss_ratio(gd) for _, gd in pairs),
             "gd_converged": all(_converged(gd) for _, gd in pairs),
             "gn_converged": all(_converged(gn) for gn, _ in pairs),
-            "gd_steps": _mean(
-                [_stable_euler_steps(gd, t) for (_, gd), t in zip(pairs, t_gd, strict=True)]
-            ),
+            "gd_steps": _mean([_stable_euler_steps(gd, t) for (_, gd), t in zip(pairs, t_gd, strict=True)]),
             "gn_steps": _mean([t / s["arbel_step"] for t in t_gn]),
-            "eigmin_gn": _mean(
-                [float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]
-            ),
-            "eigmin_gd": _mean(
-                [float(np.min(gd.dataset["gram_eigmin"].values[1:])) for _, gd in pairs]
-            ),
+            "eigmin_gn": _mean([float(np.min(gn.dataset["gram_eigmin"].values[1:])) for gn, _ in pairs]),
+            "eigmin_gd": _mean([float(np.min(gd.dataset["gram_eigmin"].values[1:])) for _, gd in pairs]),
         }
         per_tau[tau] = m
         rows.append(
@@ -318,9 +301,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             ],
             rows,
         ),
-        "Results across N": table(
-            ["N", "tau0", "t GN", "t GD", "level / L0", "test GN", "test GD", "test RF"], n_rows
-        ),
+        "Results across N": table(["N", "tau0", "t GN", "t GD", "level / L0", "test GN", "test GD", "test RF"], n_rows),
         "Slowed Gauss-Newton (hidden learning)": table(
             [
                 "run",
@@ -436,14 +417,10 @@ def _claims(
         h = _hidden_learning(r)
         if label in (hidden[-2][0], hidden[-1][0]):
             present.append(h["refit"] < 0.5 * h["raw"] and h["refit"] < h["rf"])
-        parts.append(
-            f"{label}: at t={fmt(h['t'])} test {fmt(h['raw'])} vs refit test {fmt(h['refit'])}"
-        )
+        parts.append(f"{label}: at t={fmt(h['t'])} test {fmt(h['raw'])} vs refit test {fmt(h['refit'])}")
     rf = float(gd.dataset["random_features_test_loss"])
     parts.append(f"RF {fmt(rf)}; GD final test {fmt(_final(gd, 'test_loss'))}")
-    verdict = (
-        "supported" if all(present) else "not supported" if not any(present) else "inconclusive"
-    )
+    verdict = "supported" if all(present) else "not supported" if not any(present) else "inconclusive"
     claims.append(
         Claim(
             "With small tau0 and a small step, GN's features refit to a good test loss although its own "
@@ -462,8 +439,7 @@ def _claims(
         Claim(
             "GN is faster than GD at every training-set size N as well.",
             "; ".join(
-                f"N={n}, tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])}"
-                for (n, tau), m in per_n.items()
+                f"N={n}, tau0={tau:g}: t_GN={fmt(m['t_gn'])}, t_GD={fmt(m['t_gd'])}" for (n, tau), m in per_n.items()
             ),
             "supported" if faster_n else "not supported",
         )
@@ -551,9 +527,7 @@ def _figures(
     ns = list(s["n_grid"])
     for tau in s["n_grid_tau0"]:
         axes[0].loglog(ns, [per_n[(n, tau)]["test_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
-        axes[0].loglog(
-            ns, [per_n[(n, tau)]["test_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}"
-        )
+        axes[0].loglog(ns, [per_n[(n, tau)]["test_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
         axes[1].loglog(ns, [per_n[(n, tau)]["t_gn"] for n in ns], "o-", label=f"GN tau0={tau:g}")
         axes[1].loglog(ns, [per_n[(n, tau)]["t_gd"] for n in ns], "s--", label=f"GD tau0={tau:g}")
     axes[0].set_ylabel("final test loss")
@@ -577,12 +551,8 @@ def _figures(
         t = ds["t"].values[1:]
         color = cmap(i / max(1, len(hidden)))
         axes[0].loglog(t, ds["test_loss"].values[1:], "-", color=color, label=f"{label}: test loss")
-        axes[0].loglog(
-            t, ds["refit_test_loss"].values[1:], ":", color=color, label=f"{label}: refit test loss"
-        )
-        axes[1].semilogx(
-            t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label
-        )
+        axes[0].loglog(t, ds["refit_test_loss"].values[1:], ":", color=color, label=f"{label}: refit test loss")
+        axes[1].semilogx(t, ds["teacher_feature_distance"].values[1:], "-", color=color, label=label)
     axes[0].axhline(
         float(gd.dataset["random_features_test_loss"]),
         color="grey",
@@ -595,9 +565,7 @@ def _figures(
         ax.set_xlabel("flow time t")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(
-        f"Slowed GN at tau0 = {s['slow_tau0']:g}: raw and refit test loss, teacher alignment"
-    )
+    fig.suptitle(f"Slowed GN at tau0 = {s['slow_tau0']:g}: raw and refit test loss, teacher alignment")
     fig.tight_layout()
     figures.append(
         (

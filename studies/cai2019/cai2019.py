@@ -60,9 +60,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             {
                 "theory": theory,
                 "sensitivity": sensitivity,
-                "minibatch": {
-                    k: {o: r["summary"] for o, r in v.items()} for k, v in minibatch.items()
-                },
+                "minibatch": {k: {o: r["summary"] for o, r in v.items()} for k, v in minibatch.items()},
             },
             indent=1,
         )
@@ -106,10 +104,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         )
     sections["Training loss after the sensitivity epochs"] = table(
         ["lam \\ alpha", *[f"{a:g}" for a in s["alpha_grid"]]],
-        [
-            [f"{lam:g}", *[fmt(v) for v in row]]
-            for lam, row in zip(s["lam_grid"], sensitivity["loss"], strict=True)
-        ],
+        [[f"{lam:g}", *[fmt(v) for v in row]] for lam, row in zip(s["lam_grid"], sensitivity["loss"], strict=True)],
     )
     return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)
 
@@ -136,9 +131,7 @@ def _theory(s: dict[str, Any], context: StudyContext) -> dict[str, Any]:
     for r in runs:
         loss = r.dataset["train_loss"].values
         residuals[int(r.value("model.width"))] = np.sqrt(2 * n * np.maximum(loss, 0.0)).tolist()
-    orders = {
-        m: _order(np.asarray(res), float(s["residual_floor"])) for m, res in residuals.items()
-    }
+    orders = {m: _order(np.asarray(res), float(s["residual_floor"])) for m, res in residuals.items()}
     return {"n_train": n, "residual": residuals, "order": orders}
 
 
@@ -156,9 +149,7 @@ def _theory_table(theory: dict[str, Any]) -> list[str]:
     steps = len(theory["residual"][widths[0]])
     header = ["step k", *[f"M = {m}" for m in widths]]
     rows = [[str(k), *[fmt(theory["residual"][m][k]) for m in widths]] for k in range(steps)]
-    rows.append(
-        ["order (slope of log r_k+1 vs log r_k)", *[fmt(theory["order"][m]) for m in widths]]
-    )
+    rows.append(["order (slope of log r_k+1 vs log r_k)", *[fmt(theory["order"][m]) for m in widths]])
     return ["||f(X) - y|| after each full-batch GGN step:", "", *table(header, rows)]
 
 
@@ -204,10 +195,7 @@ def _minibatch(s: dict[str, Any], context: StudyContext, name: str) -> dict[str,
             )
             for lr in s["sgd_lr"]
         ],
-        "Adam": [
-            (f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr))
-            for lr in s["adam_lr"]
-        ],
+        "Adam": [(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in s["adam_lr"]],
     }
     folder = context.out_dir / "minibatch" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -263,18 +251,12 @@ def _sensitivity(s: dict[str, Any], context: StudyContext) -> dict[str, Any]:
                 int(s["sensitivity_epochs"]),
             )
             value = history.train_loss[-1]
-            row.append(
-                float(value)
-                if np.isfinite(value) and history.status == "completed"
-                else float("inf")
-            )
+            row.append(float(value) if np.isfinite(value) and history.status == "completed" else float("inf"))
         loss.append(row)
     return {"lam": list(s["lam_grid"]), "alpha": list(s["alpha_grid"]), "loss": loss}
 
 
-def _claims(
-    s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any], sens: dict[str, Any]
-) -> list[Claim]:
+def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any], sens: dict[str, Any]) -> list[Claim]:
     claims = []
     widths = sorted(theory["residual"])
     k = int(s["theory_compare_step"])
@@ -332,9 +314,7 @@ def _claims(
     claims.append(
         Claim(
             f"lam near 1 trains fastest (training loss after {s['sensitivity_epochs']} epochs, best alpha per lam).",
-            "; ".join(
-                f"lam={lam:g}: {fmt(v)}" for lam, v in zip(sens["lam"], best_per_lam, strict=True)
-            )
+            "; ".join(f"lam={lam:g}: {fmt(v)}" for lam, v in zip(sens["lam"], best_per_lam, strict=True))
             + f"; best lam = {best_lam:g}",
             "supported" if 0.5 <= best_lam <= 2 else "not supported",
             "Near 1 = within a factor 2.",
@@ -366,9 +346,7 @@ def _figures(
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m in sorted(theory["residual"]):
         res = np.asarray(theory["residual"][m])
-        ax.semilogy(
-            np.arange(res.size), res, "o-", label=f"M = {m} (order {fmt(theory['order'][m], 2)})"
-        )
+        ax.semilogy(np.arange(res.size), res, "o-", label=f"M = {m} (order {fmt(theory['order'][m], 2)})")
     ax.set_xlabel("GGN step k")
     ax.set_ylabel("||f(X) - y||")
     ax.grid(True, alpha=0.3)
@@ -390,9 +368,7 @@ def _figures(
             epochs = np.arange(len(sm["train_loss"]))
             axes[row, 0].semilogy(epochs, sm["train_loss"], "o-", ms=3, label=sm["label"])
             axes[row, 1].semilogy(epochs, sm["test_loss"], "o-", ms=3, label=sm["label"])
-            axes[row, 2].semilogy(
-                np.asarray(sm["cpu_time_s"]), sm["train_loss"], "o-", ms=3, label=sm["label"]
-            )
+            axes[row, 2].semilogy(np.asarray(sm["cpu_time_s"]), sm["train_loss"], "o-", ms=3, label=sm["label"])
         for col, (xl, yl) in enumerate(
             (("epoch", "train loss"), ("epoch", "test loss"), ("optimizer CPU s", "train loss"))
         ):

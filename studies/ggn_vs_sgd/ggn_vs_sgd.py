@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         net = copy.deepcopy(net0)
         optimizer = make_optimizer(net)
         history = train_module(net, optimizer, data, **common)
-        ds = history_dataset(history, optimizer=label, model=net, data=data, **{k: common[k] for k in ("batch_size", "batch_order", "seed")})
+        ds = history_dataset(
+            history,
+            optimizer=label,
+            model=net,
+            data=data,
+            **{k: common[k] for k in ("batch_size", "batch_order", "seed")},
+        )
         write_dataset(ds, out / f"{label.replace(' ', '_').replace('=', '')}.nc")
         epoch_times = np.diff(history.wall_time_s)
         cpu_times = np.diff(history.cpu_time_s)
@@ -69,19 +75,33 @@ def main(argv: list[str] | None = None) -> int:
             "min_seconds_per_epoch": float(np.min(epoch_times)) if epoch_times.size else float("nan"),
             "cpu_seconds_per_epoch": float(np.mean(cpu_times)) if cpu_times.size else float("nan"),
         }
-        print(f"{label:>24s}: final train {history.train_loss[-1]:.4g}, test {history.test_loss[-1]:.4g}, "
-              f"{result['seconds_per_epoch']:.3f} s/epoch (min {result['min_seconds_per_epoch']:.3f}, "
-              f"CPU {result['cpu_seconds_per_epoch']:.3f}) ({history.status})", file=sys.stderr)
+        print(
+            f"{label:>24s}: final train {history.train_loss[-1]:.4g}, test {history.test_loss[-1]:.4g}, "
+            f"{result['seconds_per_epoch']:.3f} s/epoch (min {result['min_seconds_per_epoch']:.3f}, "
+            f"CPU {result['cpu_seconds_per_epoch']:.3f}) ({history.status})",
+            file=sys.stderr,
+        )
         return result
 
     g = cfg["ggn"]
-    results = {"ggn": [run(f"GGN lam={g['lam']:g} alpha={g['alpha']:g}", lambda n: GGN(n.parameters(), lam=g["lam"], alpha=g["alpha"]))]}
+    results = {
+        "ggn": [
+            run(
+                f"GGN lam={g['lam']:g} alpha={g['alpha']:g}",
+                lambda n: GGN(n.parameters(), lam=g["lam"], alpha=g["alpha"]),
+            )
+        ]
+    }
     results["sgd"] = [
-        run(f"SGD lr={lr:g} momentum={cfg['sgd']['momentum']:g}",
-            lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=cfg["sgd"]["momentum"]))
+        run(
+            f"SGD lr={lr:g} momentum={cfg['sgd']['momentum']:g}",
+            lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=cfg["sgd"]["momentum"]),
+        )
         for lr in cfg["sgd"]["lr"]
     ]
-    results["adam"] = [run(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in cfg["adam"]["lr"]]
+    results["adam"] = [
+        run(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in cfg["adam"]["lr"]
+    ]
 
     def best(runs: list[dict]) -> dict:
         finite = [r for r in runs if np.isfinite(r["train_loss"][-1])]
@@ -99,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         **common,
         "best": chosen,
         "time_ratio_to_sgd": {k: v["seconds_per_epoch"] / sgd_time for k, v in chosen.items()},
-        "min_time_ratio_to_sgd": {k: v["min_seconds_per_epoch"] / chosen["sgd"]["min_seconds_per_epoch"] for k, v in chosen.items()},
-        "cpu_time_ratio_to_sgd": {k: v["cpu_seconds_per_epoch"] / chosen["sgd"]["cpu_seconds_per_epoch"] for k, v in chosen.items()},
+        "min_time_ratio_to_sgd": {
+            k: v["min_seconds_per_epoch"] / chosen["sgd"]["min_seconds_per_epoch"] for k, v in chosen.items()
+        },
+        "cpu_time_ratio_to_sgd": {
+            k: v["cpu_seconds_per_epoch"] / chosen["sgd"]["cpu_seconds_per_epoch"] for k, v in chosen.items()
+        },
         "all_runs": results,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -115,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         "|---|" + "---|" * len(chosen),
     ]
     for e in range(epochs + 1):
-        lines.append(f"| {e} | " + " | ".join(f"{v['train_loss'][e]:.4g}" if e < len(v["train_loss"]) else "nan" for v in chosen.values()) + " |")
+        lines.append(
+            f"| {e} | "
+            + " | ".join(f"{v['train_loss'][e]:.4g}" if e < len(v["train_loss"]) else "nan" for v in chosen.values())
+            + " |"
+        )
     lines += [
         "",
         "Optimizer time per epoch: wall-clock mean and minimum over the epochs, and processor (CPU) time "

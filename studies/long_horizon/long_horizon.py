@@ -92,19 +92,14 @@ def load_study(path: Path, scale: str) -> tuple[RunConfig, Benchmark]:
 
 def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
     data = experiment.data
-    r = (
-        experiment.model.predict(weights, experiment.tensor(data.x_test))
-        - experiment.tensor(data.y_test)
-    ).double()
+    r = (experiment.model.predict(weights, experiment.tensor(data.x_test)) - experiment.tensor(data.y_test)).double()
     return float(r @ r) / (2 * data.n_test)
 
 
 def _integrate(experiment: Experiment, method: str, bench: Benchmark) -> Solution:
     solver = experiment.config.solver
     if method == "kernel_exponential":
-        solver = replace(
-            solver, method=method, rtol=bench.exponential_rtol, atol=bench.exponential_atol
-        )
+        solver = replace(solver, method=method, rtol=bench.exponential_rtol, atol=bench.exponential_atol)
         flow: Any = experiment.flow
     else:
         solver = replace(solver, method=method, rtol=bench.dopri5_rtol, atol=bench.dopri5_atol)
@@ -190,15 +185,11 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
             time_limited[i, j] = "wall-time budget" in solution.status
             status[i, j] = solution.status
             curves[i, j] = _on_saved_times(solution, times, losses / loss0)
-        weight_difference[i] = _weight_difference(
-            solutions["kernel_exponential"], solutions["dopri5"]
-        )
+        weight_difference[i] = _weight_difference(solutions["kernel_exponential"], solutions["dopri5"])
         # below ~1e-6 x L0 the loss ratio resolves the solvers' absolute error floors, not the flow
         both = np.isfinite(curves[i]).all(0) & (times > 0) & (curves[i].min(0) >= LOSS_RATIO_FLOOR)
         if both.any():
-            loss_difference[i] = float(
-                np.max(np.abs(curves[i, 0, both] / curves[i, 1, both] - 1.0))
-            )
+            loss_difference[i] = float(np.max(np.abs(curves[i, 0, both] / curves[i, 1, both] - 1.0)))
     j_exp, j_dop = METHODS.index("kernel_exponential"), METHODS.index("dopri5")
     # CPU time of the (single-threaded) process: what the run costs, whatever else shares the
     # machine; wall time is reported too
@@ -236,9 +227,7 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
             "time_limited": (
                 ("tau0", "method"),
                 time_limited,
-                _attrs(
-                    "1 where the run stopped on its wall-time budget (its time is a lower bound)"
-                ),
+                _attrs("1 where the run stopped on its wall-time budget (its time is a lower bound)"),
             ),
             "status": (
                 ("tau0", "method"),
@@ -263,17 +252,12 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
             "speedup": (
                 ("tau0",),
                 speedup,
-                _attrs(
-                    "dopri5 CPU time / kernel_exponential CPU time "
-                    "(lower bound where dopri5 is time-limited)"
-                ),
+                _attrs("dopri5 CPU time / kernel_exponential CPU time (lower bound where dopri5 is time-limited)"),
             ),
             "dopri5_projected_time_s": (
                 ("tau0",),
                 projected,
-                _attrs(
-                    "dopri5 CPU time to t_end, extrapolated linearly in t where time-limited", "s"
-                ),
+                _attrs("dopri5 CPU time to t_end, extrapolated linearly in t where time-limited", "s"),
             ),
             "weight_difference": (
                 ("tau0",),
@@ -283,10 +267,7 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
             "loss_ratio_difference": (
                 ("tau0",),
                 loss_difference,
-                _attrs(
-                    "max of |L_exp / L_dopri5 - 1| over common saved times "
-                    "where both L / L0 >= 1e-6"
-                ),
+                _attrs("max of |L_exp / L_dopri5 - 1| over common saved times where both L / L0 >= 1e-6"),
             ),
         },
         coords={
@@ -315,9 +296,7 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
         "gnflow_n_train": run.data.n_train,
         "gnflow_width": run.model.width,
         "gnflow_t_end": run.solver.t_end,
-        "gnflow_exponential_tolerances": (
-            f"rtol={bench.exponential_rtol:g}, atol={bench.exponential_atol:g}"
-        ),
+        "gnflow_exponential_tolerances": (f"rtol={bench.exponential_rtol:g}, atol={bench.exponential_atol:g}"),
         "gnflow_dopri5_tolerances": f"rtol={bench.dopri5_rtol:g}, atol={bench.dopri5_atol:g}",
         "gnflow_dopri5_budget_s": bench.dopri5_budget_s,
     }
@@ -383,16 +362,10 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="small", help="smoke | small | paper (default: small)")
-    parser.add_argument(
-        "--config", type=Path, default=HERE / "long_horizon.toml", help="study TOML"
-    )
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path("data/studies/long_horizon"), help="output folder"
-    )
+    parser.add_argument("--config", type=Path, default=HERE / "long_horizon.toml", help="study TOML")
+    parser.add_argument("-o", "--output", type=Path, default=Path("data/studies/long_horizon"), help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:

@@ -73,9 +73,7 @@ def _runs(s: dict[str, Any], context: StudyContext) -> list[GridRun]:
             for r in run_grid(context, f"gd_M{width}", gd)
         ]
     return [
-        r
-        if r.label == "gd"
-        else GridRun(label="gn", values=dict(r.values), path=r.path, dataset=r.dataset)
+        r if r.label == "gd" else GridRun(label="gn", values=dict(r.values), path=r.path, dataset=r.dataset)
         for r in runs
     ]
 
@@ -126,9 +124,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     for flow in FLOWS:
         ref = select(runs, flow, model__width=ref_width)[0]
         measured[flow] = {
-            m: _distances(
-                select(runs, flow, model__width=m)[0], ref, flow, int(s["wasserstein_projections"])
-            )
+            m: _distances(select(runs, flow, model__width=m)[0], ref, flow, int(s["wasserstein_projections"]))
             for m in widths[:-1]
         }
         rates[flow] = {
@@ -142,9 +138,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         decreasing = all(b < a for a, b in itertools.pairwise(gaps)) and all(
             b < a for a, b in itertools.pairwise(couplings)
         )
-        rate_ok = rates[flow]["loss_gap"] <= -float(s["min_rate"]) and rates[flow][
-            "coupling"
-        ] <= -float(s["min_rate"])
+        rate_ok = rates[flow]["loss_gap"] <= -float(s["min_rate"]) and rates[flow]["coupling"] <= -float(s["min_rate"])
         claims.append(
             Claim(
                 f"The {name} trajectories of M particles converge as M grows (loss curves and particle measures), "
@@ -201,10 +195,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         ),
         "Measured rates": table(
             ["flow", "slope of loss gap", "slope of coupling distance", "slope of SW2"],
-            [
-                [FLOWS[f], fmt(r["loss_gap"]), fmt(r["coupling"]), fmt(r["sliced_w2_final"])]
-                for f, r in rates.items()
-            ],
+            [[FLOWS[f], fmt(r["loss_gap"]), fmt(r["coupling"]), fmt(r["sliced_w2_final"])] for f, r in rates.items()],
         ),
     }
     return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)

@@ -91,9 +91,7 @@ def load_study(path: Path, scale: str) -> tuple[Benchmark, RunConfig, RunConfig]
 # --- one state and its fields ------------------------------------------------------------------
 
 
-def benchmark_state(
-    bench: Benchmark, n: int, m: int
-) -> tuple[ParticleModel, torch.Tensor, torch.Tensor, torch.Tensor]:
+def benchmark_state(bench: Benchmark, n: int, m: int) -> tuple[ParticleModel, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A teacher--student state with non-zero output weights (so that T T^T does not vanish)."""
     config = config_from_dict(
         {
@@ -108,18 +106,14 @@ def benchmark_state(
     return experiment.model, experiment.flow.x, experiment.flow.y, experiment.weights0
 
 
-def baseline_field(
-    model: ParticleModel, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
+def baseline_field(model: ParticleModel, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """-J^T (A + eps I)^{-1} g with J the explicit per-sample Jacobian and A's eigendecomposition."""
     m, c = weights.shape
 
     def output(w: torch.Tensor, x_n: torch.Tensor) -> torch.Tensor:
         return model.predict(w, x_n[None])[0]
 
-    jac = torch.func.vmap(torch.func.jacrev(output), in_dims=(None, 0))(weights, x).reshape(
-        x.shape[0], m * c
-    )
+    jac = torch.func.vmap(torch.func.jacrev(output), in_dims=(None, 0))(weights, x).reshape(x.shape[0], m * c)
     residual = model.predict(weights, x) - y
     gram = jac @ jac.T
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
@@ -163,9 +157,7 @@ def time_size(bench: Benchmark, n: int, m: int) -> dict[str, float]:
     t0 = torch.tensor(0.0, dtype=torch.float64)
     reference = gn(t0, w)  # also the warm start of the timed calls, as inside a solve
     gen = torch.Generator().manual_seed(bench.seed)
-    times: dict[str, list[float]] = {
-        k: [] for k in ("gn", "gn_eigh", "baseline", "products", "cholesky", "gd")
-    }
+    times: dict[str, list[float]] = {k: [] for k in ("gn", "gn_eigh", "baseline", "products", "cholesky", "gd")}
     difference = float("nan")
     steps_before = (gn.solver.stats.lanczos_steps, gn.solver.stats.cg_steps, gn.solver.stats.calls)
     for rep in range(bench.repeats):
@@ -253,9 +245,7 @@ def large_run(config: RunConfig, threads: int) -> dict[str, Any]:
     # the child imports the same gnflow as this process
     package_root = str(Path(gnflow.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(
-        os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path
-    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=path)
     done = subprocess.run(
         [sys.executable, "-c", _LARGE_RUN],
         input=config_to_json(config),
@@ -274,9 +264,7 @@ def large_run(config: RunConfig, threads: int) -> dict[str, Any]:
 # --- table and figure --------------------------------------------------------------------------
 
 
-def _var(
-    dims: tuple[str, ...], values: Any, long_name: str, units: str, comment: str = ""
-) -> xr.Variable:
+def _var(dims: tuple[str, ...], values: Any, long_name: str, units: str, comment: str = "") -> xr.Variable:
     attrs = {"long_name": long_name, "units": units}
     if comment:
         attrs["comment"] = comment
@@ -306,8 +294,7 @@ def study_dataset(
         "gd": "gradient field evaluation",
     }
     variables: dict[str, xr.Variable] = {
-        f"{key}_time": _var(dims, grid(key), f"median wall time: {text}", "s")
-        for key, text in seconds.items()
+        f"{key}_time": _var(dims, grid(key), f"median wall time: {text}", "s") for key, text in seconds.items()
     }
     ratio = np.asarray(grid("gn")) / np.asarray(grid("roofline"))
     speedup = np.asarray(grid("baseline")) / np.asarray(grid("gn"))
@@ -315,12 +302,8 @@ def study_dataset(
     n_paper = paper.sizes["sample"]
     variables.update(
         gn_over_roofline=_var(dims, ratio, "gnflow GN evaluation time / roofline time", "1"),
-        speedup_over_baseline=_var(
-            dims, speedup, "full-Jacobian baseline time / gnflow GN evaluation time", "1"
-        ),
-        lanczos_steps=_var(
-            dims, grid("lanczos_steps"), "Lanczos steps per GN evaluation (warm-started)", "1"
-        ),
+        speedup_over_baseline=_var(dims, speedup, "full-Jacobian baseline time / gnflow GN evaluation time", "1"),
+        lanczos_steps=_var(dims, grid("lanczos_steps"), "Lanczos steps per GN evaluation (warm-started)", "1"),
         cg_steps=_var(dims, grid("cg_steps"), "conjugate-gradient steps per GN evaluation", "1"),
         baseline_difference=_var(
             dims,
@@ -328,9 +311,7 @@ def study_dataset(
             "max |baseline field - gnflow field| / max |gnflow field|",
             "1",
         ),
-        paper_t=_var(
-            ("paper_t",), paper["t"].values, "flow time of the paper-size run's saved states", "1"
-        ),
+        paper_t=_var(("paper_t",), paper["t"].values, "flow time of the paper-size run's saved states", "1"),
         paper_residual_ratio=_var(
             ("paper_t",),
             np.sqrt(paper["train_loss"].values / paper["train_loss"].values[0]),
@@ -364,9 +345,7 @@ def study_dataset(
         ),
     )
     coords = {
-        "n_train": _var(
-            ("n_train",), np.asarray(bench.sizes_n, dtype=np.int64), "training points N", "1"
-        ),
+        "n_train": _var(("n_train",), np.asarray(bench.sizes_n, dtype=np.int64), "training points N", "1"),
         "width": _var(("width",), np.asarray(bench.sizes_m, dtype=np.int64), "particles M", "1"),
     }
     ds = xr.Dataset(variables, coords=coords)
@@ -396,9 +375,7 @@ def study_dataset(
         "paper_run_nfe": int(paper.attrs["gnflow_nfe"]),
         "paper_run_steps": int(paper.attrs["gnflow_steps"]),
         "paper_run_rejected_steps": int(paper.attrs["gnflow_rejected_steps"]),
-        "paper_run_final_loss_ratio": float(
-            paper["train_loss"].values[-1] / paper["train_loss"].values[0]
-        ),
+        "paper_run_final_loss_ratio": float(paper["train_loss"].values[-1] / paper["train_loss"].values[0]),
         "paper_run_eigmin_law_holds": int(bool(np.all(applicable >= -1e-9))),
         "large_run_config": config_to_json(large_config),
         "large_run_status": large["status"],
@@ -423,9 +400,7 @@ def plot_study(ds: xr.Dataset, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     widths = ds["width"].values
-    fig, axes = plt.subplots(
-        1, len(widths) + 1, figsize=(4.2 * (len(widths) + 1), 3.8), constrained_layout=True
-    )
+    fig, axes = plt.subplots(1, len(widths) + 1, figsize=(4.2 * (len(widths) + 1), 3.8), constrained_layout=True)
     styles = {"baseline": "s-", "gn_eigh": "^-", "gn": "o-", "roofline": "k--", "gd": "x:"}
     labels = {
         "baseline": "full Jacobian + eigh",
@@ -446,9 +421,7 @@ def plot_study(ds: xr.Dataset, path: Path) -> Path:
     ax.semilogy(ds["paper_t"], ds["paper_residual_ratio"], "o-", label="||r(t)|| / ||r(0)||")
     ax.semilogy(ds["paper_t"], ds["paper_law_lower"], "k--", label="exp(-t/N)")
     ax.semilogy(ds["paper_t"], ds["paper_law_upper"], "k:", label="exp(-t/(2N))")
-    ax.set_title(
-        f"GN run: {ds.attrs['paper_run_nfe']} evaluations, {ds.attrs['paper_run_wall_time_s']:.1f} s"
-    )
+    ax.set_title(f"GN run: {ds.attrs['paper_run_nfe']} evaluations, {ds.attrs['paper_run_wall_time_s']:.1f} s")
     ax.set_xlabel("flow time t")
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
