@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -311,6 +311,36 @@ def integrate(
     return recorder.solution(status, wall, config.method)
 
 
+def _finish_accepted_step(
+    config: SolverConfig,
+    times: np.ndarray,
+    next_index: int,
+    t1: float,
+    interpolate: Callable[[int], torch.Tensor],
+    y1: torch.Tensor,
+    loss: float,
+    loss0: float,
+    threshold: float,
+    recorder: _Recorder,
+    bar: _Progress,
+    nfe: int,
+) -> tuple[int, str | None]:
+    """Save the requested times up to t1 (by the step's interpolant) and test the loss at y1.
+
+    Returns the index of the next time to save and the final status when the run ends here.
+    """
+    while next_index < len(times) and times[next_index] <= t1:
+        recorder.save(float(times[next_index]), interpolate(next_index))
+        next_index += 1
+    bar.update(t1, loss / loss0 if loss0 > 0 else 0.0, nfe)
+    if not math.isfinite(loss):
+        return next_index, "failed: non-finite train loss"
+    if config.stop_loss_ratio > 0 and loss <= threshold:
+        recorder.save(t1, y1)
+        return next_index, "converged"
+    return next_index, None
+
+
 def _integrate_exponential(
     flow: Flow,
     weights0: torch.Tensor,
@@ -346,16 +376,22 @@ def _integrate_exponential(
             recorder.n_rejected += 1
             continue
         recorder.n_accepted += 1
-        while next_index < len(times) and times[next_index] <= step.t1:
-            recorder.save(float(times[next_index]), step.interpolate(float(times[next_index])))
-            next_index += 1
-        loss = solver.kernel.train_loss
-        bar.update(step.t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
-        if not math.isfinite(loss):
-            return "failed: non-finite train loss"
-        if config.stop_loss_ratio > 0 and loss <= threshold:
-            recorder.save(step.t1, step.weights)
-            return "converged"
+        next_index, final = _finish_accepted_step(
+            config,
+            times,
+            next_index,
+            step.t1,
+            lambda k: step.interpolate(float(times[k])),
+            step.weights,
+            solver.kernel.train_loss,
+            loss0,
+            threshold,
+            recorder,
+            bar,
+            flow.nfe,
+        )
+        if final is not None:
+            return final
         if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
             checkpoint.write(
                 _position(
@@ -415,18 +451,22 @@ def _integrate_adaptive(
             recorder.n_rejected += 1
             continue
         recorder.n_accepted += 1
-        t1 = float(new_state.t1)
-        while next_index < len(times) and times[next_index] <= t1:
-            y = _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, t_tensor[next_index])
-            recorder.save(float(times[next_index]), y)
-            next_index += 1
-        loss = flow.train_loss(new_state.y1)
-        bar.update(t1, loss / loss0 if loss0 > 0 else 0.0, flow.nfe)
-        if not math.isfinite(loss):
-            return "failed: non-finite train loss"
-        if config.stop_loss_ratio > 0 and loss <= threshold:
-            recorder.save(t1, new_state.y1)
-            return "converged"
+        next_index, final = _finish_accepted_step(
+            config,
+            times,
+            next_index,
+            float(new_state.t1),
+            lambda k: _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, t_tensor[k]),
+            new_state.y1,
+            flow.train_loss(new_state.y1),
+            loss0,
+            threshold,
+            recorder,
+            bar,
+            flow.nfe,
+        )
+        if final is not None:
+            return final
         if checkpoint is not None and next_index < len(times) and checkpoint.due(recorder.n_accepted):
             rk_state = {k: _to_device(v, torch.device("cpu")) for k, v in new_state._asdict().items()}
             checkpoint.write(
