@@ -296,7 +296,8 @@ class GaussNewtonFlow(Flow):
             If A + eps I is not positive definite (e.g. eps = 0 and A singular), as the
             Cholesky solve of :meth:`function_space_direction` would.
         """
-        shifted = eigenvalues + self.damping.epsilon(gram)
+        # eigmin reads lambda_min off the given spectrum instead of a second eigvalsh
+        shifted = eigenvalues + self.epsilon(gram, eigenvalues)
         if not bool(shifted[0] > 0):
             raise GramSolveError(
                 "the damped Gram matrix A + eps I is not positive definite "

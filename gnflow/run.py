@@ -106,10 +106,10 @@ class Experiment:
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
 
-def _seeds(config: RunConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
-    """Independent seeds of the data and of the initial particles."""
-    data_seed, init_seed = np.random.SeedSequence(config.seed).spawn(2)
-    return data_seed, init_seed
+def _seeds(config: RunConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence, np.random.SeedSequence]:
+    """Independent seeds of the data, of the initial particles and of the GGN batch order."""
+    data_seed, init_seed, batch_seed = np.random.SeedSequence(config.seed).spawn(3)
+    return data_seed, init_seed, batch_seed
 
 
 def make_run_data(config: RunConfig) -> RegressionData:
@@ -171,9 +171,7 @@ def simulate(
         config.dtype,
     )
     if config.flow.kind == "ggn":
-        # the batch order draws from a third stream of the seed, after data and initial particles
-        batch_seed = np.random.SeedSequence(config.seed).spawn(3)[2]
-        schedule = ggn_schedule(config.flow, experiment.data.n_train, batch_seed)
+        schedule = ggn_schedule(config.flow, experiment.data.n_train, _seeds(config)[2])
         euler = dataclasses.replace(config.solver, method="euler")
         solution = integrate(
             experiment.flow,
