@@ -48,3 +48,31 @@ def test_smoke_scale_writes_a_table_and_a_figure(study, tmp_path: Path) -> None:
 def test_unknown_scale_is_a_one_line_error(study, capsys) -> None:
     assert study.main(["--scale", "huge"]) == 2
     assert "--scale 'huge': unknown; allowed: smoke, small, paper" in capsys.readouterr().err
+
+
+def test_tau0_runs_can_be_split_and_combined(study, tmp_path: Path, capsys) -> None:
+    threads = torch.get_num_threads()
+    try:
+        for tau0 in ("10", "1"):
+            assert (
+                study.main(["--scale", "smoke", "-o", str(tmp_path), "--tau0", tau0, "--dopri5-budget-s", "0.5"]) == 0
+            )
+    finally:
+        torch.set_num_threads(threads)
+    parts = [tmp_path / "long_horizon_smoke_tau0-1.nc", tmp_path / "long_horizon_smoke_tau0-10.nc"]
+    assert study.main(["-o", str(tmp_path), "--combine", *map(str, parts)]) == 0
+    ds = read_dataset(tmp_path / "long_horizon_smoke.nc")
+    assert list(ds["tau0"].values) == [1.0, 10.0]
+    assert ds.attrs["gnflow_scale"] == "smoke"
+    for tau0, part in zip((1.0, 10.0), parts, strict=True):
+        one = read_dataset(part)
+        assert list(one["tau0"].values) == [tau0]
+        np.testing.assert_array_equal(ds["nfe"].sel(tau0=tau0).values, one["nfe"].isel(tau0=0).values)
+        np.testing.assert_array_equal(
+            ds["train_loss_ratio"].sel(tau0=tau0).values, one["train_loss_ratio"].isel(tau0=0).values
+        )
+    # the dopri5 runs stop on their CPU-time budget and say so
+    assert (ds["time_limited"].sel({"method": "dopri5"}) == 1).all()  # a dict: method is a keyword of .sel
+    capsys.readouterr()
+    assert study.main(["--scale", "smoke", "--tau0", "3"]) == 2
+    assert "--tau0 3: not a tau0 of scale 'smoke'; allowed: 1, 10" in capsys.readouterr().err

@@ -71,6 +71,7 @@ class Benchmark:
     baseline_repeats: int
     threads: int
     seed: int
+    run_threads: int = 0  # torch threads of the whole runs; 0 = torch's default (all cores)
 
 
 def load_study(path: Path, scale: str) -> tuple[Benchmark, RunConfig, RunConfig]:
@@ -261,6 +262,23 @@ def large_run(config: RunConfig, threads: int) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _write_large_result(path: Path, result: dict[str, Any], config: RunConfig) -> Path:
+    """The large run's result with its config, written atomically as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"config": json.loads(config_to_json(config)), "result": result}, indent=1))
+    temporary.replace(path)
+    return path
+
+
+def _load_large_result(path: Path, config: RunConfig) -> dict[str, Any]:
+    """A result written by ``--large-only``; it must be for the same large-run config."""
+    stored = json.loads(path.read_text())
+    if stored.get("config") != json.loads(config_to_json(config)):
+        raise ValueError(f"--large-from {path}: written for another large_run config than this scale's")
+    return stored["result"]
+
+
 # --- table and figure --------------------------------------------------------------------------
 
 
@@ -434,14 +452,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default="full", help="scale in performance.toml: full or smoke")
     parser.add_argument("--config", type=Path, default=HERE / "performance.toml")
     parser.add_argument("-o", "--output", type=Path, default=Path("data/studies/performance"))
-    parser.add_argument("--skip-large", action="store_true", help="do not run the large N x M run")
+    large = parser.add_mutually_exclusive_group()
+    large.add_argument("--skip-large", action="store_true", help="do not run the large N x M run")
+    large.add_argument(
+        "--large-only",
+        action="store_true",
+        help="run only the large run and write its result to large_run_<scale>.json in the output folder",
+    )
+    large.add_argument("--large-from", type=Path, metavar="JSON", help="take the large run's result from this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    bench, paper_config, large_config = load_study(args.config, args.scale)
+    try:
+        bench, paper_config, large_config = load_study(args.config, args.scale)
+        reused = _load_large_result(args.large_from, large_config) if args.large_from else None
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_threads = bench.run_threads or torch.get_num_threads()
+    if args.large_only:
+        large = large_run(large_config, run_threads)
+        logger.info("large run: %s", large)
+        path = _write_large_result(args.output / f"large_run_{args.scale}.json", large, large_config)
+        logger.info("wrote %s", path)
+        return 0
     torch.set_num_threads(bench.threads)
     load_start = os.getloadavg()[0]
     rows = {(n, m): time_size(bench, n, m) for n in bench.sizes_n for m in bench.sizes_m}
+    torch.set_num_threads(run_threads)
     paper, paper_wall = paper_run(paper_config)
+    torch.set_num_threads(bench.threads)
     logger.info(
         "paper-size run: %s, %d evaluations, %.1f s",
         paper.attrs["gnflow_status"],
@@ -456,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
             "loss_ratio": float("nan"),
             "maxrss_kib": float("nan"),
         }
+    elif reused is not None:
+        large = reused
     else:
-        large = large_run(large_config, bench.threads)
+        large = large_run(large_config, run_threads)
         logger.info("large run: %s", large)
     ds = study_dataset(
         bench,
