@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import tomllib
@@ -417,7 +418,7 @@ class SolverConfig:
                 f"every time must lie in [0, solver.t_end = {self.t_end}]",
             )
             _require(
-                all(b > a for a, b in zip(times, times[1:], strict=False)),
+                all(b > a for a, b in itertools.pairwise(times)),
                 "solver.save_times",
                 "must be strictly increasing",
             )

@@ -147,7 +147,8 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> RegressionData:
     y = pick("y", "y_train")
     if x is None or y is None:
         raise DataError(
-            f"{path}: needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); found: {', '.join(sorted(arrays)) or 'none'}"
+            f"{path}: needs arrays 'x' and 'y' (or 'x_train' and 'y_train'); "
+            f"found: {', '.join(sorted(arrays)) or 'none'}"
         )
     if x.ndim == 1:
         x = x[:, None]
@@ -172,7 +173,8 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     header = [h.strip() for h in rows[0]]
     if "y" not in header:
         raise DataError(
-            f"{path}: CSV needs a header row with a 'y' column (other columns are inputs; optional 'split' = train|test)"
+            f"{path}: CSV needs a header row with a 'y' column "
+            "(other columns are inputs; optional 'split' = train|test)"
         )
     body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
     if not body:

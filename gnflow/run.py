@@ -329,7 +329,8 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         solver_text = f"euler (step_size = b / lam = {ggn_step_size(b, fc.lam):g} per full batch of b = {b})"
         flow_text = (
             f"ggn (lam={fc.lam:g}, alpha={fc.alpha:g}, batch_size={b}, batch_order={fc.batch_order}): Euler steps "
-            f"of size b/lam of the gauss_newton flow on each batch with constant damping alpha/lam = {fc.alpha / fc.lam:g}"
+            "of size b/lam of the gauss_newton flow on each batch with constant damping "
+            f"alpha/lam = {fc.alpha / fc.lam:g}"
         )
     ds.attrs = {
         "Conventions": "CF-1.8",

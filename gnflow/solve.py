@@ -381,7 +381,7 @@ def _integrate_exponential(
             times,
             next_index,
             step.t1,
-            lambda k: step.interpolate(float(times[k])),
+            lambda k, step=step: step.interpolate(float(times[k])),
             step.weights,
             solver.kernel.train_loss,
             loss0,
@@ -456,7 +456,7 @@ def _integrate_adaptive(
             times,
             next_index,
             float(new_state.t1),
-            lambda k: _interp_evaluate(new_state.interp_coeff, new_state.t0, new_state.t1, t_tensor[k]),
+            lambda k, s=new_state: _interp_evaluate(s.interp_coeff, s.t0, s.t1, t_tensor[k]),
             new_state.y1,
             flow.train_loss(new_state.y1),
             loss0,
@@ -573,7 +573,7 @@ class StepSchedule:
     def uniform(cls, step_size: float, times: np.ndarray) -> StepSchedule:
         """Steps of size h on all samples up to times[-1], saving at the grid points t = k h
         nearest to ``times``."""
-        n_total = int(math.floor(times[-1] / step_size + 1e-9))
+        n_total = math.floor(times[-1] / step_size + 1e-9)
         if n_total < 1:
             raise ValueError(f"solver.step_size = {step_size} is larger than the horizon {times[-1]}")
         save = np.zeros(n_total, dtype=bool)

@@ -61,7 +61,7 @@ def test_config_file_and_never_overwrite(tmp_path, capsys, monkeypatch):
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    code, stdout, err = run_cli(["run", *args, "-o", "x.nc"], capsys)
+    code, _stdout, err = run_cli(["run", *args, "-o", "x.nc"], capsys)
     assert code == 2
     assert err.strip().count("\n") == 0 and message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
@@ -69,7 +69,7 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, monkeypatch, ar
 
 def test_failed_run_is_saved_with_its_status(tmp_path, capsys):
     out = tmp_path / "f.nc"
-    code, stdout, _ = run_cli(
+    code, _stdout, _ = run_cli(
         [
             "run",
             "--set",

@@ -1,5 +1,7 @@
 """Teacher-student generator and user data files."""
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -38,7 +40,7 @@ def test_file_formats(tmp_path):
     lines = ["a,b,c,y,split"] + [
         ",".join(repr(float(v)) for v in [*row, label]) + f",{split}"
         for rows, labels, split in ((x, y, "train"), (xt, yt, "test"))
-        for row, label in zip(rows, labels)
+        for row, label in zip(rows, labels, strict=False)
     ]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     for name in ("d.npz", "d.csv"):
@@ -70,7 +72,7 @@ def test_bad_data(tmp_path):
     with pytest.raises(DataError, match="needs arrays 'x' and 'y'"):
         load_data_file(tmp_path / "names.npz")
     (tmp_path / "d.txt").write_text("1 2 3")
-    with pytest.raises(DataError, match="unknown data file type '.txt'; allowed: .nc, .csv, .npz"):
+    with pytest.raises(DataError, match=re.escape("unknown data file type '.txt'; allowed: .nc, .csv, .npz")):
         load_data_file(tmp_path / "d.txt")
     (tmp_path / "noy.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="'y' column"):

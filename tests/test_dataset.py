@@ -94,7 +94,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tiny_run, tmp_path):
     before = path.read_bytes()
     broken = tiny_run.copy()
     broken.attrs["bad"] = {"not": "serializable"}  # netCDF4 rejects dict attributes
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         write_dataset(broken, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.nc"]

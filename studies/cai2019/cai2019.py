@@ -274,7 +274,8 @@ def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any]
             )
             + f"; slope of r_{k} against M (log-log) {fmt(slope)}",
             "supported" if quadratic and better else "not supported",
-            "r_k = norm of the residual f(X) - y after k steps; order = slope of log r_(k+1) against log r_k (1 linear, 2 quadratic), over the steps above "
+            "r_k = norm of the residual f(X) - y after k steps; order = slope of log r_(k+1) against log r_k "
+            "(1 linear, 2 quadratic), over the steps above "
             f"{s['residual_floor']:g} x r_0; 'better' = smaller residual after step {k}.",
         )
     )
@@ -329,7 +330,8 @@ def _claims(s: dict[str, Any], theory: dict[str, Any], minibatch: dict[str, Any]
             + ", ".join(f"alpha={a:g}: {fmt(v)}" for a, v in zip(sens["alpha"], row, strict=True))
             + f"; max/min = {fmt(spread)}",
             "supported" if spread <= float(s["alpha_spread_tolerance"]) else "not supported",
-            f"'Little' = the largest loss within a factor {s['alpha_spread_tolerance']:g} of the smallest across alpha.",
+            f"'Little' = the largest loss within a factor {s['alpha_spread_tolerance']:g} "
+            "of the smallest across alpha.",
         )
     )
     return claims

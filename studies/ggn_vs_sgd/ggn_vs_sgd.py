@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"N = {data.n_train} train / {data.n_test} test, network {summary['network']} "
         f"({summary['n_parameters']} parameters), batch {common['batch_size']} ({common['batch_order']}), "
-        f"{epochs} epochs, {summary['torch_threads']} torch thread(s). Loss = ||f(X) - y||^2 / (2N) on standardized targets.",
+        f"{epochs} epochs, {summary['torch_threads']} torch thread(s). "
+        "Loss = ||f(X) - y||^2 / (2N) on standardized targets.",
         "",
         "| epoch | " + " | ".join(f"{v['optimizer']} train" for v in chosen.values()) + " |",
         "|---|" + "---|" * len(chosen),
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "Optimizer time per epoch: wall-clock mean and minimum over the epochs, and processor (CPU) time "
         "mean; ratios are against SGD in this run.",
         "",
-        "| optimizer | final train | final test | wall s/epoch (mean) | (min) | CPU s/epoch | wall / SGD | min / SGD | CPU / SGD |",
+        "| optimizer | final train | final test | wall s/epoch (mean) | (min) | CPU s/epoch "
+        "| wall / SGD | min / SGD | CPU / SGD |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in chosen.items():

@@ -144,7 +144,8 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
                 f"The {name} trajectories of M particles converge as M grows (loss curves and particle measures), "
                 "at the Monte-Carlo rate M^(-1/2).",
                 "; ".join(
-                    f"M={m}: loss gap {fmt(measured[flow][m]['loss_gap'])}, coupling {fmt(measured[flow][m]['coupling'])}, "
+                    f"M={m}: loss gap {fmt(measured[flow][m]['loss_gap'])}, "
+                    f"coupling {fmt(measured[flow][m]['coupling'])}, "
                     f"SW2 {fmt(measured[flow][m]['sliced_w2_final'])}"
                     for m in widths[:-1]
                 )
