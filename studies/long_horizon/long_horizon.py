@@ -13,8 +13,11 @@ Usage (from the repository root)::
     python studies/long_horizon/long_horizon.py --scale smoke -o /tmp/lh
 
 The tau0 values can run as separate processes (``--tau0 0.1``; each writes its own table,
-``long_horizon_<scale>_tau0-0.1.nc``) and be joined afterwards with
-``--combine FILE [FILE ...]``, which writes ``long_horizon_<scale>.nc`` and its figure.
+``long_horizon_<scale>_tau0-0.1.nc``), and so can the two methods (``--method dopri5``; such a
+table keeps the weights at the saved times); ``--combine FILE [FILE ...]`` joins them into
+``long_horizon_<scale>.nc`` and its figure, comparing the methods where a tau0 has both. A
+dopri5 run also stops, as a time-limited run at the CPU time spent so far, when the file
+``<table name>.STOP`` appears in the output folder.
 """
 
 from __future__ import annotations
@@ -61,25 +64,34 @@ class Benchmark:
 
 
 class _CPUTimeBudget:
-    """A flow that fails (FlowError) once a budget of process CPU time is spent.
+    """A flow that fails (FlowError) once a budget of process CPU time is spent, or on request.
 
     ``integrate`` then returns the trajectory up to that point with a failed status, which the
     study reports as a time-limited run. CPU time, not wall time: the bound then does not depend
-    on what else shares the machine (the study runs single-threaded).
+    on what else shares the machine (the study runs single-threaded). A file ``stop_file``
+    appearing ends the run the same way, at the CPU time spent so far (for runs that must end
+    before their budget).
     """
 
-    def __init__(self, flow: Flow, seconds: float) -> None:
+    def __init__(self, flow: Flow, seconds: float, stop_file: Path | None = None) -> None:
         self._flow = flow
         self._deadline = time.process_time() + seconds
         self._seconds = seconds
+        self._stop_file = stop_file
 
     def __call__(self, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if time.process_time() > self._deadline:
             raise FlowError(f"CPU-time budget of {self._seconds:g} s spent")
+        if self._stop_file is not None and self._stop_file.exists():
+            raise FlowError(f"stopped on request ({self._stop_file.name} file)")
         return self._flow(t, weights)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._flow, name)
+
+
+def _time_limited(status: str) -> bool:
+    return "CPU-time budget" in status or "stopped on request" in status
 
 
 def load_study(path: Path, scale: str) -> tuple[RunConfig, Benchmark]:
@@ -101,14 +113,14 @@ def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
     return float(r @ r) / (2 * data.n_test)
 
 
-def _integrate(experiment: Experiment, method: str, bench: Benchmark) -> Solution:
+def _integrate(experiment: Experiment, method: str, bench: Benchmark, stop_file: Path | None = None) -> Solution:
     solver = experiment.config.solver
     if method == "kernel_exponential":
         solver = replace(solver, method=method, rtol=bench.exponential_rtol, atol=bench.exponential_atol)
         flow: Any = experiment.flow
     else:
         solver = replace(solver, method=method, rtol=bench.dopri5_rtol, atol=bench.dopri5_atol)
-        flow = _CPUTimeBudget(experiment.flow, bench.dopri5_budget_s)
+        flow = _CPUTimeBudget(experiment.flow, bench.dopri5_budget_s, stop_file)
     experiment.flow.nfe = 0
     cpu_start = time.process_time()
     solution = integrate(flow, experiment.weights0, solver, progress=False)
@@ -130,54 +142,58 @@ def _integrate(experiment: Experiment, method: str, bench: Benchmark) -> Solutio
 
 def _on_saved_times(solution: Solution, times: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``values`` (one per saved state) placed on the study's time grid (NaN where not reached)."""
-    out = np.full(times.shape, np.nan)
+    out = np.full((times.size, *values.shape[1:]), np.nan)
     index = np.searchsorted(times, solution.t)
     on_grid = (index < times.size) & (times[np.minimum(index, times.size - 1)] == solution.t)
     out[index[on_grid]] = values[on_grid]
     return out
 
 
-def _weight_difference(a: Solution, b: Solution) -> float:
-    """Max over common saved times t > 0 of ||w_a - w_b|| / ||w_b - w_b(0)||."""
-    common, ia, ib = np.intersect1d(a.t, b.t, return_indices=True)
-    keep = common > 0
-    if not keep.any():
+def _weight_difference(exponential: np.ndarray, dopri5: np.ndarray, times: np.ndarray) -> float:
+    """Max over saved times t > 0 that both reached of ||w_exp - w_dopri5|| / ||w_dopri5 - w_dopri5(0)||.
+
+    Both arguments are weights on the time grid, (t, particle, component), NaN where not reached.
+    """
+    both = np.isfinite(exponential).all(axis=(1, 2)) & np.isfinite(dopri5).all(axis=(1, 2)) & (times > 0)
+    if not both.any():
         return float("nan")
-    wa, wb = a.weights[ia[keep]].double(), b.weights[ib[keep]].double()
-    change = (wb - b.weights[0].double()).flatten(1).norm(dim=1)
-    return float(((wa - wb).flatten(1).norm(dim=1) / change).max())
+    change = np.linalg.norm((dopri5[both] - dopri5[0]).reshape(both.sum(), -1), axis=1)
+    gap = np.linalg.norm((exponential[both] - dopri5[both]).reshape(both.sum(), -1), axis=1)
+    return float(np.max(gap / change))
 
 
-def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
-    """Integrate every tau0 with both methods and collect the table."""
+def run_study(
+    run: RunConfig,
+    bench: Benchmark,
+    scale: str,
+    methods: tuple[str, ...] = METHODS,
+    *,
+    stop_file: Path | None = None,
+    keep_weights: bool = False,
+) -> xr.Dataset:
+    """Integrate every tau0 with ``methods`` and collect the table.
+
+    ``keep_weights``: keep the weights at the saved times (variable ``saved_weights``), so that
+    tables of separate methods can be compared by :func:`combine`.
+    """
     torch.set_num_threads(bench.threads)
     times = save_times(run.solver)
-    n_tau, n_method = len(bench.init_scales), len(METHODS)
-    shape = (n_tau, n_method)
+    shape = (len(bench.init_scales), len(methods))
     table: dict[str, np.ndarray] = {
         name: np.full(shape, np.nan)
-        for name in (
-            "wall_time_s",
-            "cpu_time_s",
-            "t_reached",
-            "final_train_loss",
-            "final_test_loss",
-        )
+        for name in ("wall_time_s", "cpu_time_s", "t_reached", "final_train_loss", "final_test_loss")
     }
     counts = {name: np.zeros(shape, dtype=np.int64) for name in ("nfe", "n_steps", "n_rejected")}
     time_limited = np.zeros(shape, dtype=np.int8)
     status = np.empty(shape, dtype=object)
-    curves = np.full((n_tau, n_method, times.size), np.nan)
-    weight_difference = np.full(n_tau, np.nan)
-    loss_difference = np.full(n_tau, np.nan)
+    curves = np.full((*shape, times.size), np.nan)
+    weights: np.ndarray | None = None
     for i, tau0 in enumerate(bench.init_scales):
         config = replace(run, model=replace(run.model, init_scale=tau0))
         experiment = build_experiment(config)
         loss0 = experiment.flow.train_loss(experiment.weights0)
-        solutions = {}
-        for j, method in enumerate(METHODS):
-            solution = _integrate(experiment, method, bench)
-            solutions[method] = solution
+        for j, method in enumerate(methods):
+            solution = _integrate(experiment, method, bench, stop_file)
             losses = np.asarray([experiment.flow.train_loss(w) for w in solution.weights])
             table["wall_time_s"][i, j] = solution.wall_time_s
             table["cpu_time_s"][i, j] = solution.extra["cpu_time_s"]
@@ -187,105 +203,40 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
             counts["nfe"][i, j] = solution.nfe[-1]
             counts["n_steps"][i, j] = solution.n_accepted[-1]
             counts["n_rejected"][i, j] = solution.n_rejected[-1]
-            time_limited[i, j] = "CPU-time budget" in solution.status
+            time_limited[i, j] = _time_limited(solution.status)
             status[i, j] = solution.status
             curves[i, j] = _on_saved_times(solution, times, losses / loss0)
-        weight_difference[i] = _weight_difference(solutions["kernel_exponential"], solutions["dopri5"])
-        # below ~1e-6 x L0 the loss ratio resolves the solvers' absolute error floors, not the flow
-        both = np.isfinite(curves[i]).all(0) & (times > 0) & (curves[i].min(0) >= LOSS_RATIO_FLOOR)
-        if both.any():
-            loss_difference[i] = float(np.max(np.abs(curves[i, 0, both] / curves[i, 1, both] - 1.0)))
-    j_exp, j_dop = METHODS.index("kernel_exponential"), METHODS.index("dopri5")
-    # CPU time of the (single-threaded) process: what the run costs, whatever else shares the
-    # machine; wall time is reported too
-    speedup = table["cpu_time_s"][:, j_dop] / table["cpu_time_s"][:, j_exp]
-    # a time-limited dopri5 run: its time to t_end, extrapolated at its average speed so far
-    projected = np.where(
-        time_limited[:, j_dop] == 1,
-        table["cpu_time_s"][:, j_dop] * run.solver.t_end / table["t_reached"][:, j_dop],
-        table["cpu_time_s"][:, j_dop],
-    )
+            on_grid = _on_saved_times(solution, times, solution.weights.detach().cpu().double().numpy())
+            if weights is None:
+                weights = np.full((*shape, *on_grid.shape), np.nan)
+            weights[i, j] = on_grid
+    assert weights is not None
+    dims = ("tau0", "method")
     ds = xr.Dataset(
         {
-            "wall_time_s": (
-                ("tau0", "method"),
-                table["wall_time_s"],
-                _attrs("wall-clock time of the integration", "s"),
-            ),
-            "cpu_time_s": (
-                ("tau0", "method"),
-                table["cpu_time_s"],
-                _attrs("CPU time of the integration (process time)", "s"),
-            ),
-            "nfe": (
-                ("tau0", "method"),
-                counts["nfe"],
-                _attrs("vector-field evaluations (kernel_exponential: linearizations)"),
-            ),
-            "n_steps": (("tau0", "method"), counts["n_steps"], _attrs("accepted solver steps")),
-            "n_rejected": (
-                ("tau0", "method"),
-                counts["n_rejected"],
-                _attrs("rejected solver steps"),
-            ),
-            "t_reached": (("tau0", "method"), table["t_reached"], _attrs("last flow time reached")),
+            "wall_time_s": (dims, table["wall_time_s"], _attrs("wall-clock time of the integration", "s")),
+            "cpu_time_s": (dims, table["cpu_time_s"], _attrs("CPU time of the integration (process time)", "s")),
+            "nfe": (dims, counts["nfe"], _attrs("vector-field evaluations (kernel_exponential: linearizations)")),
+            "n_steps": (dims, counts["n_steps"], _attrs("accepted solver steps")),
+            "n_rejected": (dims, counts["n_rejected"], _attrs("rejected solver steps")),
+            "t_reached": (dims, table["t_reached"], _attrs("last flow time reached")),
             "time_limited": (
-                ("tau0", "method"),
+                dims,
                 time_limited,
-                _attrs("1 where the run stopped on its CPU-time budget (its time is a lower bound)"),
+                _attrs("1 where the run stopped on its CPU-time budget or on request (its time is a lower bound)"),
             ),
-            "status": (
-                ("tau0", "method"),
-                status.astype(str),
-                {"long_name": "solver status", "units": "1"},
-            ),
-            "final_train_loss": (
-                ("tau0", "method"),
-                table["final_train_loss"],
-                _attrs("train loss at t_reached"),
-            ),
-            "final_test_loss": (
-                ("tau0", "method"),
-                table["final_test_loss"],
-                _attrs("test loss at t_reached"),
-            ),
+            "status": (dims, status.astype(str), {"long_name": "solver status", "units": "1"}),
+            "final_train_loss": (dims, table["final_train_loss"], _attrs("train loss at t_reached")),
+            "final_test_loss": (dims, table["final_test_loss"], _attrs("test loss at t_reached")),
             "train_loss_ratio": (
-                ("tau0", "method", "t"),
+                (*dims, "t"),
                 curves,
                 _attrs("train loss / initial train loss (NaN after t_reached)"),
             ),
-            "speedup": (
-                ("tau0",),
-                speedup,
-                _attrs("dopri5 CPU time / kernel_exponential CPU time (lower bound where dopri5 is time-limited)"),
-            ),
-            "dopri5_projected_time_s": (
-                ("tau0",),
-                projected,
-                _attrs("dopri5 CPU time to t_end, extrapolated linearly in t where time-limited", "s"),
-            ),
-            "weight_difference": (
-                ("tau0",),
-                weight_difference,
-                _attrs("max over common saved times of ||w_exp - w_dopri5|| / ||w_dopri5 - w0||"),
-            ),
-            "loss_ratio_difference": (
-                ("tau0",),
-                loss_difference,
-                _attrs("max of |L_exp / L_dopri5 - 1| over common saved times where both L / L0 >= 1e-6"),
-            ),
         },
         coords={
-            "tau0": (
-                "tau0",
-                np.asarray(bench.init_scales),
-                _attrs("initial scale of hidden weights and biases"),
-            ),
-            "method": (
-                "method",
-                np.asarray(METHODS, dtype=object),
-                {"long_name": "integration method", "units": "1"},
-            ),
+            "tau0": ("tau0", np.asarray(bench.init_scales), _attrs("initial scale of hidden weights and biases")),
+            "method": ("method", np.asarray(methods, dtype=object), {"long_name": "integration method", "units": "1"}),
             "t": ("t", times, _attrs("flow time")),
         },
     )
@@ -305,6 +256,71 @@ def run_study(run: RunConfig, bench: Benchmark, scale: str) -> xr.Dataset:
         "gnflow_dopri5_tolerances": f"rtol={bench.dopri5_rtol:g}, atol={bench.dopri5_atol:g}",
         "gnflow_dopri5_budget_s": bench.dopri5_budget_s,
     }
+    weights_da = xr.DataArray(
+        weights, dims=(*dims, "t", "particle", "component"), coords={name: ds[name] for name in ("tau0", "method", "t")}
+    )
+    ds = compare(ds, weights_da)
+    if keep_weights:
+        ds["saved_weights"] = weights_da.assign_attrs(
+            _attrs("particle positions at the saved times (NaN after t_reached), for comparing tables")
+        )
+    return ds
+
+
+def compare(ds: xr.Dataset, weights: xr.DataArray | None) -> xr.Dataset:
+    """Add the per-tau0 comparisons of the two methods (NaN where a table lacks one of them).
+
+    ``weights``: (tau0, method, t, particle, component) weights at the saved times, or None (then
+    ``weight_difference`` is NaN).
+    """
+    ds = ds.drop_vars(
+        ["speedup", "dopri5_projected_time_s", "weight_difference", "loss_ratio_difference"], errors="ignore"
+    )
+    n_tau = ds.sizes["tau0"]
+    nan = np.full(n_tau, np.nan)
+    speedup, projected, weight_difference, loss_difference = nan.copy(), nan.copy(), nan.copy(), nan.copy()
+    methods = list(ds["method"].values)
+    if set(METHODS) <= set(methods):
+        exp, dop = {"method": "kernel_exponential"}, {"method": "dopri5"}  # dicts: method is a keyword of .sel
+        cpu_exp, cpu_dop = ds["cpu_time_s"].sel(exp).values, ds["cpu_time_s"].sel(dop).values
+        # CPU time of the (single-threaded) process: what the run costs, whatever else shares the
+        # machine; wall time is reported too
+        speedup = cpu_dop / cpu_exp
+        # a time-limited dopri5 run: its time to t_end, extrapolated at its average speed so far
+        limited = ds["time_limited"].sel(dop).values == 1
+        projected = np.where(limited, cpu_dop * ds.attrs["gnflow_t_end"] / ds["t_reached"].sel(dop).values, cpu_dop)
+        times = ds["t"].values
+        curves = ds["train_loss_ratio"]
+        for i in range(n_tau):
+            pair = np.stack([curves.isel(tau0=i).sel(exp).values, curves.isel(tau0=i).sel(dop).values])
+            # below ~1e-6 x L0 the loss ratio resolves the solvers' absolute error floors, not the flow
+            both = np.isfinite(pair).all(0) & (times > 0) & (pair.min(0) >= LOSS_RATIO_FLOOR)
+            if both.any():
+                loss_difference[i] = float(np.max(np.abs(pair[0, both] / pair[1, both] - 1.0)))
+            tau0 = ds["tau0"].values[i]
+            if weights is not None and tau0 in weights["tau0"].values and set(METHODS) <= set(weights["method"].values):
+                here = weights.sel(tau0=tau0)
+                weight_difference[i] = _weight_difference(here.sel(exp).values, here.sel(dop).values, times)
+    ds["speedup"] = (
+        ("tau0",),
+        speedup,
+        _attrs("dopri5 CPU time / kernel_exponential CPU time (lower bound where dopri5 is time-limited)"),
+    )
+    ds["dopri5_projected_time_s"] = (
+        ("tau0",),
+        projected,
+        _attrs("dopri5 CPU time to t_end, extrapolated linearly in t where time-limited", "s"),
+    )
+    ds["weight_difference"] = (
+        ("tau0",),
+        weight_difference,
+        _attrs("max over common saved times of ||w_exp - w_dopri5|| / ||w_dopri5 - w0||"),
+    )
+    ds["loss_ratio_difference"] = (
+        ("tau0",),
+        loss_difference,
+        _attrs("max of |L_exp / L_dopri5 - 1| over common saved times where both L / L0 >= 1e-6"),
+    )
     return ds
 
 
@@ -323,7 +339,8 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     t = ds["t"].values
     for i, tau0 in enumerate(ds["tau0"].values):
-        for method, style in zip(METHODS, ("-", "--"), strict=True):
+        for method in ds["method"].values:
+            style = "-" if method == "kernel_exponential" else "--"
             # a dict: `method` is also a keyword of .sel
             ratio = ds["train_loss_ratio"].sel({"tau0": tau0, "method": method}).values
             keep = t > 0
@@ -340,7 +357,7 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     curves.legend(fontsize=7)
     x = np.arange(ds.sizes["tau0"])
     width = 0.38
-    for k, method in enumerate(METHODS):
+    for k, method in enumerate(ds["method"].values):
         wall = ds["cpu_time_s"].sel({"method": method}).values
         limited = ds["time_limited"].sel({"method": method}).values == 1
         bars = times.bar(x + (k - 0.5) * width, wall, width, label=method)
@@ -366,14 +383,43 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     return path
 
 
+_DERIVED = ["speedup", "dopri5_projected_time_s", "weight_difference", "loss_ratio_difference"]
+
+
 def combine(paths: list[Path]) -> xr.Dataset:
-    """The tables of separate ``--tau0`` runs of one scale joined along tau0."""
+    """The tables of separate runs of one scale (``--tau0``, ``--method``) joined into one.
+
+    The comparisons of the two methods are recomputed where a tau0 now has both; the weight
+    difference needs the weights of both, which tables written with ``--method`` keep.
+    """
     parts = [xr.load_dataset(path) for path in paths]
     scales = {part.attrs["gnflow_scale"] for part in parts}
     if len(scales) != 1:
         raise ConfigError(f"--combine: tables of different scales ({', '.join(sorted(scales))}); give one scale's")
-    ds = xr.concat(parts, dim="tau0", data_vars="minimal", coords="minimal", compat="override", join="override")
+    seen: set[tuple[float, str]] = set()
+    for path, part in zip(paths, parts, strict=True):
+        for tau0 in part["tau0"].values:
+            for method in part["method"].values:
+                if (float(tau0), str(method)) in seen:
+                    raise ConfigError(f"--combine: {path} repeats tau0={tau0:g}, method={method}")
+                seen.add((float(tau0), str(method)))
+    earlier = [part["weight_difference"] for part in parts if part.sizes["method"] == len(METHODS)]
+    with_weights = [part[["saved_weights"]] for part in parts if "saved_weights" in part]
+    weights = xr.merge(with_weights, join="outer")["saved_weights"] if with_weights else None
+    ds = xr.merge(
+        [part.drop_vars([*_DERIVED, "saved_weights"], errors="ignore") for part in parts],
+        compat="no_conflicts",
+        join="outer",
+        combine_attrs="override",
+    )
     ds = ds.sortby("tau0")
+    ds = ds.sel({"method": [m for m in METHODS if m in set(ds["method"].values)]})
+    for name, dtype in (("nfe", np.int64), ("n_steps", np.int64), ("n_rejected", np.int64), ("time_limited", np.int8)):
+        if not ds[name].isnull().any():
+            ds[name] = ds[name].astype(dtype)
+    ds = compare(ds, weights)
+    for difference in earlier:
+        ds["weight_difference"] = ds["weight_difference"].fillna(difference.reindex_like(ds["weight_difference"]))
     ds.attrs["history"] = "\n".join(part.attrs["history"] for part in parts)
     return ds
 
@@ -398,8 +444,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tau0", type=float, action="append", help="run only this tau0 of the scale (repeatable); own table"
     )
+    parser.add_argument(
+        "--method", choices=METHODS, help="run only this method; its own table keeps the weights for --combine"
+    )
     parser.add_argument("--dopri5-budget-s", type=float, help="override the scale's dopri5 CPU-time budget (s)")
-    parser.add_argument("--combine", type=Path, nargs="+", metavar="FILE", help="join --tau0 tables of one scale")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", metavar="FILE", help="join --tau0 / --method tables of one scale"
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("data/studies/long_horizon"), help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -417,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"--tau0 {unknown[0]:g}: not a tau0 of scale {args.scale!r}; allowed: {allowed}")
                 bench = replace(bench, init_scales=tuple(sorted(set(args.tau0))))
                 name += "_tau0-" + "-".join(f"{v:g}" for v in bench.init_scales)
+            if args.method:
+                name += f"_{args.method}"
             if args.dopri5_budget_s is not None:
                 if args.dopri5_budget_s <= 0:
                     raise ConfigError(f"--dopri5-budget-s {args.dopri5_budget_s:g}: must be > 0 seconds")
@@ -425,9 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.combine:
-        ds = run_study(run, bench, args.scale)
+        # dopri5 also stops early, with the CPU time it has spent, once this file appears
+        stop_file = args.output / f"{name}.STOP"
+        stop_file.unlink(missing_ok=True)
+        methods = (args.method,) if args.method else METHODS
+        ds = run_study(run, bench, args.scale, methods, stop_file=stop_file, keep_weights=bool(args.method))
     table = write_dataset(ds, args.output / f"{name}.nc")
-    figure = plot(ds, args.output / f"{name}.png")
+    figure = plot(ds.drop_vars("saved_weights", errors="ignore"), args.output / f"{name}.png")
     _report(ds)
     print(f"wrote {table} and {figure}")
     return 0
