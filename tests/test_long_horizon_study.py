@@ -50,29 +50,62 @@ def test_unknown_scale_is_a_one_line_error(study, capsys) -> None:
     assert "--scale 'huge': unknown; allowed: smoke, small, paper" in capsys.readouterr().err
 
 
-def test_tau0_runs_can_be_split_and_combined(study, tmp_path: Path, capsys) -> None:
+def test_runs_split_by_tau0_and_method_combine_into_one_table(study, tmp_path: Path, capsys) -> None:
     threads = torch.get_num_threads()
+    runs = [
+        ["--tau0", "1", "--method", "kernel_exponential"],
+        ["--tau0", "1", "--method", "dopri5"],
+        ["--tau0", "10", "--dopri5-budget-s", "0.5"],
+    ]
     try:
-        for tau0 in ("10", "1"):
-            assert (
-                study.main(["--scale", "smoke", "-o", str(tmp_path), "--tau0", tau0, "--dopri5-budget-s", "0.5"]) == 0
-            )
+        for extra in runs:
+            assert study.main(["--scale", "smoke", "-o", str(tmp_path), *extra]) == 0
     finally:
         torch.set_num_threads(threads)
-    parts = [tmp_path / "long_horizon_smoke_tau0-1.nc", tmp_path / "long_horizon_smoke_tau0-10.nc"]
+    names = ["tau0-1_kernel_exponential", "tau0-1_dopri5", "tau0-10"]
+    parts = [tmp_path / f"long_horizon_smoke_{name}.nc" for name in names]
     assert study.main(["-o", str(tmp_path), "--combine", *map(str, parts)]) == 0
     ds = read_dataset(tmp_path / "long_horizon_smoke.nc")
     assert list(ds["tau0"].values) == [1.0, 10.0]
-    assert ds.attrs["gnflow_scale"] == "smoke"
-    for tau0, part in zip((1.0, 10.0), parts, strict=True):
-        one = read_dataset(part)
-        assert list(one["tau0"].values) == [tau0]
-        np.testing.assert_array_equal(ds["nfe"].sel(tau0=tau0).values, one["nfe"].isel(tau0=0).values)
-        np.testing.assert_array_equal(
-            ds["train_loss_ratio"].sel(tau0=tau0).values, one["train_loss_ratio"].isel(tau0=0).values
-        )
-    # the dopri5 runs stop on their CPU-time budget and say so
-    assert (ds["time_limited"].sel({"method": "dopri5"}) == 1).all()  # a dict: method is a keyword of .sel
+    assert list(ds["method"].values) == ["kernel_exponential", "dopri5"]
+    assert ds["nfe"].dtype.kind == "i" and "saved_weights" not in ds
+    exp, dop = ({"tau0": 1.0, "method": m} for m in ("kernel_exponential", "dopri5"))
+    one_exp, one_dop = read_dataset(parts[0]), read_dataset(parts[1])
+    assert int(ds["nfe"].sel(exp)) == int(one_exp["nfe"].squeeze())
+    np.testing.assert_array_equal(ds["train_loss_ratio"].sel(dop).values, one_dop["train_loss_ratio"].squeeze().values)
+    # the comparison of the split methods, from the weights their tables keep
+    w_exp = one_exp["saved_weights"].squeeze(("tau0", "method")).values
+    w_dop = one_dop["saved_weights"].squeeze(("tau0", "method")).values
+    t = ds["t"].values
+    reached = t <= float(one_dop["t_reached"].squeeze())
+    gap = np.linalg.norm((w_exp[reached] - w_dop[reached]).reshape(reached.sum(), -1), axis=1)
+    change = np.linalg.norm((w_dop[reached] - w_dop[0]).reshape(reached.sum(), -1), axis=1)
+    expected = np.max(gap[t[reached] > 0] / change[t[reached] > 0])
+    assert float(ds["weight_difference"].sel(tau0=1.0)) == pytest.approx(expected, rel=1e-12)
+    assert 0 < expected < 1e-2
+    # tau0 = 10 came from one table with both methods: its comparison is carried over
+    both = read_dataset(parts[2])
+    assert float(ds["weight_difference"].sel(tau0=10.0)) == float(both["weight_difference"].squeeze())
+    assert int(ds["time_limited"].sel({"tau0": 10.0, "method": "dopri5"})) == 1
     capsys.readouterr()
     assert study.main(["--scale", "smoke", "--tau0", "3"]) == 2
     assert "--tau0 3: not a tau0 of scale 'smoke'; allowed: 1, 10" in capsys.readouterr().err
+    assert study.main(["-o", str(tmp_path / "again"), "--combine", str(parts[0]), str(parts[0])]) == 2
+    assert "repeats tau0=1, method=kernel_exponential" in capsys.readouterr().err
+
+
+def test_dopri5_budget_stops_on_cpu_time_or_a_stop_file(study, tmp_path: Path) -> None:
+    from gnflow.flows import FlowError
+
+    calls = []
+    stop = tmp_path / "run.STOP"
+    flow = study._CPUTimeBudget(lambda t, w: calls.append(t) or w, 1e6, stop)
+    assert flow(0.0, 1.0) == 1.0
+    stop.touch()
+    with pytest.raises(FlowError, match=r"stopped on request \(run.STOP file\)"):
+        flow(0.0, 1.0)
+    spent = study._CPUTimeBudget(lambda t, w: w, 0.0)
+    with pytest.raises(FlowError, match="CPU-time budget of 0 s spent"):
+        spent(0.0, 1.0)
+    assert study._time_limited("failed: stopped on request (run.STOP file)")
+    assert len(calls) == 1

@@ -405,7 +405,7 @@ def combine(paths: list[Path]) -> xr.Dataset:
                 seen.add((float(tau0), str(method)))
     earlier = [part["weight_difference"] for part in parts if part.sizes["method"] == len(METHODS)]
     with_weights = [part[["saved_weights"]] for part in parts if "saved_weights" in part]
-    weights = xr.merge(with_weights, join="outer")["saved_weights"] if with_weights else None
+    weights = xr.merge(with_weights, compat="no_conflicts", join="outer")["saved_weights"] if with_weights else None
     ds = xr.merge(
         [part.drop_vars([*_DERIVED, "saved_weights"], errors="ignore") for part in parts],
         compat="no_conflicts",
