@@ -64,10 +64,11 @@ def assert_matches(solver: DampedGramSolver, gram: torch.Tensor, g: torch.Tensor
         ),  # cluster
     ],
 )
-def test_eigmin_solve_matches_dense_oracle(spectrum: np.ndarray, eps0: float) -> None:
+@pytest.mark.parametrize("explicit_inverse", [False, True], ids=["triangular", "explicit"])
+def test_eigmin_solve_matches_dense_oracle(spectrum: np.ndarray, eps0: float, explicit_inverse: bool) -> None:
     gram = spd_matrix(spectrum, seed=1)
     g = torch.as_tensor(np.random.default_rng(2).standard_normal(spectrum.size))
-    assert_matches(DampedGramSolver(EigminDamping(eps0)), gram, g, eps0)
+    assert_matches(DampedGramSolver(EigminDamping(eps0), explicit_inverse=explicit_inverse), gram, g, eps0)
 
 
 def test_eigmin_near_double_smallest_eigenvalue_within_its_gap() -> None:
@@ -116,7 +117,8 @@ def test_eigmin_on_a_network_gram_matrix() -> None:
     g = torch.randn(80, generator=gen, dtype=torch.float64)
     lam_min = float(torch.linalg.eigvalsh(gram)[0])
     for eps0 in (1e-7, 0.5 * lam_min, 2 * lam_min):
-        assert_matches(DampedGramSolver(EigminDamping(eps0)), gram, g, eps0)
+        for explicit_inverse in (False, True):
+            assert_matches(DampedGramSolver(EigminDamping(eps0), explicit_inverse=explicit_inverse), gram, g, eps0)
 
 
 def test_exact_fallbacks_stay_exact() -> None:
