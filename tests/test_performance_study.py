@@ -85,5 +85,25 @@ def test_large_run_result_is_reused_only_for_its_config(study, tmp_path: Path) -
 def test_unknown_scale_is_one_line_error(study) -> None:
     from gnflow.config import ConfigError
 
-    with pytest.raises(ConfigError, match="--scale 'huge': unknown; allowed: full, smoke"):
+    with pytest.raises(ConfigError, match="--scale 'huge': unknown; allowed: full, gpu, gpu_float32, smoke"):
         study.load_study(SCRIPT.parent / "performance.toml", "huge")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_timings_compute_the_same_field_as_the_baseline(study, dtype: str) -> None:
+    bench, _, _ = study.load_study(SCRIPT.parent / "performance.toml", "smoke")
+    bench = replace(bench, device="cuda", dtype=dtype)
+    row = study.time_size(bench, 30, 50)
+    assert all(row[k] > 0 for k in ("gn", "gn_eigh", "baseline", "roofline", "gd"))
+    if dtype == "float64":
+        assert row["baseline_difference"] < 1e-8
+    else:  # the float32 baseline solves in float32 (gnflow in float64): only sanity here
+        assert np.isfinite(row["baseline_difference"])
+
+
+def test_gpu_scales_name_cuda_for_the_timings_and_both_runs(study) -> None:
+    for scale in ("gpu", "gpu_float32"):
+        bench, paper, large = study.load_study(SCRIPT.parent / "performance.toml", scale)
+        assert bench.device == paper.device == large.device == "cuda"
+        assert bench.dtype == paper.dtype == large.dtype

@@ -72,6 +72,7 @@ class Benchmark:
     threads: int
     seed: int
     run_threads: int = 0  # torch threads of the whole runs; 0 = torch's default (all cores)
+    device: str = "cpu"  # device of the timed evaluations ("cuda": timed between device synchronisations)
 
 
 def load_study(path: Path, scale: str) -> tuple[Benchmark, RunConfig, RunConfig]:
@@ -97,7 +98,7 @@ def benchmark_state(bench: Benchmark, n: int, m: int) -> tuple[ParticleModel, to
     config = config_from_dict(
         {
             "seed": bench.seed,
-            "device": "cpu",
+            "device": bench.device,
             "dtype": bench.dtype,
             "data": {"n_train": n, "n_test": 0, "input_dim": bench.input_dim},
             "model": {"width": m, "output_init": "normal"},
@@ -133,20 +134,33 @@ def gn_eigh_field(flow: GaussNewtonFlow, weights: torch.Tensor) -> torch.Tensor:
 
 def roofline(s: torch.Tensor, t: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
     """Seconds of T T^T + S S^T (general products) and of one Cholesky factorization."""
+    _synchronize(t.device)
     start = time.perf_counter()
     hidden = t @ t.T
     output = s @ s.T
+    _synchronize(t.device)
     products = time.perf_counter() - start
     del hidden, output
-    damped = gram + EPS0 * torch.eye(gram.shape[0], dtype=gram.dtype)
+    damped = gram + EPS0 * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    _synchronize(gram.device)
     start = time.perf_counter()
     torch.linalg.cholesky(damped)
+    _synchronize(gram.device)
     return products, time.perf_counter() - start
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (no-op on the CPU), so that wall times are whole."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(function: Any, *args: Any) -> tuple[float, Any]:
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    _synchronize(device)
     start = time.perf_counter()
     out = function(*args)
+    _synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -155,7 +169,7 @@ def time_size(bench: Benchmark, n: int, m: int) -> dict[str, float]:
     model, x, y, w = benchmark_state(bench, n, m)
     gn = GaussNewtonFlow(model, x, y, EigminDamping(EPS0))
     gd = GradientFlow(model, x, y)
-    t0 = torch.tensor(0.0, dtype=torch.float64)
+    t0 = torch.tensor(0.0, dtype=torch.float64, device=w.device)
     reference = gn(t0, w)  # also the warm start of the timed calls, as inside a solve
     gen = torch.Generator().manual_seed(bench.seed)
     times: dict[str, list[float]] = {k: [] for k in ("gn", "gn_eigh", "baseline", "products", "cholesky", "gd")}
@@ -163,7 +177,7 @@ def time_size(bench: Benchmark, n: int, m: int) -> dict[str, float]:
     steps_before = (gn.solver.stats.lanczos_steps, gn.solver.stats.cg_steps, gn.solver.stats.calls)
     for rep in range(bench.repeats):
         # a nearby state, as the stages of one solver step are
-        state = w + 1e-4 * torch.randn(w.shape, generator=gen, dtype=w.dtype) * w.abs().mean()
+        state = w + 1e-4 * torch.randn(w.shape, generator=gen, dtype=w.dtype).to(w.device) * w.abs().mean()
         elapsed, _ = _timed(gn, t0, state)
         times["gn"].append(elapsed)
         elapsed, _ = _timed(gn_eigh_field, gn, state)
@@ -229,15 +243,17 @@ def eigmin_law_margin(ds: xr.Dataset, eps0: float) -> np.ndarray:
 
 _LARGE_RUN = """
 import json, resource, sys, time
+import torch
 from gnflow.config import config_from_json
 from gnflow.run import simulate
 config = config_from_json(sys.stdin.read())
 start = time.perf_counter()
 ds = simulate(config, progress=False)
 wall = time.perf_counter() - start
+gpu = torch.cuda.max_memory_allocated() if ds.attrs["gnflow_device"].startswith("cuda") else 0
 print(json.dumps({"wall_s": wall, "status": ds.attrs["gnflow_status"], "nfe": int(ds.attrs["gnflow_nfe"]),
                   "loss_ratio": float(ds.train_loss[-1] / ds.train_loss[0]), "t": float(ds.t[-1]),
-                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "max_gpu_bytes": gpu}))
 """
 
 
@@ -382,6 +398,8 @@ def study_dataset(
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
+        "device": bench.device
+        + (f" ({torch.cuda.get_device_name(bench.device)})" if bench.device.startswith("cuda") else ""),
         "load_average_start": load[0],
         "load_average_end": load[1],
         "input_dim": bench.input_dim,
@@ -401,6 +419,7 @@ def study_dataset(
         "large_run_nfe": large["nfe"],
         "large_run_final_loss_ratio": large["loss_ratio"],
         "large_run_peak_rss_gib": large["maxrss_kib"] / 2**20,
+        "large_run_peak_gpu_gib": large.get("max_gpu_bytes", 0) / 2**30,
         "large_run_dense_activations_gib": large_config.data.n_train
         * large_config.model.width
         * (large_config.data.input_dim + 2)
