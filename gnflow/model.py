@@ -313,11 +313,14 @@ def _activations(model: ParticleModel, weights: torch.Tensor, x1: torch.Tensor) 
     d = model.input_dim
     z = x1 @ weights[:, : d + 1].T
     v = weights[:, d + 1]
-    s = torch.empty_like(z)
     # on the CPU the elementwise passes (about six) run block by block, each block staying in
     # cache: on N = 500, M = 5000 that halves their cost against whole-array passes; a GPU takes
     # each pass as one kernel
-    rows = z.shape[0] if z.is_cuda else max(1, _ELEMENTWISE_BLOCK_ENTRIES // max(z.shape[1], 1))
+    rows = max(1, _ELEMENTWISE_BLOCK_ENTRIES // max(z.shape[1], 1))
+    if z.is_cuda or rows >= z.shape[0]:
+        s, ds = _activation_pair_(model.activation, z)
+        return s, ds.mul_(v)
+    s = torch.empty_like(z)
     for start in range(0, z.shape[0], rows):
         block = z[start : start + rows]
         value, derivative = _activation_pair_(model.activation, block)

@@ -106,3 +106,25 @@ def test_bad_model_arguments():
         model.predict(torch.zeros(4, 4, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"x must have shape \(sample, 3\)"):
         model.predict(torch.zeros(4, 5, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh", "gelu", "relu"])
+def test_activations_in_cache_blocks_match_autograd(activation: str) -> None:
+    """S and T of a linearization large enough to be computed in several row blocks (and a partial
+    last one) equal sigma(z) and autograd's sigma'(z) v."""
+    n, m, d = 300, 700, 4  # 2^16 // 700 = 93 rows per block: three full blocks and one of 21
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(m, d + 2, generator=gen, dtype=torch.float64)
+    lin = ParticleModel(input_dim=d, activation=activation).linearize(w, x)
+    z = (x @ w[:, :d].T + w[:, d]).requires_grad_(True)
+    functions = {
+        "silu": torch.nn.functional.silu,
+        "tanh": torch.tanh,
+        "gelu": torch.nn.functional.gelu,
+        "relu": torch.relu,
+    }
+    value = functions[activation](z)
+    (derivative,) = torch.autograd.grad(value.sum(), z)
+    torch.testing.assert_close(lin.s, value.detach(), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(lin.t, derivative * w[:, d + 1], rtol=1e-13, atol=1e-14)
