@@ -218,7 +218,7 @@ class DampedGramSolver:
         Step limits before the exact fallbacks.
     explicit_inverse:
         Apply (A + p I)^{-1} as a matrix--vector product with the inverse formed from the factor
-        (one more O(N^3 / 3) product per call) instead of two triangular solves per application.
+        (about 2N^3/3 more flops per call) instead of two triangular solves per application.
         None (default): on CUDA devices, where a triangular solve with one right-hand side is a
         chain of small dependent kernels and dominates the Lanczos and CG steps; not on the CPU.
     """
