@@ -11,8 +11,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 
 from gnflow import __version__
 from gnflow.config import OutputConfig, RunConfig, config_hash
+from gnflow.dataset import atomic_write
 
 __all__ = ["CheckpointError", "Checkpointer", "checkpoint_path", "load_checkpoint"]
 
@@ -96,15 +95,7 @@ class Checkpointer:
             "config_hash": self.config_hash,
             "position": position,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        try:
-            torch.save(payload, tmp_name)
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda name: torch.save(payload, name))
         self.n_written += 1
         self._last_time = time.monotonic()
         self._last_steps = int(position["recorder"]["n_accepted"])

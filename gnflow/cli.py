@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gnflow import __version__
+from gnflow.dataset import dataset_result
 
 __all__ = ["main"]
 
@@ -98,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = False if args.quiet else None
     ds, written = run(config, path=out, progress=progress, resume=args.resume)
     _print_summary(ds, written, quiet=args.quiet)
-    return EXIT_ERROR if str(ds.attrs["gnflow_status"]).startswith("failed") else 0
+    return EXIT_ERROR if dataset_result(ds).failed else 0
 
 
 def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
@@ -106,7 +107,7 @@ def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
 
     assert isinstance(ds, xr.Dataset)
     status = ds.attrs["gnflow_status"]
-    if quiet and not str(status).startswith("failed"):
+    if quiet and not dataset_result(ds).failed:
         return
     loss = ds["train_loss"].values
     lines = [
@@ -256,8 +257,7 @@ def _observe_options(stored: object, overrides: Sequence[str]) -> object:
 
 
 def _cmd_observe(args: argparse.Namespace) -> int:
-    from gnflow.config import config_from_json
-    from gnflow.dataset import read_dataset, write_dataset
+    from gnflow.dataset import read_dataset, run_config_of, write_dataset
     from gnflow.observables import OBSERVABLES, append_history, observe
     from gnflow.run import resolve_device
 
@@ -279,9 +279,11 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
     ds = read_dataset(path)
-    if "gnflow_config" not in ds.attrs:
-        raise CommandError(f"{path}: no gnflow_config attribute: not a trajectory written by gnflow run")
-    options = _observe_options(config_from_json(ds.attrs["gnflow_config"]), args.set or [])
+    try:
+        stored = run_config_of(ds)
+    except ValueError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    options = _observe_options(stored, args.set or [])
     result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
     computed = json.loads(result.attrs["gnflow_observe"])["names"]
     append_history(result, f"gnflow observe {' '.join(computed)}")

@@ -7,7 +7,6 @@ at different times share the ``t`` axis is said in :func:`combine_runs`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -17,8 +16,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from gnflow import __version__
-from gnflow.dataset import VariableInfo
+from gnflow.dataset import VariableInfo, cf_attributes
+from gnflow.status import RunResult
 from gnflow.study import RUN_DIM, Study
 
 __all__ = ["SWEEP_VARIABLES", "combine_runs", "is_failure"]
@@ -38,8 +37,17 @@ SWEEP_VARIABLES: dict[str, VariableInfo] = {
 
 
 def is_failure(status: str) -> bool:
-    """Whether a run status means the run has no valid result (failed, raised or never ran)."""
-    return status == "missing" or status.startswith(("failed", "error"))
+    """Whether a sweep outcome means the run has no valid result (failed, raised or never ran).
+
+    Besides the run statuses of :class:`~gnflow.status.RunResult`, a sweep records ``missing``
+    (never ran) and ``error: <message>`` (the run raised before writing its file).
+    """
+    if status == "missing" or status.startswith("error"):
+        return True
+    try:
+        return RunResult.parse(status).failed
+    except ValueError:
+        return True
 
 
 def _time_series(ds: xr.Dataset) -> list[str]:
@@ -145,25 +153,16 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
         if name in combined.variables:
             combined[name].attrs.update(info.attrs())
     n_valid = sum(1 for run in study.runs if not is_failure(str(status[run.index])))
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-    from gnflow.run import REFERENCES
-
     n_runs = len(study.runs)
-
-    combined.attrs = {
-        "Conventions": "CF-1.8",
-        "title": f"gnflow sweep {study.name}: {n_runs} runs over {', '.join(dims) or 'one run'}",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}",
-        "history": f"{now} gnflow sweep {study.name} (combined {n_valid} of {n_runs} runs)",
-        "references": REFERENCES,
-        "date_created": now,
-        "comment": "per-run trajectories with weights: runs/<run_id>.nc; values are NaN where a "
+    combined.attrs = cf_attributes(
+        f"gnflow sweep {study.name}: {n_runs} runs over {', '.join(dims) or 'one run'}",
+        f"gnflow sweep {study.name} (combined {n_valid} of {n_runs} runs)",
+        libraries=False,
+        comment="per-run trajectories with weights: runs/<run_id>.nc; values are NaN where a "
         "run saved no state (after it stopped); X_final is X at the run's last saved time t_final",
-        "gnflow_version": __version__,
-        "gnflow_study": json.dumps(study.definition, sort_keys=True),
-        "gnflow_grid_keys": json.dumps(study.keys, sort_keys=True),
-        "gnflow_runs": len(study.runs),
-        "gnflow_failed_runs": len(study.runs) - n_valid,
-    }
+        gnflow_study=json.dumps(study.definition, sort_keys=True),
+        gnflow_grid_keys=json.dumps(study.keys, sort_keys=True),
+        gnflow_runs=len(study.runs),
+        gnflow_failed_runs=len(study.runs) - n_valid,
+    )
     return combined

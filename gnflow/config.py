@@ -717,23 +717,69 @@ def _parse_override_value(text: str) -> Any:
         return text  # a bare word is a string: --set model.activation=tanh
 
 
+# --- dotted keys: ``section.key`` as used by --set and by sweep grids ---------------------------
+
+
+def split_key(key: str, where: str) -> tuple[str, ...]:
+    """``"model.width"`` -> ``("model", "width")``, ``"seed"`` -> ``("seed",)``.
+
+    Raises
+    ------
+    ConfigError
+        When ``key`` is not ``key`` or ``section.key`` with a known section (``where`` names the
+        place it came from, e.g. ``--set 'x=1'``).
+    """
+    parts = tuple(key.strip().split("."))
+    if not key.strip() or any(not p for p in parts) or len(parts) > 2:
+        raise ConfigError(f"{where}: KEY must be 'key' or 'section.key', e.g. model.init_scale")
+    if len(parts) == 2 and parts[0] not in _SECTIONS:
+        raise ConfigError(f"{where}: unknown section {parts[0]!r}; allowed: {', '.join(_SECTIONS)}")
+    return parts
+
+
+def set_dotted(values: dict[str, Any], key: str, value: Any, *, where: str = "") -> None:
+    """Set the dotted ``key`` of the nested mapping ``values`` (in place) to ``value``."""
+    parts = split_key(key, where or key)
+    target = values
+    if len(parts) == 2:
+        section = target.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{parts[0]}: expected a table [{parts[0]}], got {section!r}")
+        target = section
+    target[parts[-1]] = value
+
+
+def get_dotted(values: Mapping[str, Any], key: str) -> Any:
+    """The value of the dotted ``key`` in the nested mapping ``values`` (None when absent)."""
+    target: Any = values
+    for part in key.split("."):
+        target = target.get(part) if isinstance(target, Mapping) else None
+    return target
+
+
+def flatten_dotted(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """Nested tables -> ``{dotted key: value}`` (lists and scalars are values), keys checked."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_dotted(value, where, f"{full}."))
+        else:
+            flat[full] = value
+    if not prefix:
+        for key in flat:
+            split_key(key, f"{where}: key {key!r}")
+    return flat
+
+
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings)."""
-    result = json.loads(json.dumps(values))  # deep copy of plain data
+    result: dict[str, Any] = json.loads(json.dumps(values))  # deep copy of plain data
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.width=1000")
         key, text = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        if not key or any(not p for p in parts) or len(parts) > 2:
-            raise ConfigError(f"--set {item!r}: KEY must be 'key' or 'section.key', e.g. solver.rtol")
-        target = result
-        if len(parts) == 2:
-            if parts[0] not in _SECTIONS:
-                raise ConfigError(f"unknown section {parts[0]!r}; allowed: {', '.join(_SECTIONS)}")
-            target = result.setdefault(parts[0], {})
-        target[parts[-1]] = _parse_override_value(text.strip())
+        set_dotted(result, key.strip(), _parse_override_value(text.strip()), where=f"--set {item!r}")
     return result
 
 

@@ -9,11 +9,12 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from gnflow.config import DataConfig, register_data_kind
+from gnflow.config import DataConfig, RunConfig, register_data_kind
 from gnflow.model import ParticleModel
 
 __all__ = [
@@ -258,6 +259,28 @@ def make_data(config: DataConfig, *, activation: str, seed: int | np.random.Seed
         raise DataError(f"unknown data kind {config.kind!r}")
     seq = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return loader(config, seq)
+
+
+class RunSeeds(NamedTuple):
+    """The independent random streams of one run, all derived from its ``seed``."""
+
+    data: np.random.SeedSequence
+    """Teacher, inputs, label noise, real-data splits."""
+    init: np.random.SeedSequence
+    """Initial particles."""
+    batches: np.random.SeedSequence
+    """Mini-batch order of GGN."""
+
+
+def run_seeds(config: RunConfig) -> RunSeeds:
+    """The seed streams of the run ``config``: the one place where ``seed`` is split."""
+    data, init, batches = np.random.SeedSequence(config.seed).spawn(3)
+    return RunSeeds(data=data, init=init, batches=batches)
+
+
+def make_run_data(config: RunConfig) -> RegressionData:
+    """The data of the run ``config`` (the draw every part of gnflow reproduces from the config)."""
+    return make_data(config.data, activation=config.model.activation, seed=run_seeds(config).data)
 
 
 DatasetLoader = Callable[[DataConfig, np.random.SeedSequence], RegressionData]

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from gnflow.config import RunConfig
+
 __all__ = [
     "ACTIVATIONS",
     "Linearization",
@@ -153,6 +155,22 @@ class ParticleModel:
     train: Literal["all", "hidden", "output"] = "all"
     chunk_size: int = 0
     block_entries: int = 1 << 24
+
+    @classmethod
+    def from_config(cls, config: RunConfig, input_dim: int) -> ParticleModel:
+        """The model of the run ``config`` (``[model]`` and ``[compute]``) on inputs of dimension d.
+
+        This is the one constructor from a config: runs, observables and studies all use it, so
+        that a model rebuilt from a file computes exactly what the run computed.
+        """
+        return cls(
+            input_dim=input_dim,
+            activation=config.model.activation,
+            scaling=config.model.scaling,
+            train=config.model.train,
+            chunk_size=config.compute.chunk_size,
+            block_entries=config.compute.block_entries,
+        )
 
     def __post_init__(self) -> None:
         if self.input_dim < 1:

@@ -45,11 +45,10 @@ from gnflow.config import (
     ConfigError,
     ObserveConfig,
     RunConfig,
-    config_from_json,
     register_observable,
 )
-from gnflow.data import RegressionData
-from gnflow.dataset import VariableInfo, apply_variable_attrs, register_variable
+from gnflow.data import RegressionData, make_run_data
+from gnflow.dataset import VariableInfo, apply_variable_attrs, register_variable, run_config_of
 from gnflow.model import Linearization, ParticleModel
 from gnflow.transport import wasserstein2
 
@@ -124,16 +123,14 @@ class Trajectory:
 
 
 def _run_config(ds: xr.Dataset) -> RunConfig:
-    text = ds.attrs.get("gnflow_config")
-    if not isinstance(text, str):
-        raise ObservableError("the dataset has no gnflow_config attribute: it was not written by gnflow run")
-    return config_from_json(text)
+    try:
+        return run_config_of(ds)
+    except ValueError as exc:
+        raise ObservableError(str(exc)) from None
 
 
 def _rebuilt_test_data(config: RunConfig, x_train: np.ndarray) -> RegressionData | None:
     """The run's data drawn again from its config, when the file left the test set out."""
-    from gnflow.run import make_run_data  # gnflow.run imports this module
-
     try:
         data = make_run_data(config)
     except (OSError, ValueError) as exc:
@@ -172,12 +169,7 @@ def trajectory_from_dataset(
             raise ObservableError(f"the dataset has no {name!r} variable: not a gnflow trajectory")
     config = _run_config(ds)
     x_train = np.asarray(ds["x_train"].values, dtype=np.float64)
-    model = ParticleModel(
-        input_dim=x_train.shape[1],
-        activation=config.model.activation,
-        scaling=config.model.scaling,
-        train=config.model.train,
-    )
+    model = ParticleModel.from_config(config, x_train.shape[1])
 
     def tensor(array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array, dtype=np.float64), device=device)

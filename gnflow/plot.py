@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+
+from gnflow.dataset import atomic_write, dataset_config
 
 __all__ = [
     "FIGURE_SUFFIXES",
@@ -191,11 +191,11 @@ def _series(ds: xr.Dataset, name: str) -> np.ndarray | None:
 
 
 def _config(ds: xr.Dataset) -> dict[str, Any]:
-    text = ds.attrs.get("gnflow_config")
-    if not isinstance(text, str):
+    """The stored run config as a dictionary; empty for files without one (plots still draw)."""
+    try:
+        return dict(dataset_config(ds))
+    except ValueError:
         return {}
-    config: dict[str, Any] = json.loads(text)
-    return config
 
 
 def _run_title(ds: xr.Dataset) -> str:
@@ -677,17 +677,4 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: float = 120) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FIGURE_SUFFIXES:
         raise ValueError(f"{path}: unsupported figure format; the name must end in {', '.join(FIGURE_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp_name, dpi=dpi, format=path.suffix.lower().lstrip("."))
-        # mkstemp creates the file 0600; give it the permissions an ordinary file would get
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda name: fig.savefig(name, dpi=dpi, format=path.suffix.lower().lstrip(".")))

@@ -8,25 +8,21 @@ measures the saved states; ``run(config)`` also writes the NetCDF file. This is 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import logging
-import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchdiffeq
 import xarray as xr
 from tqdm.auto import tqdm
 
-from gnflow import __version__
 from gnflow.checkpoint import Checkpointer, checkpoint_path, load_checkpoint
 from gnflow.config import ConfigError, FlowConfig, RunConfig, config_to_json
 from gnflow.damping import make_damping
-from gnflow.data import RegressionData, make_data
-from gnflow.dataset import apply_variable_attrs, write_dataset
+from gnflow.data import RegressionData, make_run_data, run_seeds
+from gnflow.dataset import apply_variable_attrs, cf_attributes, dataset_result, write_dataset
 from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow, StateDiagnostics
 from gnflow.ggn import check_batch_size, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import ParticleModel
@@ -46,11 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REFERENCES = (
-    "Arbel, Menegaux, Wolinski (2023), Rethinking Gauss-Newton for learning over-parameterized models, "
-    "arXiv:2302.02904; Cai et al. (2019), Gram-Gauss-Newton Method: Learning Overparameterized Neural "
-    "Networks for Regression Problems, arXiv:1905.11675"
-)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,31 +97,13 @@ class Experiment:
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
 
-def _seeds(config: RunConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence, np.random.SeedSequence]:
-    """Independent seeds of the data, of the initial particles and of the GGN batch order."""
-    data_seed, init_seed, batch_seed = np.random.SeedSequence(config.seed).spawn(3)
-    return data_seed, init_seed, batch_seed
-
-
-def make_run_data(config: RunConfig) -> RegressionData:
-    """The data of the run described by ``config`` (the same draw as :func:`build_experiment`)."""
-    return make_data(config.data, activation=config.model.activation, seed=_seeds(config)[0])
-
-
 def build_experiment(config: RunConfig) -> Experiment:
     """Draw the data and initial particles (seeded) and build the flow of ``config``."""
     device = resolve_device(config.device)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
-    init_seed = _seeds(config)[1]
+    init_seed = run_seeds(config).init
     data = make_run_data(config)
-    model = ParticleModel(
-        input_dim=data.input_dim,
-        activation=config.model.activation,
-        scaling=config.model.scaling,
-        train=config.model.train,
-        chunk_size=config.compute.chunk_size,
-        block_entries=config.compute.block_entries,
-    )
+    model = ParticleModel.from_config(config, data.input_dim)
     weights0 = model.initial_weights(
         config.model.width,
         init_scale=config.model.init_scale,
@@ -171,7 +144,7 @@ def simulate(
         config.dtype,
     )
     if config.flow.kind == "ggn":
-        schedule = ggn_schedule(config.flow, experiment.data.n_train, _seeds(config)[2])
+        schedule = ggn_schedule(config.flow, experiment.data.n_train, run_seeds(config).batches)
         euler = dataclasses.replace(config.solver, method="euler")
         solution = integrate(
             experiment.flow,
@@ -239,7 +212,7 @@ def run(
     hook = Checkpointer.for_output(target, config)
     ds = simulate(config, progress=progress, checkpoint=hook, resume=position)
     write_dataset(ds, target)
-    if not str(ds.attrs["gnflow_status"]).startswith("failed"):
+    if not dataset_result(ds).failed:
         ckpt_file.unlink(missing_ok=True)
     return ds, target
 
@@ -311,7 +284,6 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
     ds = xr.Dataset(variables, coords=coords)
     if "iteration" in ds:
         ds = ds.set_coords(["iteration", "epoch"])
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     solver = config.solver
     solver_text = (
         f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
@@ -332,27 +304,20 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
             "of size b/lam of the gauss_newton flow on each batch with constant damping "
             f"alpha/lam = {fc.alpha / fc.lam:g}"
         )
-    ds.attrs = {
-        "Conventions": "CF-1.8",
-        "title": f"gnflow {config.flow.kind} {'steps' if config.flow.kind == 'ggn' else 'flow'} of a two-layer network "
+    ds.attrs = cf_attributes(
+        f"gnflow {config.flow.kind} {'steps' if config.flow.kind == 'ggn' else 'flow'} of a two-layer network "
         f"of {config.model.width} particles",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}; torch {torch.__version__}; torchdiffeq {torchdiffeq.__version__}; "
-        f"python {platform.python_version()}",
-        "history": f"{now} gnflow run ({experiment.data.name})",
-        "references": REFERENCES,
-        "date_created": now,
-        "gnflow_version": __version__,
-        "gnflow_config": config_to_json(config),
-        "gnflow_flow": flow_text,
-        "gnflow_solver": solver_text,
-        "gnflow_status": solution.status,
-        "gnflow_wall_time_s": float(solution.wall_time_s),
-        "gnflow_nfe": int(solution.nfe[-1]),
-        "gnflow_steps": int(solution.n_accepted[-1]),
-        "gnflow_rejected_steps": int(solution.n_rejected[-1]),
-        "gnflow_device": str(experiment.device),
-        "gnflow_dtype": config.dtype,
-        "gnflow_data": data.name,
-    }
+        f"gnflow run ({experiment.data.name})",
+        gnflow_config=config_to_json(config),
+        gnflow_flow=flow_text,
+        gnflow_solver=solver_text,
+        gnflow_status=solution.status,
+        gnflow_wall_time_s=float(solution.wall_time_s),
+        gnflow_nfe=int(solution.nfe[-1]),
+        gnflow_steps=int(solution.n_accepted[-1]),
+        gnflow_rejected_steps=int(solution.n_rejected[-1]),
+        gnflow_device=str(experiment.device),
+        gnflow_dtype=config.dtype,
+        gnflow_data=data.name,
+    )
     return apply_variable_attrs(ds)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from gnflow.dataset import read_dataset
+from gnflow.dataset import atomic_write_text, dataset_result, read_dataset
 
 __all__ = [
     "SCALES",
@@ -273,10 +273,7 @@ def write_report(path: str | Path, report: StudyReport, *, name: str, scale: str
             rel = Path(os.path.relpath(Path(figure).resolve(), path.parent.resolve())).as_posix()
             lines += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
     text = "\n".join(lines).rstrip() + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, text)
 
 
 # --- running grids through the sweep engine ---------------------------------------------------
@@ -347,8 +344,8 @@ def run_grid(
                 f"(see {result.manifest_path})"
             )
         dataset = read_dataset(path)
-        status = str(dataset.attrs.get("gnflow_status", ""))
-        if status.startswith("failed"):
+        status = dataset_result(dataset)
+        if status.failed:
             # a run that ran out of steps or horizon is a measurement too (e.g. a slow gradient
             # flow); the study reports its status and where it stopped
             logger.warning(

@@ -39,7 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gnflow.config import ConfigError, RunConfig, config_from_dict, config_hash, config_to_dict
+from gnflow.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    flatten_dotted,
+    get_dotted,
+    set_dotted,
+)
 
 __all__ = ["Study", "StudyRun", "load_study", "study_from_dict"]
 
@@ -117,40 +126,13 @@ def dimension_name(key: str) -> str:
     return key.replace(".", "_")
 
 
-def _flatten(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
-    """Nested TOML tables -> dotted keys (lists and scalars are values)."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, where, f"{full}."))
-        else:
-            flat[full] = value
+def _flatten(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Nested TOML tables -> dotted keys, refusing the keys the sweep sets itself."""
+    flat = flatten_dotted(table, where)
     for key in flat:
-        parts = key.split(".")
-        if len(parts) > 2 or any(not p for p in parts):
-            raise ConfigError(f"{where}: key {key!r} must be 'key' or 'section.key', e.g. model.init_scale")
         if key in _MANAGED_KEYS:
             raise ConfigError(f"{where}: {key} is set by the sweep (each run writes DIR/runs/<id>.nc)")
     return flat
-
-
-def _set(values: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    target = values
-    if len(parts) == 2:
-        section = target.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"{parts[0]}: expected a table [{parts[0]}], got {section!r}")
-        target = section
-    target[parts[-1]] = value
-
-
-def _get(values: Mapping[str, Any], key: str) -> Any:
-    target: Any = values
-    for part in key.split("."):
-        target = target.get(part) if isinstance(target, Mapping) else None
-    return target
 
 
 def _label(value: Any) -> Any:
@@ -192,7 +174,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
     if not isinstance(base_table, Mapping):
         raise ConfigError("base: expected a table [base] holding a run config")
     for key, value in _flatten(base_table, "[base]").items():
-        _set(base, key, value)
+        set_dotted(base, key, value)
     try:
         base_config = config_from_dict(base)
     except ConfigError as exc:
@@ -249,7 +231,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
             )
             resolved = json.loads(json.dumps(base))
             for key, value in settings.items():
-                _set(resolved, key, value)
+                set_dotted(resolved, key, value)
             try:
                 config = config_from_dict(resolved)
             except ConfigError as exc:
@@ -265,7 +247,7 @@ def study_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | No
                     run_id=run_id,
                     config=config,
                     index=index,
-                    values={k: _get(as_dict, k) for k in settings},
+                    values={k: get_dotted(as_dict, k) for k in settings},
                 )
             )
 

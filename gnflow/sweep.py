@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,7 +40,8 @@ from tqdm.auto import tqdm
 from gnflow import __version__
 from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
-from gnflow.dataset import write_dataset
+from gnflow.dataset import atomic_write_json, run_config_of, write_dataset
+from gnflow.status import RunResult
 from gnflow.study import Study, StudyRun
 
 __all__ = [
@@ -91,10 +91,14 @@ def run_file_status(path: str | Path, run_id: str) -> tuple[str | None, str]:
     status = attrs.get("gnflow_status")
     if not isinstance(status, str) or not has_losses:
         return None, "not a gnflow trajectory file"
-    if status.startswith("failed"):
+    try:
+        result = RunResult.parse(status)
+    except ValueError as exc:
+        return None, str(exc)
+    if result.failed:
         return None, status
     try:
-        stored = config_hash(config_from_json(str(attrs.get("gnflow_config"))))
+        stored = config_hash(run_config_of(ds))
     except (ValueError, TypeError) as exc:
         return None, f"unreadable config ({exc})"
     if stored != run_id:
@@ -166,7 +170,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
     return {
         **outcome,
         "status": status,
-        "error": status if status.startswith("failed") else None,
+        "error": status if RunResult.parse(status).failed else None,
         "wall_time_s": float(ds.attrs["gnflow_wall_time_s"]),
         "device": str(ds.attrs.get("gnflow_device")),
     }
@@ -176,15 +180,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
 
 
 def _write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data)
 
 
 def _now() -> str:

@@ -9,10 +9,8 @@ NetCDF by :func:`gnflow.dataset.write_dataset`.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
-import platform
 import time
 from dataclasses import dataclass
 
@@ -20,9 +18,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gnflow import __version__
 from gnflow.data import DataError, RegressionData
-from gnflow.dataset import VariableInfo, apply_variable_attrs, register_variable
+from gnflow.dataset import VariableInfo, apply_variable_attrs, cf_attributes, register_variable
 from gnflow.ggn import GGN, RegressionBatch, check_per_sample_model, minibatches
 
 __all__ = ["TrainingHistory", "history_dataset", "mean_half_squared_error", "mlp", "train_module"]
@@ -286,28 +283,23 @@ def history_dataset(
         variables["iteration_test_loss"] = (("iteration",), padded(history.iteration_test_loss, n_steps))
     coords = {"iteration": iteration, "epoch": np.arange(n_epochs + 1, dtype=np.int32)}
     ds = xr.Dataset(variables, coords=coords)
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    ds.attrs = {
-        "Conventions": "CF-1.8",
-        "title": f"gnflow training history: {optimizer} on {data.name}",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}; torch {torch.__version__}; python {platform.python_version()}",
-        "history": f"{now} gnflow train_module",
-        "references": "Cai et al. (2019), Gram-Gauss-Newton Method: Learning Overparameterized Neural Networks "
+    ds.attrs = cf_attributes(
+        f"gnflow training history: {optimizer} on {data.name}",
+        "gnflow train_module",
+        references="Cai et al. (2019), Gram-Gauss-Newton Method: Learning Overparameterized Neural Networks "
         "for Regression Problems, arXiv:1905.11675",
-        "date_created": now,
-        "gnflow_version": __version__,
-        "gnflow_optimizer": optimizer,
-        "gnflow_model": " ".join(repr(model).split()),
-        "gnflow_n_parameters": int(n_parameters),
-        "gnflow_data": data.name,
-        "gnflow_n_train": int(n),
-        "gnflow_n_test": int(data.n_test),
-        "gnflow_batch_size": int(batch_size),
-        "gnflow_batch_order": batch_order,
-        "gnflow_seed": int(seed),
-        "gnflow_status": history.status,
+        libraries=False,
+        gnflow_optimizer=optimizer,
+        gnflow_model=" ".join(repr(model).split()),
+        gnflow_n_parameters=int(n_parameters),
+        gnflow_data=data.name,
+        gnflow_n_train=int(n),
+        gnflow_n_test=int(data.n_test),
+        gnflow_batch_size=int(batch_size),
+        gnflow_batch_order=batch_order,
+        gnflow_seed=int(seed),
+        gnflow_status=str(history.status),
         **(attrs or {}),
-    }
+    )
     return apply_variable_attrs(ds)

@@ -23,7 +23,6 @@ dopri5 run also stops, as a time-limited run at the CPU time spent so far, when 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import logging
 import sys
 import time
@@ -36,9 +35,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gnflow import __version__
 from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict
-from gnflow.dataset import write_dataset
+from gnflow.dataset import cf_attributes, write_dataset
 from gnflow.flows import Flow, FlowError
 from gnflow.run import Experiment, build_experiment
 from gnflow.solve import Solution, integrate, save_times
@@ -240,22 +238,19 @@ def run_study(
             "t": ("t", times, _attrs("flow time")),
         },
     )
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
-    ds.attrs = {
-        "Conventions": "CF-1.8",
-        "title": "gnflow long-horizon gradient flows: kernel_exponential against dopri5",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}; torch {torch.__version__}; {bench.threads} thread(s)",
-        "history": f"{now} studies/long_horizon/long_horizon.py --scale {scale}",
-        "references": "Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
-        "gnflow_scale": scale,
-        "gnflow_n_train": run.data.n_train,
-        "gnflow_width": run.model.width,
-        "gnflow_t_end": run.solver.t_end,
-        "gnflow_exponential_tolerances": (f"rtol={bench.exponential_rtol:g}, atol={bench.exponential_atol:g}"),
-        "gnflow_dopri5_tolerances": f"rtol={bench.dopri5_rtol:g}, atol={bench.dopri5_atol:g}",
-        "gnflow_dopri5_budget_s": bench.dopri5_budget_s,
-    }
+    ds.attrs = cf_attributes(
+        "gnflow long-horizon gradient flows: kernel_exponential against dopri5",
+        f"studies/long_horizon/long_horizon.py --scale {scale}",
+        references="Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
+        gnflow_threads=bench.threads,
+        gnflow_scale=scale,
+        gnflow_n_train=run.data.n_train,
+        gnflow_width=run.model.width,
+        gnflow_t_end=run.solver.t_end,
+        gnflow_exponential_tolerances=f"rtol={bench.exponential_rtol:g}, atol={bench.exponential_atol:g}",
+        gnflow_dopri5_tolerances=f"rtol={bench.dopri5_rtol:g}, atol={bench.dopri5_atol:g}",
+        gnflow_dopri5_budget_s=bench.dopri5_budget_s,
+    )
     weights_da = xr.DataArray(
         weights, dims=(*dims, "t", "particle", "component"), coords={name: ds[name] for name in ("tau0", "method", "t")}
     )

@@ -26,7 +26,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import os
@@ -44,10 +43,9 @@ import torch
 import xarray as xr
 
 import gnflow
-from gnflow import __version__
 from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_json
 from gnflow.damping import EigminDamping, solve_damped
-from gnflow.dataset import write_dataset
+from gnflow.dataset import atomic_write_json, cf_attributes, write_dataset
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.model import ParticleModel
 from gnflow.run import build_experiment, simulate
@@ -280,11 +278,7 @@ def large_run(config: RunConfig, threads: int) -> dict[str, Any]:
 
 def _write_large_result(path: Path, result: dict[str, Any], config: RunConfig) -> Path:
     """The large run's result with its config, written atomically as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"config": json.loads(config_to_json(config)), "result": result}, indent=1))
-    temporary.replace(path)
-    return path
+    return atomic_write_json(path, {"config": json.loads(config_to_json(config)), "result": result})
 
 
 def _load_large_result(path: Path, config: RunConfig) -> dict[str, Any]:
@@ -383,16 +377,14 @@ def study_dataset(
         "width": _var(("width",), np.asarray(bench.sizes_m, dtype=np.int64), "particles M", "1"),
     }
     ds = xr.Dataset(variables, coords=coords)
-    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     applicable = margin[np.isfinite(margin)]
-    ds.attrs = {
-        "Conventions": "CF-1.8",
-        "title": "gnflow performance: Gauss-Newton field against a full-Jacobian baseline and the roofline",
-        "institution": "gnflow",
-        "source": f"gnflow {__version__}; torch {torch.__version__}; python {platform.python_version()}",
-        "history": f"{now} studies/performance/performance.py --scale {scale}",
-        "references": "Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
-        "date_created": now,
+    ds.attrs = cf_attributes(
+        "gnflow performance: Gauss-Newton field against a full-Jacobian baseline and the roofline",
+        f"studies/performance/performance.py --scale {scale}",
+        references="Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
+        libraries=False,
+    )
+    ds.attrs |= {
         "gnflow_scale": scale,
         "gnflow_benchmark": json.dumps(bench.__dict__, sort_keys=True),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

@@ -1,0 +1,95 @@
+"""The outcome of a run: a status enumeration and, for failures, the reason.
+
+Every part of gnflow that ends a computation (the integration loop, the training loop, a sweep
+run) returns a :class:`RunResult`; callers branch on :attr:`RunResult.status`, never on message
+text. Files keep the SPEC text form in the ``gnflow_status`` attribute (``completed``,
+``converged`` or ``failed: <reason>``): ``str(result)`` writes it and :meth:`RunResult.parse`
+reads it back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["RunResult", "RunStatus"]
+
+
+class RunStatus(enum.Enum):
+    """How a run ended."""
+
+    COMPLETED = "completed"
+    """Reached the end of its horizon (t_end, or every planned step)."""
+    CONVERGED = "converged"
+    """Stopped early because the train loss fell below the requested ratio of its initial value."""
+    FAILED = "failed"
+    """Stopped on a failure (solver, numerics, budget, interruption); see the reason."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A :class:`RunStatus` and, for failures, a one-line reason.
+
+    Attributes
+    ----------
+    status:
+        How the run ended.
+    reason:
+        Why it failed (empty unless ``status`` is FAILED).
+    """
+
+    status: RunStatus
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status is RunStatus.FAILED and not self.reason:
+            raise ValueError("a failed run needs a reason")
+        if self.status is not RunStatus.FAILED and self.reason:
+            raise ValueError(f"only a failed run has a reason, not a {self.status.value} one")
+        if "\n" in self.reason:
+            raise ValueError("the reason of a failure must be one line")
+
+    @classmethod
+    def completed(cls) -> RunResult:
+        """The run reached its horizon."""
+        return cls(RunStatus.COMPLETED)
+
+    @classmethod
+    def converged(cls) -> RunResult:
+        """The run stopped on the loss ratio."""
+        return cls(RunStatus.CONVERGED)
+
+    @classmethod
+    def failure(cls, reason: str) -> RunResult:
+        """The run failed for ``reason`` (its first line is kept)."""
+        first = reason.strip().splitlines()[0] if reason.strip() else "unknown reason"
+        return cls(RunStatus.FAILED, first)
+
+    @classmethod
+    def parse(cls, text: str) -> RunResult:
+        """The result written as ``text`` (``completed``, ``converged`` or ``failed: <reason>``).
+
+        Raises
+        ------
+        ValueError
+            When ``text`` is none of these forms.
+        """
+        text = str(text).strip()
+        if text == RunStatus.COMPLETED.value:
+            return cls.completed()
+        if text == RunStatus.CONVERGED.value:
+            return cls.converged()
+        if text == RunStatus.FAILED.value or text.startswith(f"{RunStatus.FAILED.value}:"):
+            return cls.failure(text[len(RunStatus.FAILED.value) :].lstrip(": ") or "unknown reason")
+        raise ValueError(f"not a gnflow run status: {text!r}; expected completed, converged or 'failed: <reason>'")
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run failed."""
+        return self.status is RunStatus.FAILED
+
+    def __str__(self) -> str:
+        """The SPEC text form, as stored in ``gnflow_status``."""
+        if self.failed:
+            return f"{self.status.value}: {self.reason}"
+        return self.status.value
