@@ -35,11 +35,12 @@ from gnflow.damping import (
 )
 from gnflow.data import DataError, RegressionData, load_data_file, make_data, teacher_student
 from gnflow.dataset import read_dataset, write_dataset
+from gnflow.experiment import build_experiment
 from gnflow.flows import Flow, FlowError, GaussNewtonFlow, GradientFlow
 from gnflow.ggn import GGN, RegressionBatch, ggn_damping, ggn_flow, ggn_schedule, ggn_step_size
 from gnflow.model import Linearization, ParticleModel
 from gnflow.observables import ObservableError, observe
-from gnflow.run import build_experiment, run, simulate
+from gnflow.simulation import run, simulate
 from gnflow.solve import Solution, StepSchedule, integrate, save_times
 from gnflow.training import history_dataset, train_module
 

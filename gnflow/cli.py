@@ -81,7 +81,7 @@ def _output_path(explicit: str | None, configured: str, overwrite: bool) -> Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gnflow.config import apply_overrides, config_from_dict
-    from gnflow.run import run
+    from gnflow.simulation import run
 
     if args.config is None:
         values = tomllib.loads(default_config_text())
@@ -258,8 +258,8 @@ def _observe_options(stored: object, overrides: Sequence[str]) -> object:
 
 def _cmd_observe(args: argparse.Namespace) -> int:
     from gnflow.dataset import read_dataset, run_config_of, write_dataset
+    from gnflow.experiment import resolve_device
     from gnflow.observables import OBSERVABLES, append_history, observe
-    from gnflow.run import resolve_device
 
     if args.list:
         for name, cls in OBSERVABLES.items():

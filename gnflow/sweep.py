@@ -2,7 +2,7 @@
 
 ``run_sweep(study, out_dir)`` writes
 
-- ``out_dir/runs/<run_id>.nc``: the trajectory dataset of each run (``gnflow.run.run``, atomic);
+- ``out_dir/runs/<run_id>.nc``: the trajectory dataset of each run (``gnflow.run``, atomic);
 - ``out_dir/manifest.json``: every run's id, grid values, config, state (done / failed /
   pending), status and error, and which runs each invocation computed (atomic, rewritten after
   every finished run);
@@ -139,7 +139,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
         a valid file existed), ``error``, ``wall_time_s``, ``pid``, ``host``, ``device``.
     """
     from gnflow.checkpoint import checkpoint_path
-    from gnflow.run import run
+    from gnflow.simulation import run
 
     config = config_from_json(config_json)
     run_id = config_hash(config)

@@ -12,7 +12,7 @@ from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, lo
 from gnflow.cli import main
 from gnflow.config import ConfigError, config_from_dict, config_hash
 from gnflow.flows import Flow
-from gnflow.run import run
+from gnflow.simulation import run
 
 
 class _Killed(BaseException):

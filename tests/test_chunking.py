@@ -7,9 +7,9 @@ import torch
 
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import EigminDamping
+from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.model import ACTIVATIONS, ParticleModel, _add_outer_product, activation_and_derivative
-from gnflow.run import build_experiment
 
 
 def problem(n: int = 30, m: int = 97, d: int = 3, dtype: torch.dtype = torch.float64):

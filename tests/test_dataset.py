@@ -12,7 +12,7 @@ import xarray as xr
 
 from gnflow.config import config_from_dict, config_from_json
 from gnflow.dataset import read_dataset, to_attr, write_dataset
-from gnflow.run import simulate
+from gnflow.simulation import simulate
 
 TINY = {
     "data": {"input_dim": 3, "n_train": 20, "n_test": 30},

@@ -17,6 +17,7 @@ import torch
 
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping
+from gnflow.experiment import build_experiment
 from gnflow.exponential import (
     KernelExponentialSolver,
     exponential_factor,
@@ -25,7 +26,7 @@ from gnflow.exponential import (
 )
 from gnflow.flows import Flow, GaussNewtonFlow
 from gnflow.model import Linearization
-from gnflow.run import build_experiment, simulate
+from gnflow.simulation import simulate
 from gnflow.solve import integrate, save_times
 
 

@@ -17,10 +17,11 @@ import torch
 from gnflow.config import ConfigError, FlowConfig, SolverConfig, config_from_dict
 from gnflow.damping import ConstantDamping, GramSolveError
 from gnflow.data import teacher_student
+from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow
 from gnflow.ggn import GGN, RegressionBatch, ggn_flow, ggn_schedule, minibatches
 from gnflow.model import ParticleModel
-from gnflow.run import build_experiment, simulate
+from gnflow.simulation import simulate
 from gnflow.solve import integrate
 
 # --- helpers --------------------------------------------------------------------------------

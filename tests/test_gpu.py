@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gnflow.config import config_from_dict
-from gnflow.run import simulate
+from gnflow.simulation import simulate
 
 pytestmark = [
     pytest.mark.gpu,

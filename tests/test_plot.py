@@ -26,7 +26,7 @@ from gnflow.plot import (
     teacher_plane,
     weight_movement,
 )
-from gnflow.run import run
+from gnflow.simulation import run
 
 
 def _tiny_config(**sections: dict) -> object:

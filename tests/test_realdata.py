@@ -7,8 +7,8 @@ import pytest
 
 from gnflow.config import DataConfig, config_from_dict
 from gnflow.data import DataError, make_data
+from gnflow.experiment import build_experiment
 from gnflow.realdata import standardized_split
-from gnflow.run import build_experiment
 
 
 def _rows_of(split, n):

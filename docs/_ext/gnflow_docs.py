@@ -174,7 +174,7 @@ def sample_dataset() -> Any:
     """A tiny run with every registered observable, written and read back like a user's file."""
     from gnflow.config import config_from_dict, observable_names
     from gnflow.dataset import read_dataset
-    from gnflow.run import run
+    from gnflow.simulation import run
 
     config = config_from_dict(
         {

@@ -37,8 +37,8 @@ import xarray as xr
 
 from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict
 from gnflow.dataset import cf_attributes, write_dataset
+from gnflow.experiment import Experiment, build_experiment
 from gnflow.flows import Flow, FlowError
-from gnflow.run import Experiment, build_experiment
 from gnflow.solve import Solution, integrate, save_times
 
 logger = logging.getLogger("long_horizon")

@@ -46,9 +46,10 @@ import gnflow
 from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_json
 from gnflow.damping import EigminDamping, solve_damped
 from gnflow.dataset import atomic_write_json, cf_attributes, write_dataset
+from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.model import ParticleModel
-from gnflow.run import build_experiment, simulate
+from gnflow.simulation import simulate
 
 logger = logging.getLogger("performance")
 
@@ -243,7 +244,7 @@ _LARGE_RUN = """
 import json, resource, sys, time
 import torch
 from gnflow.config import config_from_json
-from gnflow.run import simulate
+from gnflow.simulation import simulate
 config = config_from_json(sys.stdin.read())
 start = time.perf_counter()
 ds = simulate(config, progress=False)
