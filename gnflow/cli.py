@@ -13,6 +13,7 @@ import sys
 import tomllib
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 from importlib import resources
 from pathlib import Path
 
@@ -531,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_common_options(parser: argparse.ArgumentParser, default: object) -> None:
     """-q/--quiet, -v/--verbose and --debug (``default=None`` means False)."""
     verbosity = parser.add_mutually_exclusive_group()
-    flags = {} if default is None else {"default": default}
+    flags: dict[str, Any] = {} if default is None else {"default": default}
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print errors only; no progress bars", **flags)
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log progress details", **flags)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors", **flags)

@@ -470,7 +470,7 @@ def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Ten
     """
     n = a.shape[0]
     first = total is None
-    if first:
+    if total is None:
         total = torch.empty(n, n, dtype=a.dtype, device=a.device)
     beta = 0.0 if first else 1.0
     if n < _SYMMETRIC_SPLIT_MIN:
