@@ -32,18 +32,22 @@ class ObservableOutput:
 class Observable(Measurement, ABC):
     """Measurements accumulated over the saved times of one trajectory.
 
-    A subclass names itself (``name``, the key of ``observe.names``), lists the variables it
-    writes (``variables``, coordinates included), may ``update`` at each saved state (called in
-    time order by the measurement pass) and returns its variables from ``result``.
+    A subclass may ``update`` at each saved state (called in time order by the measurement pass,
+    :func:`~gnflow.observables.measure`) and returns its variables from ``result``.
 
-    Class attributes
-    ----------------
+    Attributes
+    ----------
+    name:
+        The key of ``observe.names`` and of :data:`~gnflow.observables.OBSERVABLES`.
+    variables:
+        The variables it writes, coordinates included (replaced when observed again).
     requires:
         Observables whose variables ``result`` reads from the dataset (computed first).
     needs_teacher, needs_test:
         Whether it needs ``teacher_weights`` (teacher--student data) or a test set.
     needs_eigenvectors:
-        Whether ``update`` reads :attr:`SavedState.eigenvectors` (the pass then computes eigh).
+        Whether ``update`` reads :attr:`SavedState.eigenvectors
+        <gnflow.observables.SavedState.eigenvectors>` (the pass then computes eigh).
     """
 
     name: ClassVar[str]
