@@ -81,20 +81,19 @@ def _measure(
     """The built-in variables and the observables of ``[observe] names``, measured.
 
     The observables always read the float64 trajectory rebuilt from ``inputs`` (what ``gnflow
-    observe`` reads from the file), so both give the same numbers. In a float64 run the built-in
-    variables share its pass; a float32 run measures them in float32, on its own pass.
+    observe`` reads from the file), so both give the same numbers; in a float64 run the built-in
+    variables join their pass. Otherwise (a float32 run, or no observables) the built-in variables
+    are measured on the solution's states in the run's dtype.
     """
     config = experiment.config
-    n_saved = len(solution.t)
-    builtins = _BuiltinVariables(experiment.flow, n_saved)
+    builtins = _BuiltinVariables(experiment.flow, len(solution.t))
     names = select_observables(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
-    float64 = experiment.dtype == torch.float64
-    if not names and not float64:
+    if not names:
         measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
         return builtins, []
     trajectory = trajectory_from_dataset(inputs, data=experiment.data, device=experiment.device)
     observables = make_observables(names, trajectory, config.observe)
-    if float64:
+    if experiment.dtype == torch.float64:
         measure(trajectory, [builtins, *observables], progress=progress)
     else:
         measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
