@@ -78,3 +78,10 @@ __all__ = [
     "trajectory_from_dataset",
     "validate_observable_names",
 ]
+
+# the public objects are documented, and referred to, as gnflow.observables.NAME
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj

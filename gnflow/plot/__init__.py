@@ -31,3 +31,10 @@ __all__ = [
     "teacher_plane",
     "weight_movement",
 ]
+
+# the public objects are documented, and referred to, as gnflow.plot.NAME
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj
