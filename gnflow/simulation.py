@@ -20,7 +20,7 @@ from gnflow.dataset import dataset_result, write_dataset
 from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow
 from gnflow.ggn import ggn_schedule
-from gnflow.observables import observe, validate_observable_names
+from gnflow.observables import validate_observable_names
 from gnflow.solve import CheckpointHook, integrate
 from gnflow.trajectory import trajectory_dataset
 
@@ -39,8 +39,8 @@ def simulate(
     """Run ``config`` and return its trajectory dataset (no dataset is written).
 
     ``checkpoint`` and ``resume`` are passed to :func:`gnflow.solve.integrate`. The observables of
-    ``config.observe.names`` are computed from the dataset after integration, exactly as
-    ``gnflow observe`` computes them on the saved file.
+    ``config.observe.names`` are measured after integration in the same pass as the built-in
+    variables, giving the numbers ``gnflow observe`` computes on the saved file.
     """
     experiment = build_experiment(config)
     validate_observable_names(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
@@ -81,10 +81,7 @@ def simulate(
     )
     if isinstance(experiment.flow, GaussNewtonFlow):
         logger.info("damped Gram solves: %s", experiment.flow.solver.stats)
-    ds = trajectory_dataset(experiment, solution, progress=progress)
-    if config.observe.names:
-        ds = observe(ds, config.observe.names, options=config.observe, data=experiment.data, device=experiment.device)
-    return ds
+    return trajectory_dataset(experiment, solution, progress=progress)
 
 
 def run(

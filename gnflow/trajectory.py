@@ -1,7 +1,10 @@
 """The trajectory dataset of an integrated run: saved states measured, CF variables and attributes.
 
 The schema itself (variable names, long names, units) is :data:`gnflow.dataset.VARIABLES`; this
-module measures the saved states of a :class:`~gnflow.solve.Solution` and fills it in.
+module measures the saved states of a :class:`~gnflow.solve.Solution` and fills it in. The built-in
+variables and the observables of ``[observe] names`` are measured in one pass
+(:func:`gnflow.observables.measure`): each saved state is linearized once, and its Gram matrix
+decomposed at most once, for all of them.
 """
 
 from __future__ import annotations
@@ -9,82 +12,144 @@ from __future__ import annotations
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from gnflow.config import config_to_json
 from gnflow.dataset import apply_variable_attrs, cf_attributes
 from gnflow.experiment import Experiment
-from gnflow.flows import GaussNewtonFlow, StateDiagnostics
+from gnflow.flows import Flow, GaussNewtonFlow
 from gnflow.ggn import ggn_step_size
+from gnflow.observables import (
+    Measurement,
+    Observable,
+    SavedState,
+    Trajectory,
+    add_observables,
+    make_observables,
+    measure,
+    select_observables,
+    trajectory_from_dataset,
+)
 from gnflow.solve import Solution
 
 __all__ = ["trajectory_dataset"]
 
 
-def _measure_saved_states(
-    experiment: Experiment, weights: torch.Tensor, progress: bool | None
-) -> tuple[list[StateDiagnostics], np.ndarray]:
-    """Diagnostics and test loss at each saved state (test loss NaN when there is no test set)."""
+class _BuiltinVariables(Measurement):
+    """train_loss, test_loss, gram_eigmin, gram_eigmax and damping at every saved state.
+
+    The damping is the flow's eps(w) from the state's Gram matrix and eigenvalues (NaN for a
+    flow without damping).
+    """
+
+    def __init__(self, flow: Flow, n_times: int) -> None:
+        self.flow = flow
+        self.train_loss = np.full(n_times, np.nan)
+        self.test_loss = np.full(n_times, np.nan)
+        self.gram_eigmin = np.full(n_times, np.nan)
+        self.gram_eigmax = np.full(n_times, np.nan)
+        self.damping = np.full(n_times, np.nan)
+
+    def update(self, state: SavedState) -> None:
+        k = state.index
+        eigenvalues = state.eigenvalues
+        self.train_loss[k] = state.train_loss
+        self.test_loss[k] = state.test_loss
+        self.gram_eigmin[k] = float(eigenvalues[0])
+        self.gram_eigmax[k] = float(eigenvalues[-1])
+        self.damping[k] = self.flow.epsilon(state.gram, eigenvalues)
+
+
+def _run_dtype_trajectory(experiment: Experiment, solution: Solution) -> Trajectory:
+    """The saved states in the run's dtype, on the data the flow integrated."""
     data = experiment.data
-    x_test = experiment.tensor(data.x_test)
-    y_test = experiment.tensor(data.y_test)
-    diagnostics: list[StateDiagnostics] = []
-    test_loss = np.full(weights.shape[0], np.nan)
-    states = tqdm(
-        weights,
-        desc="measuring saved states",
-        unit="state",
-        leave=False,
-        disable=None if progress is None else not progress,
+    has_test = data.n_test > 0
+    return Trajectory(
+        model=experiment.model,
+        t=np.asarray(solution.t, dtype=np.float64),
+        weights=solution.weights,
+        x_train=experiment.flow.x,
+        y_train=experiment.flow.y,
+        x_test=experiment.tensor(data.x_test) if has_test else None,
+        y_test=experiment.tensor(data.y_test) if has_test else None,
+        teacher_weights=None,
     )
-    for k, w in enumerate(states):
-        diagnostics.append(experiment.flow.diagnostics(w))
-        if data.n_test > 0:
-            r = (experiment.model.predict(w, x_test) - y_test).double()
-            test_loss[k] = float(r @ r) / (2 * data.n_test)
-    return diagnostics, test_loss
+
+
+def _measure(
+    experiment: Experiment, solution: Solution, inputs: xr.Dataset, progress: bool | None
+) -> tuple[_BuiltinVariables, list[Observable]]:
+    """The built-in variables and the observables of ``[observe] names``, measured.
+
+    The observables always read the float64 trajectory rebuilt from ``inputs`` (what ``gnflow
+    observe`` reads from the file), so both give the same numbers; in a float64 run the built-in
+    variables join their pass. Otherwise (a float32 run, or no observables) the built-in variables
+    are measured on the solution's states in the run's dtype.
+    """
+    config = experiment.config
+    builtins = _BuiltinVariables(experiment.flow, len(solution.t))
+    names = select_observables(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
+    if not names:
+        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
+        return builtins, []
+    trajectory = trajectory_from_dataset(inputs, data=experiment.data, device=experiment.device)
+    observables = make_observables(names, trajectory, config.observe)
+    if experiment.dtype == torch.float64:
+        measure(trajectory, [builtins, *observables], progress=progress)
+    else:
+        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
+        measure(trajectory, observables, progress=progress)
+    return builtins, observables
 
 
 def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: bool | None = False) -> xr.Dataset:
     """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``).
 
     The train loss, Gram spectrum extremes, damping and test loss are measured at every saved
-    state (``progress``: show a bar while doing so; None = only on a terminal).
+    state, together with the observables of the run's ``[observe] names`` (``progress``: show a
+    bar while doing so; None = only on a terminal).
     """
     config = experiment.config
     flow = experiment.flow
     data = experiment.data
     n_saved = len(solution.t)
-    diagnostics, test_loss = _measure_saved_states(experiment, solution.weights, progress)
-    time_dims = ("t",)
-    variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
-        "weights": (("t", "particle", "component"), solution.weights.detach().cpu().double().numpy()),
-        "train_loss": (time_dims, np.asarray([d.train_loss for d in diagnostics])),
-        "test_loss": (time_dims, test_loss),
-        "gram_eigmin": (time_dims, np.asarray([d.gram_eigmin for d in diagnostics])),
-        "gram_eigmax": (time_dims, np.asarray([d.gram_eigmax for d in diagnostics])),
-        # int32: CF-1.8 has no 64-bit integers
-        "nfe": (time_dims, solution.nfe.astype(np.int32)),
-        "n_steps": (time_dims, solution.n_accepted.astype(np.int32)),
-        "n_rejected": (time_dims, solution.n_rejected.astype(np.int32)),
-        "x_train": (("sample", "input_dim"), data.x_train),
-        "y_train": (("sample",), data.y_train),
-    }
-    if isinstance(flow, GaussNewtonFlow):
-        variables["damping"] = (time_dims, np.asarray([d.damping for d in diagnostics]))
-    if config.flow.kind == "ggn" and solution.epoch is not None:
-        variables["iteration"] = (time_dims, solution.n_accepted.astype(np.int32))  # CF 1.8 has no int64
-        variables["epoch"] = (time_dims, solution.epoch)
-    if config.output.save_test and data.n_test > 0:
-        variables["x_test"] = (("test_sample", "input_dim"), data.x_test)
-        variables["y_test"] = (("test_sample",), data.y_test)
-    if data.teacher_weights is not None:
-        variables["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
+    weights = solution.weights.detach().cpu().double().numpy()
     coords = {
         "t": ("t", solution.t[:n_saved]),
         "particle": ("particle", np.arange(config.model.width, dtype=np.int32)),
         "component_name": ("component", np.asarray(experiment.model.component_names, dtype=object)),
     }
+    stored: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "weights": (("t", "particle", "component"), weights),
+        "x_train": (("sample", "input_dim"), data.x_train),
+        "y_train": (("sample",), data.y_train),
+    }
+    if config.output.save_test and data.n_test > 0:
+        stored["x_test"] = (("test_sample", "input_dim"), data.x_test)
+        stored["y_test"] = (("test_sample",), data.y_test)
+    if data.teacher_weights is not None:
+        stored["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
+    inputs = xr.Dataset(stored, coords=coords, attrs={"gnflow_config": config_to_json(config)})
+    builtins, observables = _measure(experiment, solution, inputs, progress)
+    time_dims = ("t",)
+    variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
+        "weights": stored["weights"],
+        "train_loss": (time_dims, builtins.train_loss),
+        "test_loss": (time_dims, builtins.test_loss),
+        "gram_eigmin": (time_dims, builtins.gram_eigmin),
+        "gram_eigmax": (time_dims, builtins.gram_eigmax),
+        # int32: CF-1.8 has no 64-bit integers
+        "nfe": (time_dims, solution.nfe.astype(np.int32)),
+        "n_steps": (time_dims, solution.n_accepted.astype(np.int32)),
+        "n_rejected": (time_dims, solution.n_rejected.astype(np.int32)),
+        "x_train": stored["x_train"],
+        "y_train": stored["y_train"],
+    }
+    if isinstance(flow, GaussNewtonFlow):
+        variables["damping"] = (time_dims, builtins.damping)
+    if config.flow.kind == "ggn" and solution.epoch is not None:
+        variables["iteration"] = (time_dims, solution.n_accepted.astype(np.int32))  # CF 1.8 has no int64
+        variables["epoch"] = (time_dims, solution.epoch)
+    variables.update({name: stored[name] for name in ("x_test", "y_test", "teacher_weights") if name in stored})
     ds = xr.Dataset(variables, coords=coords)
     if "iteration" in ds:
         ds = ds.set_coords(["iteration", "epoch"])
@@ -124,4 +189,5 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         gnflow_dtype=config.dtype,
         gnflow_data=data.name,
     )
-    return apply_variable_attrs(ds)
+    ds = apply_variable_attrs(ds)
+    return add_observables(ds, observables, config.observe) if observables else ds

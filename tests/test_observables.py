@@ -14,15 +14,19 @@ import xarray as xr
 from gnflow import ConfigError, load_config, simulate, write_dataset
 from gnflow.cli import main
 from gnflow.dataset import read_dataset
+from gnflow.experiment import build_experiment
 from gnflow.model import ParticleModel
 from gnflow.observables import (
     OBSERVABLES,
+    SavedState,
     centered_kernel_alignment,
     feature_distance,
     observe,
     refit_output_layer,
     trajectory_from_dataset,
 )
+from gnflow.solve import integrate
+from gnflow.trajectory import trajectory_dataset
 from gnflow.transport import wasserstein2
 
 ALL_NAMES = list(OBSERVABLES)
@@ -401,3 +405,118 @@ def test_unknown_names_are_rejected(tmp_path, capsys):
     assert main(["observe", str(path), "kernel"]) == 2
     assert "allowed:" in capsys.readouterr().err
     assert main(["observe", str(path), "--set", "model.width=3"]) == 2
+
+
+# --- one measurement pass ------------------------------------------------------------------------
+
+
+class _Counts:
+    """Calls of ParticleModel.linearize, torch.linalg.eigh and torch.linalg.eigvalsh while installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = {"linearize": 0, "eigh": 0, "eigvalsh": 0}
+        self._install(monkeypatch, ParticleModel, "linearize")
+        self._install(monkeypatch, torch.linalg, "eigh")
+        self._install(monkeypatch, torch.linalg, "eigvalsh")
+
+    def _install(self, monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def integrated(config):
+    """The experiment of ``config`` and its integrated solution (not yet measured)."""
+    experiment = build_experiment(config)
+    return experiment, integrate(experiment.flow, experiment.weights0, config.solver, progress=False)
+
+
+EIGVALSH_ONLY = ["spectrum", "kernel_movement", "refit", "teacher_alignment", "regime"]
+
+
+@pytest.mark.parametrize(
+    ("names", "decomposition"),
+    [([], "eigvalsh"), (EIGVALSH_ONLY, "eigvalsh"), (ALL_NAMES, "eigh"), (["residual_topk"], "eigh")],
+)
+def test_one_linearization_and_one_eigendecomposition_per_saved_state(monkeypatch, names, decomposition):
+    config = small_config(f"observe.names={json.dumps(names)}")
+    experiment, solution = integrated(config)
+    counts = _Counts(monkeypatch)
+    ds = trajectory_dataset(experiment, solution)
+    n_saved = ds.sizes["t"]
+    assert n_saved >= 2
+    other = "eigh" if decomposition == "eigvalsh" else "eigvalsh"
+    assert counts.calls == {"linearize": n_saved, decomposition: n_saved, other: 0}
+    assert all(v in ds for name in names for v in OBSERVABLES[name].variables if v not in ("eig", "t_spectrum"))
+
+
+@pytest.mark.parametrize(("names", "decomposition"), [(EIGVALSH_ONLY, "eigvalsh"), (ALL_NAMES, "eigh")])
+def test_observing_a_saved_file_is_one_pass(observed_run, monkeypatch, names, decomposition):
+    counts = _Counts(monkeypatch)
+    observe(observed_run, names)
+    n_saved = observed_run.sizes["t"]
+    other = "eigh" if decomposition == "eigvalsh" else "eigvalsh"
+    assert counts.calls == {"linearize": n_saved, decomposition: n_saved, other: 0}
+
+
+def test_float32_built_ins_are_measured_in_float32_and_observables_in_float64(monkeypatch):
+    config = small_config("dtype=float32", 'observe.names=["spectrum", "residual_topk"]')
+    experiment, solution = integrated(config)
+    counts = _Counts(monkeypatch)
+    ds = trajectory_dataset(experiment, solution)
+    n_saved = ds.sizes["t"]
+    # one pass in the run's dtype (built-ins) and one in float64 (observables, as gnflow observe)
+    assert counts.calls == {"linearize": 2 * n_saved, "eigvalsh": n_saved, "eigh": n_saved}
+    monkeypatch.undo()
+    for k, weights in enumerate(solution.weights):
+        expected = experiment.flow.diagnostics(weights)
+        assert ds["train_loss"].values[k] == expected.train_loss
+        assert ds["gram_eigmin"].values[k] == expected.gram_eigmin
+        assert ds["gram_eigmax"].values[k] == expected.gram_eigmax
+        assert ds["damping"].values[k] == expected.damping
+    bare = ds.drop_vars([*observable_vars(ds), "t_spectrum", "eig", "top_k"])
+    afterwards = observe(bare, ["spectrum", "residual_topk"])
+    for name in observable_vars(ds):
+        xr.testing.assert_identical(afterwards[name], ds[name])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [f"observe.names={json.dumps(EIGVALSH_ONLY)}"],
+        ["flow.kind=gradient", "observe.names=[]"],
+        ["flow.damping=relative", "flow.epsilon=1e-3", "output.save_test=false", 'observe.names=["refit"]'],
+    ],
+    ids=["gauss_newton", "gradient_no_observables", "relative_damping_no_saved_test_set"],
+)
+def test_float64_built_ins_are_the_flow_diagnostics_of_each_saved_state(overrides):
+    config = small_config(*overrides)
+    experiment, solution = integrated(config)
+    ds = trajectory_dataset(experiment, solution)
+    x_test, y_test = experiment.tensor(experiment.data.x_test), experiment.tensor(experiment.data.y_test)
+    for k, weights in enumerate(solution.weights):
+        expected = experiment.flow.diagnostics(weights)
+        assert ds["train_loss"].values[k] == expected.train_loss
+        assert ds["gram_eigmin"].values[k] == expected.gram_eigmin
+        assert ds["gram_eigmax"].values[k] == expected.gram_eigmax
+        if "damping" in ds:
+            assert ds["damping"].values[k] == expected.damping
+        r = (experiment.model.predict(weights, x_test) - y_test).double()
+        assert ds["test_loss"].values[k] == float(r @ r) / (2 * experiment.data.n_test)
+    assert ("damping" in ds) == (config.flow.kind != "gradient")
+
+
+def test_eigenvalues_come_from_eigh_when_eigenvectors_are_measured(observed_run):
+    traj = trajectory_from_dataset(observed_run)
+    with_vectors = SavedState(traj, traj.n_times - 1, eigenvectors=True)
+    values, vectors = torch.linalg.eigh(with_vectors.gram)
+    assert torch.equal(with_vectors.eigenvalues, values) and torch.equal(with_vectors.eigenvectors, vectors)
+    assert torch.equal(SavedState(traj, traj.n_times - 1).eigenvalues, torch.linalg.eigvalsh(with_vectors.gram))
+    np.testing.assert_array_equal(observed_run["gram_spectrum"].values[-1], values.flip(0).numpy())
+    np.testing.assert_array_equal(observed_run["gram_eigmin"].values[-1], float(values[0]))
+    with pytest.raises(RuntimeError, match="needs_eigenvectors"):
+        _ = SavedState(traj, 0).eigenvectors
