@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 import xarray as xr
-from problems import explicit_gram
+from problems import explicit_gram, explicit_jacobian
 
 from gnflow import ConfigError, load_config, simulate, write_dataset
 from gnflow.cli import main
@@ -159,7 +160,13 @@ def test_refit_variables_use_the_saved_features(observed_run):
     refit = refit_output_layer(traj.model, traj.weights[k], traj.x_train, traj.y_train)
     r = (traj.model.predict(refit, traj.x_test) - traj.y_test).numpy()
     assert ds["refit_test_loss"].values[k] == pytest.approx(r @ r / (2 * len(r)), rel=1e-12)
-    assert float(ds["random_features_test_loss"]) == ds["refit_test_loss"].values[0]
+    # random features: v refit by numpy's least squares on the initial features Phi = df/dv at t = 0
+    # (autograd of the forward pass)
+    features = replace(traj.model, train="output")
+    phi, phi_test = (explicit_jacobian(features, traj.weights[0], x).numpy() for x in (traj.x_train, traj.x_test))
+    v = np.linalg.lstsq(phi, traj.y_train.numpy(), rcond=None)[0]
+    r_test = phi_test @ v - traj.y_test.numpy()
+    assert float(ds["random_features_test_loss"]) == pytest.approx(r_test @ r_test / (2 * len(r_test)), rel=1e-8)
     assert ds["refit_train_loss"].values.max() < 1e-20  # M > N: the refit interpolates
 
 
