@@ -10,13 +10,13 @@ import typing
 
 import numpy as np
 import pytest
-from problems import FIXED, METHODS, ORDER, PROBLEMS
+from problems import ADAPTIVE, EXPONENTIAL, FIXED, METHODS, ORDER, PROBLEMS
 
 from gnflow.config import SolverConfig
 
 MATRIX = [pytest.param(law, method, id=f"{law.name}-{method}") for law in PROBLEMS.values() for method in law.methods]
 
-ADAPTIVE_AND_EXPONENTIAL = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "kernel_exponential")
+ADAPTIVE_AND_EXPONENTIAL = ADAPTIVE + EXPONENTIAL
 
 PROMISED = {
     # undamped GN, r(t) = exp(-t/N) r(0), on the nonlinear network
