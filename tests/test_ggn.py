@@ -1,7 +1,9 @@
-"""GGN = Euler steps of the Gauss--Newton flow: particle model, mini-batches, nn.Module optimizer.
+"""GGN = Euler steps of the Gauss--Newton flow: the run pipeline, mini-batches, nn.Module optimizer.
 
-Oracles are independent of the code under test: explicit Jacobians from torch.func.jacrev of the
-plain forward pass, dense float64 solves, and numpy.linalg.lstsq for the minimum-norm step.
+The law itself (an Euler step of size b/lam with eps = alpha/lam is a GGN(lam, alpha) step; with
+eps = 0 the minimum-norm least-squares step) is run in ``test_exact_laws.py``. The oracles here
+are those of ``tests/problems.py``: the GGN formula with the autograd Jacobian of the particle
+model, and with the autograd Jacobian of a ``torch.nn.Module`` (``torch.func.functional_call``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from problems import explicit_jacobian, ggn_formula_step, module_ggn_step, relative_error, small_problem
 
 from gnflow.config import ConfigError, FlowConfig, SolverConfig, config_from_dict
-from gnflow.damping import ConstantDamping, GramSolveError
+from gnflow.damping import ConstantDamping, EigminDamping, GramSolveError
 from gnflow.data import teacher_student
 from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow
-from gnflow.ggn import GGN, RegressionBatch, ggn_flow, ggn_schedule, minibatches
+from gnflow.ggn import GGN, RegressionBatch, ggn_schedule, minibatches
 from gnflow.model import ParticleModel
 from gnflow.simulation import simulate
 from gnflow.solve import integrate
@@ -32,24 +35,6 @@ def _particle_problem(n: int = 12, width: int = 30, d: int = 3, train: str = "al
     model = ParticleModel(input_dim=d, activation="tanh", scaling=scaling, train=train)
     w0 = model.initial_weights(width, init_scale=1.0, output_init="sign", seed=11)
     return model, torch.as_tensor(data.x_train), torch.as_tensor(data.y_train), w0
-
-
-def _explicit_jacobian(model: ParticleModel, w: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """J (sample, P) over the trained components, from autograd of the plain forward pass."""
-    jac = torch.func.jacrev(lambda v: model.predict(v, x))(w)  # (sample, particle, component)
-    mask = model.trainable_mask().bool()
-    return jac[:, :, mask].reshape(x.shape[0], -1), mask
-
-
-def _ggn_formula_step(model, w, x, y, lam, alpha):
-    """w - J^T (lam A + alpha I)^{-1} r with the explicit Jacobian (dense float64)."""
-    jac, mask = _explicit_jacobian(model, w, x)
-    r = model.predict(w, x) - y
-    a = jac @ jac.T
-    coef = torch.linalg.solve(lam * a + alpha * torch.eye(len(r), dtype=torch.float64), r)
-    out = w.clone()
-    out[:, mask] -= (jac.T @ coef).reshape(w.shape[0], -1)
-    return out
 
 
 def _ggn_config(n_train: int, **flow) -> dict:
@@ -82,29 +67,7 @@ def test_full_batch_ggn_equals_euler_step_of_gauss_newton_flow(lam, alpha):
     np.testing.assert_allclose(ds["weights"].values, solution.weights.numpy(), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(ds["iteration"].values, np.arange(k_steps + 1))
     np.testing.assert_array_equal(ds["epoch"].values, np.arange(k_steps + 1))
-
-    # and each of them is the GGN formula with an explicit Jacobian
-    w = w0.clone()
-    for k in range(k_steps):
-        w = _ggn_formula_step(experiment.model, w, x, y, lam, alpha)
-        np.testing.assert_allclose(ds["weights"].values[k + 1], w.numpy(), rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("lam", [1.0, 2.0])
-def test_undamped_ggn_step_is_minimum_norm_least_squares_gauss_newton_step(lam):
-    model, x, y, w0 = _particle_problem(n=10, width=20, train="hidden")
-    flow = ggn_flow(model, x, y, lam=lam, alpha=0.0)
-    n = x.shape[0]
-    euler = SolverConfig(method="euler", step_size=n / lam, t_end=n / lam, stop_loss_ratio=0.0)
-    w1 = integrate(flow, w0, euler, progress=False).weights[-1]
-
-    jac, mask = _explicit_jacobian(model, w0, x)
-    r = (model.predict(w0, x) - y).numpy()
-    delta, *_ = np.linalg.lstsq(jac.numpy(), -r, rcond=None)  # minimum-norm solution of J delta = -r
-    expected = w0.numpy().copy()
-    expected[:, mask.numpy()] += delta.reshape(w0.shape[0], -1) / lam
-    np.testing.assert_allclose(w1.numpy(), expected, rtol=0, atol=1e-10)
-    assert np.all(w1.numpy()[:, ~mask.numpy()] == w0.numpy()[:, ~mask.numpy()])
+    # (that each Euler step is the GGN formula is the law ggn_euler of tests/problems.py)
 
 
 # --- mini-batches ---------------------------------------------------------------------------
@@ -127,7 +90,7 @@ def test_minibatch_ggn_steps_follow_the_formula_on_each_batch(order):
     x, y, w = experiment.flow.x, experiment.flow.y, experiment.weights0.clone()
     for k, batch in enumerate(schedule.batches):
         index = torch.as_tensor(batch)
-        w = _ggn_formula_step(experiment.model, w, x[index], y[index], lam, alpha)
+        w = ggn_formula_step(experiment.model, w, x[index], y[index], lam, alpha)
         np.testing.assert_allclose(ds["weights"].values[k + 1], w.numpy(), rtol=0, atol=1e-12)
     # flow time is the sum of the step sizes b_k / lam; epochs count passes over the data
     np.testing.assert_allclose(ds["t"].values, np.concatenate([[0], np.cumsum([4, 4, 2, 4, 4, 2])]) / lam)
@@ -211,18 +174,6 @@ def _mlp(seed: int = 0, d: int = 4, hidden: int = 7) -> torch.nn.Module:
     ).double()
 
 
-def _module_formula_step(model, x, y, lam, alpha):
-    """Parameters after w - J^T (lam J J^T + alpha I)^{-1} r, J from jacrev of the batched forward."""
-    names = [n for n, _ in model.named_parameters()]
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    jac = torch.func.jacrev(lambda p: torch.func.functional_call(model, p, (x,)).reshape(-1))(params)
-    jac_flat = torch.cat([jac[n].reshape(x.shape[0], -1) for n in names], dim=1)
-    r = torch.func.functional_call(model, params, (x,)).reshape(-1) - y
-    coef = torch.linalg.solve(lam * jac_flat @ jac_flat.T + alpha * torch.eye(len(r), dtype=torch.float64), r)
-    flat = torch.cat([params[n].reshape(-1) for n in names]) - jac_flat.T @ coef
-    return flat
-
-
 def _flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
@@ -232,7 +183,7 @@ def test_module_ggn_step_equals_formula_with_explicit_jacobian(budget):
     torch.manual_seed(1)
     x, y = torch.randn(9, 4, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
     model = _mlp()
-    expected = _module_formula_step(model, x, y, lam=1.7, alpha=0.05)
+    expected = module_ggn_step(model, x, y, lam=1.7, alpha=0.05)
     optimizer = GGN(model.parameters(), lam=1.7, alpha=0.05, max_jacobian_elements=budget)
     loss = optimizer.step(lambda: RegressionBatch(model, x, y))
     np.testing.assert_allclose(_flat(model).numpy(), expected.numpy(), rtol=0, atol=1e-12)
@@ -251,16 +202,7 @@ def test_module_ggn_trains_only_the_given_parameters():
     assert torch.equal(model[0].weight, frozen)
     # the step is the formula over the trained parameters only
     names = [n for n, p in reference.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in reference.named_parameters()}
-
-    def f(trained):
-        return torch.func.functional_call(reference, {**params, **trained}, (x,)).reshape(-1)
-
-    jac = torch.func.jacrev(f)({n: params[n] for n in names})
-    jac_flat = torch.cat([jac[n].reshape(6, -1) for n in names], dim=1)
-    r = f({n: params[n] for n in names}) - y.reshape(-1)
-    coef = torch.linalg.solve(jac_flat @ jac_flat.T + 0.1 * torch.eye(6, dtype=torch.float64), r)
-    expected = torch.cat([params[n].reshape(-1) for n in names]) - jac_flat.T @ coef
+    expected = module_ggn_step(reference, x, y, lam=1.0, alpha=0.1, names=names)
     got = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if n in names])
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=0, atol=1e-12)
 
@@ -482,11 +424,6 @@ def test_uniform_fixed_step_schedule_keeps_grid_saving_and_steps():
 def test_restricted_gauss_newton_flow_has_its_own_solver_state():
     # eigmin damping warm-starts from the previous evaluation: a batch flow must not reuse the
     # full flow's N-dimensional eigenvector
-    from problems import explicit_jacobian, relative_error, small_problem
-
-    from gnflow.damping import EigminDamping
-    from gnflow.flows import GaussNewtonFlow
-
     model, w, x, y = small_problem(n_train=20, width=40)
     full = GaussNewtonFlow(model, x, y, EigminDamping(1e-9))
     full(torch.tensor(0.0), w)  # leaves a warm start of length 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 import xarray as xr
+from problems import explicit_gram, explicit_jacobian
 
 from gnflow import ConfigError, load_config, simulate, write_dataset
 from gnflow.cli import main
@@ -58,13 +60,6 @@ def observable_vars(ds: xr.Dataset) -> list[str]:
     return sorted(str(v) for v in ds.data_vars if v in names)
 
 
-def jacobian_gram(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor) -> np.ndarray:
-    """A = J J^T from the autograd Jacobian of f(X), all components trained (independent oracle)."""
-    jac = torch.func.jacrev(lambda w: model.predict(w, x))(weights)  # (sample, particle, component)
-    flat = jac.reshape(x.shape[0], -1)
-    return (flat @ flat.T).numpy()
-
-
 # --- lazy limit ----------------------------------------------------------------------------------
 
 
@@ -87,7 +82,7 @@ def lazy_run(init_scale: float) -> xr.Dataset:
     ]
     probe = simulate(load_config(None, [*overrides, "solver.t_end=1e-9", "solver.n_save=2"]), progress=False)
     traj = trajectory_from_dataset(probe, need_test=False)
-    gram0 = jacobian_gram(traj.model, traj.weights[0], traj.x_train)
+    gram0 = explicit_gram(traj.model, traj.weights[0], traj.x_train)
     t_end = 3 * traj.x_train.shape[0] / np.linalg.eigvalsh(gram0)[-1]
     return simulate(load_config(None, [*overrides, f"solver.t_end={t_end}"]), progress=False)
 
@@ -97,7 +92,7 @@ def linearized_residual_error(ds: xr.Dataset) -> float:
     traj = trajectory_from_dataset(ds, need_test=False)
     x, y = traj.x_train, traj.y_train
     n = x.shape[0]
-    gram0 = jacobian_gram(traj.model, traj.weights[0], x)
+    gram0 = explicit_gram(traj.model, traj.weights[0], x)
     r0 = (traj.model.predict(traj.weights[0], x) - y).numpy()
     errors = []
     for k, t in enumerate(traj.t):
@@ -169,7 +164,13 @@ def test_refit_variables_use_the_saved_features(observed_run):
     refit = refit_output_layer(traj.model, traj.weights[k], traj.x_train, traj.y_train)
     r = (traj.model.predict(refit, traj.x_test) - traj.y_test).numpy()
     assert ds["refit_test_loss"].values[k] == pytest.approx(r @ r / (2 * len(r)), rel=1e-12)
-    assert float(ds["random_features_test_loss"]) == ds["refit_test_loss"].values[0]
+    # random features: v refit by numpy's least squares on the initial features Phi = df/dv at t = 0
+    # (autograd of the forward pass)
+    features = replace(traj.model, train="output")
+    phi, phi_test = (explicit_jacobian(features, traj.weights[0], x).numpy() for x in (traj.x_train, traj.x_test))
+    v = np.linalg.lstsq(phi, traj.y_train.numpy(), rcond=None)[0]
+    r_test = phi_test @ v - traj.y_test.numpy()
+    assert float(ds["random_features_test_loss"]) == pytest.approx(r_test @ r_test / (2 * len(r_test)), rel=1e-8)
     assert ds["refit_train_loss"].values.max() < 1e-20  # M > N: the refit interpolates
 
 
@@ -230,9 +231,9 @@ def test_kernel_alignment_against_explicit_centering():
 def test_kernel_and_spectrum_against_autograd_gram(observed_run):
     ds = observed_run
     traj = trajectory_from_dataset(ds)
-    gram0 = jacobian_gram(traj.model, traj.weights[0], traj.x_train)
+    gram0 = explicit_gram(traj.model, traj.weights[0], traj.x_train)
     k = ds.sizes["t"] - 1
-    gram = jacobian_gram(traj.model, traj.weights[k], traj.x_train)
+    gram = explicit_gram(traj.model, traj.weights[k], traj.x_train)
     expected = 1 - centered_kernel_alignment(torch.as_tensor(gram), torch.as_tensor(gram0))
     assert ds["kernel_movement"].values[k] == pytest.approx(expected, rel=1e-8, abs=1e-12)
     eig = np.linalg.eigvalsh(gram)

@@ -75,8 +75,13 @@ def test_smoke_study_writes_readable_netcdf(smoke_study: tuple[str, Path]) -> No
     name, out = smoke_study
     files = sorted(out.rglob("*.nc"))
     assert files, f"{name}: no NetCDF data written"
-    ds = read_dataset(files[0])
-    assert "gnflow_config" in ds.attrs or "gnflow_optimizer" in ds.attrs or ds.data_vars
+    for path in files:
+        ds = read_dataset(path)
+        assert ds.data_vars, f"{path}: no data variables"
+        # every gnflow writer sets the CF attributes, and write_dataset documents every variable
+        assert ds.attrs.get("Conventions") == "CF-1.8", path
+        undocumented = [str(v) for v in ds.variables if not ds[v].attrs.get("long_name")]
+        assert not undocumented, f"{path}: variables without long_name: {undocumented}"
 
 
 def test_every_study_has_a_folder_with_three_scales_and_a_readme() -> None:
