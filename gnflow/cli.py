@@ -207,10 +207,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from gnflow.study import load_study
+    from gnflow.grid import load_grid
     from gnflow.sweep import SweepError, run_sweep
 
-    study = load_study(args.study)
+    study = load_grid(args.grid)
     out_dir = Path(args.output) if args.output is not None else Path("data") / "sweeps" / study.name
     if args.workers is not None and args.workers < 0:
         raise CommandError(f"--workers {args.workers}: expected 0 (serial, in this process) or more", EXIT_USAGE)
@@ -426,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep",
         parents=[common],
-        help="run a grid of configs (a study file) on dask.distributed or serially",
+        help="run a sweep grid of configs on dask.distributed or serially",
         description=(
-            "Expand a study file (a [base] run config, a [grid] of values and optional [[runs]]) to "
+            "Expand a sweep grid file (a [base] run config, a [grid] of values and optional [[runs]]) to "
             "runs, compute the runs without a valid file in DIR/runs/, and write DIR/sweep.nc (losses "
             "over t with the grid keys as dimensions) and DIR/manifest.json. Starting it again after a "
             "crash computes only the missing runs."
@@ -436,15 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  gnflow sweep study.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
-            "  gnflow sweep study.toml --workers 4\n"
-            "  gnflow sweep study.toml --workers 0                  # serially, in this process\n"
-            "  gnflow sweep study.toml --scheduler tcp://10.0.0.5:8786\n"
-            "  gnflow sweep study.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
+            "  gnflow sweep grid.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
+            "  gnflow sweep grid.toml --workers 4\n"
+            "  gnflow sweep grid.toml --workers 0                  # serially, in this process\n"
+            "  gnflow sweep grid.toml --scheduler tcp://10.0.0.5:8786\n"
+            "  gnflow sweep grid.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
         ),
     )
-    sweep.add_argument("study", help="TOML study file")
-    sweep.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/sweeps/<study name>)")
+    sweep.add_argument("grid", metavar="GRID.toml", help="sweep grid file (TOML)")
+    sweep.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/sweeps/<grid name>)")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument(
         "--workers",
