@@ -301,13 +301,17 @@ def _cmd_observe(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from gnflow.studies import STUDIES, StudyError, claims_table, run_study
+    from gnflow.config import ConfigError
+    from gnflow.studies import STUDIES, StudyError, claims_table, run_study, study_scales
 
     if args.list or args.name is None:
         if args.name is None and not args.list:
             raise CommandError("study: NAME is required (or --list); allowed: " + ", ".join(STUDIES), EXIT_USAGE)
-        for name, description in STUDIES.items():
-            print(f"{name:<18} {description}")
+        try:
+            for name, description in STUDIES.items():
+                print(f"{name:<17} {'|'.join(study_scales(name)):<27} {description}")
+        except StudyError as exc:
+            raise CommandError(str(exc)) from None
         return 0
     if args.name not in STUDIES:
         raise CommandError(f"study: unknown study {args.name!r}; allowed: {', '.join(STUDIES)}", EXIT_USAGE)
@@ -321,7 +325,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             workers=args.workers or None,
             progress=False if args.quiet else None,
         )
-    except StudyError as exc:
+    except (StudyError, ConfigError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:
         for number, claim, _measured, verdict in claims_table(report.read_text()):
@@ -497,10 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run a scripted reproduction study and write its data, figures and claims report",
         description=(
-            "Run the study NAME (a folder studies/NAME/ of the source tree) at a scale: smoke (seconds,\n"
-            "for tests), small (a laptop CPU, under an hour) or paper (the published setting, through the\n"
-            "sweep engine on dask workers or GPUs). Writes the runs (NetCDF), PNG figures and report.md,\n"
-            "which states each claim of the paper, the numbers measured for it and a verdict."
+            "Run the study NAME (studies/NAME/, shipped with the package) at a scale: smoke (seconds), and\n"
+            "for reproductions small (a laptop CPU, under an hour) and paper (the published setting, on\n"
+            "dask workers or GPUs); benchmarks name their own (--list). Writes the runs (NetCDF), figures\n"
+            "and report.md: each claim of the paper, the numbers measured for it and a verdict, or, for a\n"
+            "benchmark, its measured tables."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -509,11 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow study arbel2023 --scale smoke -o /tmp/arbel\n"
             "  gnflow study cai2019 --scale small          # writes data/studies/cai2019/small/report.md\n"
             "  gnflow study mean_field_limit --scale paper --workers 4\n"
+            "  gnflow study performance --scale full         # a benchmark: measured tables, no claims\n"
         ),
     )
-    study.add_argument("name", nargs="?", metavar="NAME", help="arbel2023, cai2019 or mean_field_limit")
+    study.add_argument("name", nargs="?", metavar="NAME", help="a study of gnflow study --list")
     study.add_argument(
-        "--scale", choices=("smoke", "small", "paper"), default="smoke", help="size of the study (default: smoke)"
+        "--scale", default="smoke", help="a scale of the study: smoke|small|paper, or a benchmark's (default: smoke)"
     )
     study.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/studies/NAME/SCALE)")
     study.add_argument(
