@@ -317,6 +317,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         raise CommandError(f"study: unknown study {args.name!r}; allowed: {', '.join(STUDIES)}", EXIT_USAGE)
     executor = None if args.workers is None else "serial" if args.workers == 0 else "auto"
     try:
+        if args.scale not in (scales := study_scales(args.name)):
+            raise CommandError(
+                f"study {args.name}: unknown scale {args.scale!r}; allowed: {', '.join(scales)}", EXIT_USAGE
+            )
         report = run_study(
             args.name,
             args.scale,

@@ -145,6 +145,9 @@ def test_unknown_study_and_scale_are_one_line_errors(capsys: pytest.CaptureFixtu
     assert main(["study", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown study 'nope'" in err
+    assert main(["study", "performance", "--scale", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown scale 'paper'; allowed: smoke, full, gpu, gpu_float32" in err
 
 
 def test_study_list(capsys: pytest.CaptureFixture[str]) -> None:
