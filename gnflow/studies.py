@@ -383,12 +383,12 @@ def write_report(
     if not report.claims and not report.measurements:
         raise StudyError(f"study {name} ({scale}) reported neither claims nor measurements")
     given = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
+    command = f"`gnflow study {name} --scale {scale}`"
+    by = f"study options {given}; written by `gnflow.studies.run_study`" if given else f"written by {command}"
     lines = [
         f"# {report.title}",
         "",
-        f"Study `{name}`, scale `{scale}`; written by `gnflow study {name} --scale {scale}`"
-        + (f" with options {given}" if given else "")
-        + f" in {wall_time_s:.0f} s of wall-clock time.",
+        f"Study `{name}`, scale `{scale}`; {by} in {wall_time_s:.0f} s of wall-clock time.",
     ]
     if report.claims:
         lines += ["", "## Claims", "", "| # | claim | measured | verdict |", "|---|---|---|---|"]

@@ -184,7 +184,7 @@ def test_benchmark_report_has_measurements_and_no_claims_table(tmp_path: Path) -
         tmp_path / "b.md", report, name="b", scale="full", wall_time_s=2.0, options={"x": 1}
     ).read_text()
     assert "\n## Measurements\n\n| N | s |" in text and "## Claims" not in text
-    assert "`gnflow study b --scale full` with options x=1 in 2 s" in text
+    assert "Study `b`, scale `full`; study options x=1; written by `gnflow.studies.run_study` in 2 s" in text
     with pytest.raises(StudyError, match="neither claims nor measurements"):
         write_report(tmp_path / "c.md", StudyReport(title="C", setup=[], claims=[]), name="c", scale="s", wall_time_s=0)
 

@@ -59,7 +59,7 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
     if unknown:
         raise StudyError(f"ggn_vs_sgd: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
     s = settings
-    epochs = int(context.options.get("epochs") or s["epochs"])
+    epochs = int(context.options.get("epochs", s["epochs"]))
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs}: must be at least 1")
     out = context.out_dir
