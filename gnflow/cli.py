@@ -208,10 +208,10 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from gnflow.study import load_study
+    from gnflow.grid import load_grid
     from gnflow.sweep import SweepError, run_sweep
 
-    study = load_study(args.study)
+    study = load_grid(args.grid)
     out_dir = Path(args.output) if args.output is not None else Path("data") / "sweeps" / study.name
     if args.workers is not None and args.workers < 0:
         raise CommandError(f"--workers {args.workers}: expected 0 (serial, in this process) or more", EXIT_USAGE)
@@ -302,18 +302,26 @@ def _cmd_observe(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from gnflow.studies import STUDIES, StudyError, claims_table, run_study
+    from gnflow.config import ConfigError
+    from gnflow.studies import STUDIES, StudyError, claims_table, run_study, study_scales
 
     if args.list or args.name is None:
         if args.name is None and not args.list:
             raise CommandError("study: NAME is required (or --list); allowed: " + ", ".join(STUDIES), EXIT_USAGE)
-        for name, description in STUDIES.items():
-            print(f"{name:<18} {description}")
+        try:
+            for name, description in STUDIES.items():
+                print(f"{name:<17} {'|'.join(study_scales(name)):<27} {description}")
+        except StudyError as exc:
+            raise CommandError(str(exc)) from None
         return 0
     if args.name not in STUDIES:
         raise CommandError(f"study: unknown study {args.name!r}; allowed: {', '.join(STUDIES)}", EXIT_USAGE)
     executor = None if args.workers is None else "serial" if args.workers == 0 else "auto"
     try:
+        if args.scale not in (scales := study_scales(args.name)):
+            raise CommandError(
+                f"study {args.name}: unknown scale {args.scale!r}; allowed: {', '.join(scales)}", EXIT_USAGE
+            )
         report = run_study(
             args.name,
             args.scale,
@@ -322,7 +330,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             workers=args.workers or None,
             progress=False if args.quiet else None,
         )
-    except StudyError as exc:
+    except (StudyError, ConfigError) as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:
         for number, claim, _measured, verdict in claims_table(report.read_text()):
@@ -427,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser(
         "sweep",
         parents=[common],
-        help="run a grid of configs (a study file) on dask.distributed or serially",
+        help="run a sweep grid of configs on dask.distributed or serially",
         description=(
-            "Expand a study file (a [base] run config, a [grid] of values and optional [[runs]]) to "
+            "Expand a sweep grid file (a [base] run config, a [grid] of values and optional [[runs]]) to "
             "runs, compute the runs without a valid file in DIR/runs/, and write DIR/sweep.nc (losses "
             "over t with the grid keys as dimensions) and DIR/manifest.json. Starting it again after a "
             "crash computes only the missing runs."
@@ -437,15 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  gnflow sweep study.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
-            "  gnflow sweep study.toml --workers 4\n"
-            "  gnflow sweep study.toml --workers 0                  # serially, in this process\n"
-            "  gnflow sweep study.toml --scheduler tcp://10.0.0.5:8786\n"
-            "  gnflow sweep study.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
+            "  gnflow sweep grid.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
+            "  gnflow sweep grid.toml --workers 4\n"
+            "  gnflow sweep grid.toml --workers 0                  # serially, in this process\n"
+            "  gnflow sweep grid.toml --scheduler tcp://10.0.0.5:8786\n"
+            "  gnflow sweep grid.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
         ),
     )
-    sweep.add_argument("study", help="TOML study file")
-    sweep.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/sweeps/<study name>)")
+    sweep.add_argument("grid", metavar="GRID.toml", help="sweep grid file (TOML)")
+    sweep.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/sweeps/<grid name>)")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument(
         "--workers",
@@ -498,10 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="run a scripted reproduction study and write its data, figures and claims report",
         description=(
-            "Run the study NAME (a folder studies/NAME/ of the source tree) at a scale: smoke (seconds,\n"
-            "for tests), small (a laptop CPU, under an hour) or paper (the published setting, through the\n"
-            "sweep engine on dask workers or GPUs). Writes the runs (NetCDF), PNG figures and report.md,\n"
-            "which states each claim of the paper, the numbers measured for it and a verdict."
+            "Run the study NAME (studies/NAME/, shipped with the package) at a scale: smoke (seconds), and\n"
+            "for reproductions small (a laptop CPU, under an hour) and paper (the published setting, on\n"
+            "dask workers or GPUs); benchmarks name their own (--list). Writes the runs (NetCDF), figures\n"
+            "and report.md: each claim of the paper, the numbers measured for it and a verdict, or, for a\n"
+            "benchmark, its measured tables."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
@@ -510,11 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow study arbel2023 --scale smoke -o /tmp/arbel\n"
             "  gnflow study cai2019 --scale small          # writes data/studies/cai2019/small/report.md\n"
             "  gnflow study mean_field_limit --scale paper --workers 4\n"
+            "  gnflow study performance --scale full         # a benchmark: measured tables, no claims\n"
         ),
     )
-    study.add_argument("name", nargs="?", metavar="NAME", help="arbel2023, cai2019 or mean_field_limit")
+    study.add_argument("name", nargs="?", metavar="NAME", help="a study of gnflow study --list")
     study.add_argument(
-        "--scale", choices=("smoke", "small", "paper"), default="smoke", help="size of the study (default: smoke)"
+        "--scale", default="smoke", help="a scale of the study: smoke|small|paper, or a benchmark's (default: smoke)"
     )
     study.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/studies/NAME/SCALE)")
     study.add_argument(

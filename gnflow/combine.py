@@ -1,7 +1,7 @@
 """The combined summary dataset of a sweep (``sweep.nc``): the runs' losses on one grid.
 
 Every variable of the run files that is a function of ``t`` alone is gathered into one array with
-the study's dimensions (``run`` for explicit runs, one per grid key) and ``t``; how runs that stop
+the sweep grid's dimensions (``run`` for explicit runs, one per grid key) and ``t``; how runs that stop
 at different times share the ``t`` axis is said in :func:`combine_runs`.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 import xarray as xr
 
 from gnflow.dataset import VariableInfo, cf_attributes
+from gnflow.grid import RUN_DIM, SweepGrid
 from gnflow.status import RunResult
-from gnflow.study import RUN_DIM, Study
 
 __all__ = ["SWEEP_VARIABLES", "combine_runs", "is_failure"]
 
@@ -32,7 +32,7 @@ SWEEP_VARIABLES: dict[str, VariableInfo] = {
     "status": VariableInfo("run status", "1", "completed, converged, failed: <reason>, error: <message> or missing"),
     "t_final": VariableInfo("last saved flow time of the run", "1"),
     "wall_time_s": VariableInfo("wall-clock time of the integration", "s"),
-    RUN_DIM: VariableInfo("name of the explicit run ([[runs]] entry of the study)", "1"),
+    RUN_DIM: VariableInfo("name of the explicit run ([[runs]] entry of the sweep grid)", "1"),
 }
 
 
@@ -65,10 +65,10 @@ def _coordinate(values: Sequence[Any]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
+def combine_runs(grid: SweepGrid, paths: Mapping[str, Path], outcomes: Mapping[str, Mapping[str, Any]]) -> xr.Dataset:
     """The summary dataset of a sweep: every scalar-over-``t`` variable of the runs on one grid.
 
-    Dimensions are ``run`` (explicit runs, when the study has them), one per grid key (named
+    Dimensions are ``run`` (explicit runs, when the grid has them), one per grid key (named
     like the key with dots as underscores, e.g. ``model_init_scale``) and ``t``. The ``t`` axis
     is the union of the times the runs saved, except the extra state a converged run saves at
     its stopping time (off the save grid): a run's values are NaN at times it did not save, in
@@ -76,9 +76,9 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
     at its last saved time ``t_final``, the stopping time included. Runs without a file are NaN
     everywhere, with their error in ``status``. Weight trajectories stay in the run files.
     """
-    shape = study.shape
+    shape = grid.shape
     loaded: dict[str, xr.Dataset] = {}
-    for run in study.runs:
+    for run in grid.runs:
         path = paths[run.run_id]
         if path.is_file():
             try:
@@ -108,7 +108,7 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
     wall = np.full(shape, np.nan)
     run_ids = np.empty(shape, dtype=object)
     status = np.empty(shape, dtype=object)
-    for run in study.runs:
+    for run in grid.runs:
         run_ids[run.index] = run.run_id
         outcome = outcomes.get(run.run_id, {})
         ds = loaded.get(run.run_id)
@@ -127,7 +127,7 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
             series[name][run.index][where] = values[: t.size]
             finals[name][run.index] = values[-1]
 
-    dims = study.dims
+    dims = grid.dims
     data_vars: dict[str, Any] = {}
     for name in names:
         data_vars[name] = ((*dims, "t"), series[name], attrs[name])
@@ -139,10 +139,10 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
     data_vars["run_id"] = (dims, run_ids)
     data_vars["status"] = (dims, status)
     coords: dict[str, Any] = {"t": ("t", times)}
-    if study.labels is not None:
-        coords[RUN_DIM] = (RUN_DIM, np.asarray(study.labels, dtype=object))
-    for dim, key in study.keys.items():
-        array = _coordinate(study.grid[key])
+    if grid.labels is not None:
+        coords[RUN_DIM] = (RUN_DIM, np.asarray(grid.labels, dtype=object))
+    for dim, key in grid.keys.items():
+        array = _coordinate(grid.grid[key])
         coords[dim] = (
             dim,
             array,
@@ -152,17 +152,17 @@ def combine_runs(study: Study, paths: Mapping[str, Path], outcomes: Mapping[str,
     for name, info in SWEEP_VARIABLES.items():
         if name in combined.variables:
             combined[name].attrs.update(info.attrs())
-    n_valid = sum(1 for run in study.runs if not is_failure(str(status[run.index])))
-    n_runs = len(study.runs)
+    n_valid = sum(1 for run in grid.runs if not is_failure(str(status[run.index])))
+    n_runs = len(grid.runs)
     combined.attrs = cf_attributes(
-        f"gnflow sweep {study.name}: {n_runs} runs over {', '.join(dims) or 'one run'}",
-        f"gnflow sweep {study.name} (combined {n_valid} of {n_runs} runs)",
+        f"gnflow sweep {grid.name}: {n_runs} runs over {', '.join(dims) or 'one run'}",
+        f"gnflow sweep {grid.name} (combined {n_valid} of {n_runs} runs)",
         libraries=False,
         comment="per-run trajectories with weights: runs/<run_id>.nc; values are NaN where a "
         "run saved no state (after it stopped); X_final is X at the run's last saved time t_final",
-        gnflow_study=json.dumps(study.definition, sort_keys=True),
-        gnflow_grid_keys=json.dumps(study.keys, sort_keys=True),
-        gnflow_runs=len(study.runs),
-        gnflow_failed_runs=len(study.runs) - n_valid,
+        gnflow_study=json.dumps(grid.definition, sort_keys=True),
+        gnflow_grid_keys=json.dumps(grid.keys, sort_keys=True),
+        gnflow_runs=len(grid.runs),
+        gnflow_failed_runs=len(grid.runs) - n_valid,
     )
     return combined

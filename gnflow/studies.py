@@ -1,22 +1,44 @@
-"""Scripted reproduction studies: a registry, the sweep-backed runner and the claims report.
+"""Studies: scripted reproductions and benchmarks, their scale files, the runner and the report.
 
-A study is a folder ``studies/<name>/`` of the source tree holding ``<name>.py`` (the script),
-``<name>.toml`` (one table per scale: ``[smoke]``, ``[small]``, ``[paper]``) and ``README.md``.
-The script defines ``run(settings, context) -> StudyReport``: it executes its runs through the
-sweep engine (:func:`run_grid`, so the paper scale can use dask and GPUs), measures what the
-paper claims, draws its figures into ``context.out_dir`` and returns the claims with the numbers
-it measured. :func:`run_study` then writes ``report.md``.
+A *study* is a folder ``studies/<name>/`` holding ``<name>.py`` (the script), ``<name>.toml``
+(its scale file) and ``README.md``. (A *sweep grid*, :mod:`gnflow.grid`, is something else: the
+grid of runs that ``gnflow sweep`` and :func:`run_grid` execute; a study may run several.) The
+script defines ``run(settings, context) -> StudyReport``: it executes its runs (through the sweep
+engine, :func:`run_grid`, where they are runs of a grid), measures, draws its figures into
+``context.out_dir`` and returns its claims and measurements. :func:`run_study` writes
+``report.md``. Every study runs by ``gnflow study NAME --scale S``; a script may also keep a
+``main()`` for ``python studies/NAME/NAME.py`` that calls :func:`run_study` with options.
 
-Scales: ``smoke`` (tiny, for continuous integration: under two minutes on two cores), ``small``
-(a laptop CPU in under an hour) and ``paper`` (the published setting).
+The scale file has one table per scale and an optional ``[defaults]`` table merged under each of
+them (tables merged key by key, other values replaced)::
+
+    [defaults]              # shared by every scale
+    seed = 1
+    run.solver.t_end = 1e4  # a nested table: merged key by key
+    [smoke]                 # required: tiny, for continuous integration (seconds to two minutes)
+    run.solver.t_end = 100.0
+    [small]                 # further scales: any name
+
+Every table other than ``[defaults]`` is a scale, in the order of the file: reproductions have
+``smoke``, ``small`` (a laptop CPU in under an hour) and ``paper`` (the published setting); a
+benchmark declares the scales it measures (performance: ``smoke``, ``full``, ``gpu``,
+``gpu_float32``). The key ``threads`` (optional) sets torch's CPU thread count while the study
+runs. A study is a *reproduction* (its report states each claim of a paper, the numbers measured
+for it and a verdict) or a *benchmark* (:data:`BENCHMARKS`: its report holds measured tables and
+may state no claim).
+
+The folder is looked up in the installed package first (``gnflow/_studies/``, which the wheel
+ships), then in the source checkout holding the package (``studies/``).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import logging
 import os
 import re
+import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -30,9 +52,11 @@ import xarray as xr
 from gnflow.dataset import atomic_write_text, dataset_result, read_dataset
 
 __all__ = [
+    "BENCHMARKS",
     "SCALES",
     "STUDIES",
     "Claim",
+    "GridRun",
     "StudyContext",
     "StudyError",
     "StudyReport",
@@ -41,23 +65,32 @@ __all__ = [
     "run_grid",
     "run_study",
     "study_folder",
+    "study_module",
+    "study_scales",
     "time_to_level",
     "write_report",
 ]
 
 logger = logging.getLogger(__name__)
 
-Scale = Literal["smoke", "small", "paper"]
 Verdict = Literal["supported", "not supported", "inconclusive"]
+#: The scales of a reproduction study (a benchmark declares its own; every study has ``smoke``).
 SCALES: tuple[str, ...] = ("smoke", "small", "paper")
 VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
+DEFAULTS_TABLE = "defaults"
+PACKAGED_STUDIES = "_studies"  # the studies folder inside the installed package
 
-#: Study name -> one-line description. The folder is ``studies/<name>/`` of the source tree.
+#: Study name -> one-line description. The folder is ``studies/<name>/``.
 STUDIES: dict[str, str] = {
     "arbel2023": "Arbel, Menegaux, Wolinski (2023): GN vs GD across tau0 and N; hidden learning of slowed GN",
     "cai2019": "Cai et al. (2019): quadratic convergence of full-batch GGN; mini-batch GGN vs SGD and Adam",
+    "ggn_vs_sgd": "Cai et al. (2019) on real data: mini-batch GGN vs SGD with momentum and Adam, per epoch and time",
+    "long_horizon": "Benchmark: long gradient flows, the kernel-exponential integrator against dopri5",
     "mean_field_limit": "Convergence of GN and GD trajectories and particle measures as the width M grows",
+    "performance": "Benchmark: the Gauss-Newton field against a full-Jacobian baseline and the roofline",
 }
+#: The studies that are benchmarks: their reports hold measured tables and may state no claim.
+BENCHMARKS: tuple[str, ...] = ("long_horizon", "performance")
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -96,20 +129,23 @@ class Claim:
 
 @dataclass
 class StudyReport:
-    """What a study script returns: claims, figures and the description of its setting.
+    """What a study script returns: claims, measurements, figures and the description of its setting.
 
     Attributes
     ----------
     title:
-        Report title (the paper and the experiment).
+        Report title (the paper and the experiment, or what the benchmark measures).
     setup:
         Markdown lines describing the runs of this scale (sizes, horizons, solvers).
     claims:
-        The claims with their measurements and verdicts.
+        The claims with their measurements and verdicts (may be empty for a benchmark).
     figures:
         Figure files (in the output folder) with a caption each.
     sections:
         Further Markdown sections: heading -> lines (tables of measured numbers, caveats).
+    measurements:
+        Markdown lines of the ``Measurements`` section (the measured tables of a benchmark),
+        written right after the claims.
     """
 
     title: str
@@ -117,6 +153,7 @@ class StudyReport:
     claims: list[Claim]
     figures: list[tuple[Path, str]] = field(default_factory=list)
     sections: dict[str, list[str]] = field(default_factory=dict)
+    measurements: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,11 @@ class StudyContext:
         Worker processes of a local dask cluster (None: the sweep engine's default).
     progress:
         Progress bars on stderr: True, False or None (when stderr is a terminal).
+    options:
+        Options of this invocation that are not part of the scale (a script's command-line
+        flags, e.g. long_horizon's ``method``); the study names the ones it takes.
+    threads:
+        The scale's ``threads`` (torch CPU threads while the study runs), None when unset.
     """
 
     name: str
@@ -143,43 +185,114 @@ class StudyContext:
     executor: str = "serial"
     workers: int | None = None
     progress: bool | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = None
 
 
-def study_folder(name: str) -> Path:
-    """The folder ``studies/<name>/`` of the source tree holding the study's script and TOML."""
+def _study_roots(package_dir: Path) -> tuple[Path, Path]:
+    """Where studies are looked for: the installed package's data, then the source checkout."""
+    return package_dir / PACKAGED_STUDIES, package_dir.parent / "studies"
+
+
+def study_folder(name: str, *, package_dir: str | Path | None = None) -> Path:
+    """The folder of study ``name``: ``gnflow/_studies/<name>/`` of an installed wheel, else
+    ``studies/<name>/`` of the source checkout holding the package.
+
+    Parameters
+    ----------
+    name:
+        A key of :data:`STUDIES`.
+    package_dir:
+        The ``gnflow`` package folder to look from (default: the imported package's).
+    """
     if name not in STUDIES:
         raise StudyError(f"unknown study {name!r}; allowed: {', '.join(STUDIES)}")
-    folder = Path(__file__).resolve().parent.parent / "studies" / name
-    if not (folder / f"{name}.py").is_file():
-        raise StudyError(
-            f"study {name!r}: {folder / (name + '.py')} not found; studies run from a gnflow source checkout"
-        )
-    return folder
+    if package_dir is None:
+        package_dir = Path(str(importlib.resources.files("gnflow")))
+    roots = _study_roots(Path(package_dir))
+    for root in roots:
+        if (root / name / f"{name}.py").is_file():
+            return root / name
+    raise StudyError(
+        f"study {name!r}: no {name}/{name}.py in {roots[0]} (an installed wheel ships it there) or {roots[1]} "
+        "(a source checkout); install gnflow from a wheel or run from a gnflow source checkout"
+    )
 
 
-def load_study_settings(name: str, scale: str) -> dict[str, Any]:
-    """The ``[scale]`` table of ``studies/<name>/<name>.toml``."""
-    if scale not in SCALES:
-        raise StudyError(f"unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
-    path = study_folder(name) / f"{name}.toml"
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merged key by key, every other value replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _scale_tables(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The ``[defaults]`` table and the scale tables of a scale file, in the file's order."""
     try:
         tables = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise StudyError(f"scale file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: invalid TOML: {exc}") from None
-    if scale not in tables:
-        raise StudyError(f"{path}: no [{scale}] table")
-    settings: dict[str, Any] = dict(tables[scale])
-    return settings
+    loose = [key for key, value in tables.items() if not isinstance(value, dict)]
+    if loose:
+        raise StudyError(f"{path}: top-level key {loose[0]!r}: settings go in [{DEFAULTS_TABLE}] or a scale table")
+    defaults = tables.pop(DEFAULTS_TABLE, {})
+    if "smoke" not in tables:
+        raise StudyError(f"{path}: no [smoke] table; every study has a smoke scale")
+    return defaults, tables
 
 
-def _study_module(name: str) -> Any:
+def _scale_file(name: str, path: str | Path | None) -> Path:
+    return Path(path) if path is not None else study_folder(name) / f"{name}.toml"
+
+
+def study_scales(name: str, *, path: str | Path | None = None) -> tuple[str, ...]:
+    """The scales of study ``name``, in the order of its scale file (``path``: another scale file)."""
+    return tuple(_scale_tables(_scale_file(name, path))[1])
+
+
+def load_study_settings(name: str, scale: str, *, path: str | Path | None = None) -> dict[str, Any]:
+    """The settings of ``scale``: its table of ``studies/<name>/<name>.toml`` over ``[defaults]``.
+
+    Parameters
+    ----------
+    name:
+        A key of :data:`STUDIES`.
+    scale:
+        A scale table of the file.
+    path:
+        Another scale file of the same format (e.g. a script's ``--config``).
+    """
+    file = _scale_file(name, path)
+    defaults, scales = _scale_tables(file)
+    if scale not in scales:
+        raise StudyError(f"study {name}: unknown scale {scale!r}; allowed: {', '.join(scales)}")
+    return _merge(defaults, scales[scale])
+
+
+def study_module(name: str) -> Any:
+    """The imported script ``<name>.py`` of study ``name`` (imported once per process)."""
+    module_name = f"gnflow_study_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     path = study_folder(name) / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"gnflow_study_{name}", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - importlib failure
         raise StudyError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[module_name] = module  # dataclasses of the script look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
     if not callable(getattr(module, "run", None)):
+        del sys.modules[module_name]
         raise StudyError(f"{path} defines no run(settings, context) function")
     return module
 
@@ -192,6 +305,8 @@ def run_study(
     executor: str | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    options: Mapping[str, Any] | None = None,
+    settings_path: str | Path | None = None,
 ) -> Path:
     """Run study ``name`` at ``scale`` and write its figures and ``report.md`` into ``out_dir``.
 
@@ -200,29 +315,26 @@ def run_study(
     name:
         A key of :data:`STUDIES`.
     scale:
-        ``"smoke"``, ``"small"`` or ``"paper"``.
+        A scale of the study's scale file (:func:`study_scales`).
     out_dir:
         Output folder (default ``data/studies/<name>/<scale>``).
     executor:
-        Sweep executor; default ``"serial"`` for smoke and small, ``"auto"`` (dask when
-        installed) for paper.
+        Sweep executor; default ``"serial"``, and ``"auto"`` (dask when installed) for ``paper``.
     workers, progress:
         Passed to the sweep engine.
+    options:
+        Options of this invocation for the study (:attr:`StudyContext.options`).
+    settings_path:
+        Another scale file to read the settings from (default: the study's own).
 
     Returns
     -------
     Path
         The report written.
     """
-    settings = load_study_settings(name, scale)
+    settings = load_study_settings(name, scale, path=settings_path)
     threads = settings.pop("threads", None)
-    if threads is not None:
-        import torch
-
-        # runs in this process (serial executor): the thread count of the scale, since
-        # oversubscribed BLAS threads on a busy machine cost more than they give
-        torch.set_num_threads(int(threads))
-    module = _study_module(name)
+    module = study_module(name)
     out = Path(out_dir) if out_dir is not None else Path("data/studies") / name / scale
     out.mkdir(parents=True, exist_ok=True)
     context = StudyContext(
@@ -232,38 +344,62 @@ def run_study(
         executor=executor or ("auto" if scale == "paper" else "serial"),
         workers=workers,
         progress=progress,
+        options=dict(options or {}),
+        threads=None if threads is None else int(threads),
     )
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        # runs in this process (serial executor): the thread count of the scale, since
+        # oversubscribed BLAS threads on a busy machine cost more than they give
+        torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    report: StudyReport = module.run(settings, context)
+    try:
+        report: StudyReport = module.run(settings, context)
+    finally:
+        torch.set_num_threads(previous_threads)
     wall = time.perf_counter() - start
     logger.info("study %s (%s) took %.1f s", name, scale, wall)
-    return write_report(out / "report.md", report, name=name, scale=scale, wall_time_s=wall)
+    return write_report(out / "report.md", report, name=name, scale=scale, wall_time_s=wall, options=context.options)
 
 
-def write_report(path: str | Path, report: StudyReport, *, name: str, scale: str, wall_time_s: float) -> Path:
-    """Write the Markdown report: claims table (claim, measured, verdict), setup, figures.
+def write_report(
+    path: str | Path,
+    report: StudyReport,
+    *,
+    name: str,
+    scale: str,
+    wall_time_s: float,
+    options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the Markdown report: claims table (claim, measured, verdict), measurements, setup, figures.
 
     The claims table has one row per claim, ``| k | claim | measured | verdict |``; its verdict
-    cell is one of ``supported``, ``not supported``, ``inconclusive``.
+    cell is one of ``supported``, ``not supported``, ``inconclusive``. A report without claims (a
+    benchmark) has no claims table and must have measurements.
     """
     path = Path(path)
+    if not report.claims and not report.measurements:
+        raise StudyError(f"study {name} ({scale}) reported neither claims nor measurements")
+    given = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
+    command = f"`gnflow study {name} --scale {scale}`"
+    by = f"study options {given}; written by `gnflow.studies.run_study`" if given else f"written by {command}"
     lines = [
         f"# {report.title}",
         "",
-        f"Study `{name}`, scale `{scale}`; written by `gnflow study {name} --scale {scale}` "
-        f"in {wall_time_s:.0f} s of wall-clock time.",
-        "",
-        "## Claims",
-        "",
-        "| # | claim | measured | verdict |",
-        "|---|---|---|---|",
+        f"Study `{name}`, scale `{scale}`; {by} in {wall_time_s:.0f} s of wall-clock time.",
     ]
+    if report.claims:
+        lines += ["", "## Claims", "", "| # | claim | measured | verdict |", "|---|---|---|---|"]
     for k, claim in enumerate(report.claims, start=1):
         cells = [str(k), claim.statement, claim.measured, claim.verdict]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     notes = [(k, c.note) for k, c in enumerate(report.claims, start=1) if c.note]
     if notes:
         lines += ["", *[f"- Claim {k}: {note}" for k, note in notes]]
+    if report.measurements:
+        lines += ["", "## Measurements", "", *report.measurements]
     lines += ["", "## Setup", "", *[f"- {line}" for line in report.setup]]
     for heading, body in report.sections.items():
         lines += ["", f"## {heading}", "", *body]
@@ -304,7 +440,7 @@ def run_grid(
     """Execute a grid of runs with :func:`gnflow.sweep.run_sweep` into ``out_dir/<name>``.
 
     ``base``, ``grid`` and ``runs`` are the ``[base]``, ``[grid]`` and ``[[runs]]`` tables of a
-    sweep study file. Runs with a valid file there are not computed again, so an interrupted
+    sweep grid file (:mod:`gnflow.grid`). Runs with a valid file there are not computed again, so an interrupted
     study continues where it stopped.
 
     Returns
@@ -318,24 +454,24 @@ def run_grid(
         When some run wrote no file (it raised). Runs whose integration failed (too many steps,
         step-size underflow) are returned with their partial trajectory and status.
     """
-    from gnflow.study import study_from_dict
+    from gnflow.grid import grid_from_dict
     from gnflow.sweep import run_sweep
 
-    definition: dict[str, Any] = {"study": {"name": f"{context.name}-{name}"}, "base": dict(base)}
+    definition: dict[str, Any] = {"sweep": {"name": f"{context.name}-{name}"}, "base": dict(base)}
     if grid:
         definition["grid"] = {k: list(v) for k, v in grid.items()}
     if runs:
         definition["runs"] = [dict(r) for r in runs]
-    study = study_from_dict(definition, name=f"{context.name}-{name}")
+    sweep_grid = grid_from_dict(definition, name=f"{context.name}-{name}")
     folder = context.out_dir / name
     kwargs: dict[str, Any] = {"executor": context.executor, "progress": context.progress}
     if context.executor != "serial":
         kwargs["workers"] = context.workers
-    result = run_sweep(study, folder, **kwargs)
+    result = run_sweep(sweep_grid, folder, **kwargs)
     finished: list[GridRun] = []
-    for run in study.runs:
+    for run in sweep_grid.runs:
         values = dict(run.values)
-        label = study.labels[run.index[0]] if study.labels is not None else None
+        label = sweep_grid.labels[run.index[0]] if sweep_grid.labels is not None else None
         path = folder / "runs" / f"{run.run_id}.nc"
         if not path.is_file():
             outcome = result.outcomes.get(run.run_id, {})

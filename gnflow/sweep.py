@@ -1,6 +1,6 @@
-"""Running a study: every run to its own NetCDF file, on dask.distributed or serially, resumably.
+"""Running a sweep grid: every run to its own NetCDF file, on dask.distributed or serially, resumably.
 
-``run_sweep(study, out_dir)`` writes
+``run_sweep(grid, out_dir)`` writes
 
 - ``out_dir/runs/<run_id>.nc``: the trajectory dataset of each run (``gnflow.run``, atomic);
 - ``out_dir/manifest.json``: every run's id, grid values, config, state (done / failed /
@@ -41,8 +41,8 @@ from gnflow import __version__
 from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
 from gnflow.dataset import atomic_write_json, run_config_of, write_dataset
+from gnflow.grid import SweepGrid, SweepRun
 from gnflow.status import RunResult
-from gnflow.study import Study, StudyRun
 
 __all__ = [
     "SweepError",
@@ -223,8 +223,8 @@ class _Manifest:
     def __init__(
         self,
         path: Path,
-        study: Study,
-        runs: Sequence[StudyRun],
+        grid: SweepGrid,
+        runs: Sequence[SweepRun],
         paths: Mapping[str, Path],
         executor: str,
     ) -> None:
@@ -245,9 +245,9 @@ class _Manifest:
         self.data: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "gnflow_version": __version__,
-            "study": study.name,
-            "dims": list(study.dims),
-            "grid_keys": study.keys,
+            "study": grid.name,
+            "dims": list(grid.dims),
+            "grid_keys": grid.keys,
             "invocations": [*invocations, self.invocation],
             "runs": {},
         }
@@ -259,7 +259,7 @@ class _Manifest:
                 "path": str(paths[run.run_id].relative_to(path.parent)),
                 "grid": dict(run.values),
                 "index": list(run.index),
-                "label": study.labels[run.index[0]] if study.labels is not None else None,
+                "label": grid.labels[run.index[0]] if grid.labels is not None else None,
                 "config": config_to_dict(run.config),
             }
 
@@ -361,7 +361,7 @@ class _Progress:
         self.bar.close()
 
 
-def _run_serial(todo: list[tuple[StudyRun, str]], task: RunTask, finish: Callable[[dict[str, Any]], None]) -> None:
+def _run_serial(todo: list[tuple[SweepRun, str]], task: RunTask, finish: Callable[[dict[str, Any]], None]) -> None:
     for run, config_json in todo:
         finish(task(config_json, str(run.config.output.path)))
 
@@ -402,7 +402,7 @@ def _dask_client(workers: int | None, scheduler: str | None, scheduler_file: str
 
 def _run_dask(
     client: Any,
-    todo: list[tuple[StudyRun, str]],
+    todo: list[tuple[SweepRun, str]],
     task: RunTask,
     finish: Callable[[dict[str, Any]], None],
     retries: int,
@@ -446,7 +446,7 @@ def _run_dask(
 
 
 def run_sweep(
-    study: Study,
+    grid: SweepGrid,
     out_dir: str | Path,
     *,
     executor: str = "auto",
@@ -458,12 +458,12 @@ def run_sweep(
     progress: bool | None = None,
     task: RunTask = execute_run,
 ) -> SweepResult:
-    """Compute the runs of ``study`` that have no valid file in ``out_dir`` and combine them.
+    """Compute the runs of the sweep ``grid`` that have no valid file in ``out_dir`` and combine them.
 
     Parameters
     ----------
-    study:
-        The expanded study (:func:`gnflow.study.load_study`).
+    grid:
+        The expanded sweep grid (:func:`gnflow.grid.load_grid`).
     out_dir:
         Output folder; runs go to ``out_dir/runs/<run_id>.nc``.
     executor:
@@ -499,7 +499,7 @@ def run_sweep(
         logger.info(
             "dask.distributed is not installed: running the %d runs serially in this process "
             "(pip install 'gnflow[dist]' for parallel runs)",
-            len(study.runs),
+            len(grid.runs),
         )
         executor = "serial"
     elif executor == "auto":
@@ -508,9 +508,9 @@ def run_sweep(
     out_dir = Path(out_dir).resolve()
     runs_dir = out_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    paths = {run.run_id: runs_dir / f"{run.run_id}.nc" for run in study.runs}
+    paths = {run.run_id: runs_dir / f"{run.run_id}.nc" for run in grid.runs}
     runs = [
-        StudyRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values) for run in study.runs
+        SweepRun(run.run_id, _with_output(run.config, paths[run.run_id]), run.index, run.values) for run in grid.runs
     ]
     result = SweepResult(out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc")
 
@@ -518,8 +518,8 @@ def run_sweep(
         for stale in runs_dir.glob(".*.tmp"):
             logger.info("removing %s, left by an interrupted write", stale.name)
             stale.unlink(missing_ok=True)
-        manifest = _Manifest(result.manifest_path, study, runs, paths, executor)
-        todo: list[tuple[StudyRun, str]] = []
+        manifest = _Manifest(result.manifest_path, grid, runs, paths, executor)
+        todo: list[tuple[SweepRun, str]] = []
         for run in runs:
             path = paths[run.run_id]
             status, reason = run_file_status(path, run.run_id)
@@ -534,14 +534,14 @@ def run_sweep(
         manifest.write()
         counts = manifest.counts()
         logger.info(
-            "study %s: %d runs, %d with valid files, %d to compute (%s)",
-            study.name,
-            len(study.runs),
+            "sweep %s: %d runs, %d with valid files, %d to compute (%s)",
+            grid.name,
+            len(grid.runs),
             counts["done"],
             len(todo),
             executor,
         )
-        bar = _Progress(len(study.runs), counts, progress)
+        bar = _Progress(len(grid.runs), counts, progress)
 
         def finish(outcome: dict[str, Any]) -> None:
             result.outcomes[outcome["run_id"]] = outcome
@@ -565,12 +565,12 @@ def run_sweep(
         finally:
             bar.close()
             manifest.write(finished=True)
-        combined = combine_runs(study, paths, result.outcomes)
+        combined = combine_runs(grid, paths, result.outcomes)
         write_dataset(combined, result.combined_path)
     counts = manifest.counts()
     logger.info(
-        "study %s: %d done, %d failed; wrote %s",
-        study.name,
+        "sweep %s: %d done, %d failed; wrote %s",
+        grid.name,
         counts["done"],
         counts["failed"],
         result.combined_path,

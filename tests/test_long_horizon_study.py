@@ -1,36 +1,31 @@
-"""The long-horizon study script at its smoke scale: it runs, writes its table and figure, and
-the two methods it compares agree on the trajectory."""
+"""The long-horizon study at its smoke scale, through ``gnflow study`` and through its script: it
+runs, writes its table, figure and report, and the two methods it compares agree on the trajectory."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from gnflow.cli import main
 from gnflow.dataset import read_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "long_horizon" / "long_horizon.py"
+from gnflow.studies import claims_table, study_module
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("long_horizon", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return study_module("long_horizon")
 
 
 def test_smoke_scale_writes_a_table_and_a_figure(study, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
-    try:
-        assert study.main(["--scale", "smoke", "-o", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["study", "long_horizon", "--scale", "smoke", "-o", str(tmp_path), "-q"]) == 0
+    assert torch.get_num_threads() == threads  # the scale's thread count is undone afterwards
+    report = (tmp_path / "report.md").read_text()
+    assert "\n## Measurements\n" in report and claims_table(report) == []
+    assert "| 10 | dopri5 |" in report and "![" in report
     ds = read_dataset(tmp_path / "long_horizon_smoke.nc")
     assert (tmp_path / "long_horizon_smoke.png").stat().st_size > 0
     assert list(ds["method"].values) == ["kernel_exponential", "dopri5"]
@@ -49,7 +44,7 @@ def test_smoke_scale_writes_a_table_and_a_figure(study, tmp_path: Path) -> None:
 
 def test_unknown_scale_is_a_one_line_error(study, capsys) -> None:
     assert study.main(["--scale", "huge"]) == 2
-    assert "--scale 'huge': unknown; allowed: smoke, small, paper" in capsys.readouterr().err
+    assert "unknown scale 'huge'; allowed: smoke, small, paper" in capsys.readouterr().err
 
 
 def test_runs_split_by_tau0_and_method_combine_into_one_table(study, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""The performance study at smoke size: it writes its table and figure, and what it measures is sane.
+"""The performance study at smoke size: it writes its table, figure and report, and what it measures is sane.
 
 Timings are not asserted (they depend on the machine); the study's own consistency checks are:
 the full-Jacobian baseline computes the same field as gnflow, and the paper-style run obeys the
@@ -7,33 +7,32 @@ eigmin law at every saved time.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gnflow.cli import main
+from gnflow.config import ConfigError
 from gnflow.dataset import read_dataset
-
-SCRIPT = Path(__file__).resolve().parent.parent / "studies" / "performance" / "performance.py"
+from gnflow.studies import StudyError, claims_table, load_study_settings, study_module
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("performance_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["performance_study"] = module
-    spec.loader.exec_module(module)
-    return module
+    return study_module("performance")
+
+
+def _scale(study, scale: str):
+    return study.benchmark_of(load_study_settings("performance", scale))
 
 
 @pytest.fixture(scope="module")
 def smoke_table(study, tmp_path_factory):
     out = tmp_path_factory.mktemp("performance")
-    assert study.main(["--scale", "smoke", "-o", str(out)]) == 0
+    assert main(["study", "performance", "--scale", "smoke", "-o", str(out), "-q"]) == 0
     return read_dataset(out / "performance_smoke.nc"), out
 
 
@@ -82,25 +81,34 @@ def test_large_run_reports_peak_memory(smoke_table) -> None:
 def test_large_run_result_is_reused_only_for_its_config(study, tmp_path: Path) -> None:
     assert study.main(["--scale", "smoke", "-o", str(tmp_path), "--large-only"]) == 0
     stored = tmp_path / "large_run_smoke.json"
-    _, _, large = study.load_study(SCRIPT.parent / "performance.toml", "smoke")
+    _, _, large = _scale(study, "smoke")
     result = study._load_large_result(stored, large)
     assert result["status"] == "converged" and result["maxrss_kib"] > 0
     other = replace(large, seed=large.seed + 1)
-    with pytest.raises(ValueError, match="written for another large_run config"):
+    with pytest.raises(ConfigError, match="written for another large_run config"):
         study._load_large_result(stored, other)
 
 
-def test_unknown_scale_is_one_line_error(study) -> None:
-    from gnflow.config import ConfigError
+def test_unknown_scale_is_one_line_error(study, capsys) -> None:
+    with pytest.raises(StudyError, match="unknown scale 'huge'; allowed: smoke, full, gpu, gpu_float32"):
+        load_study_settings("performance", "huge")
+    assert study.main(["--scale", "huge"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
-    with pytest.raises(ConfigError, match="--scale 'huge': unknown; allowed: full, gpu, gpu_float32, smoke"):
-        study.load_study(SCRIPT.parent / "performance.toml", "huge")
+
+def test_smoke_report_holds_the_measured_tables(smoke_table) -> None:
+    ds, out = smoke_table
+    report = (out / "report.md").read_text()
+    assert "\n## Measurements\n" in report and claims_table(report) == []
+    gn = float(ds["gn_time"].sel(n_train=60, width=50))
+    assert f"| 60 | 50 | {gn:.3g} |" in report
+    assert "Large run (N = 50, M = 300): converged" in report
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cuda_timings_compute_the_same_field_as_the_baseline(study, dtype: str) -> None:
-    bench, _, _ = study.load_study(SCRIPT.parent / "performance.toml", "smoke")
+    bench, _, _ = _scale(study, "smoke")
     bench = replace(bench, device="cuda", dtype=dtype)
     row = study.time_size(bench, 30, 50)
     assert all(row[k] > 0 for k in ("gn", "gn_eigh", "baseline", "roofline", "gd"))
@@ -112,6 +120,6 @@ def test_cuda_timings_compute_the_same_field_as_the_baseline(study, dtype: str) 
 
 def test_gpu_scales_name_cuda_for_the_timings_and_both_runs(study) -> None:
     for scale in ("gpu", "gpu_float32"):
-        bench, paper, large = study.load_study(SCRIPT.parent / "performance.toml", scale)
+        bench, paper, large = _scale(study, scale)
         assert bench.device == paper.device == large.device == "cuda"
         assert bench.dtype == paper.dtype == large.dtype

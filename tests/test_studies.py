@@ -1,5 +1,6 @@
-"""Reproduction studies: every study at smoke scale through ``gnflow study``, the report's structure,
-and the measurement helpers against closed forms."""
+"""Studies: every reproduction at smoke scale through ``gnflow study``, the report's structure, the
+scale-file format, where studies are found, and the measurement helpers against closed forms.
+(The benchmarks, long_horizon and performance, run at smoke scale in their own test files.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from gnflow.cli import main
 from gnflow.dataset import read_dataset
 from gnflow.studies import (
+    BENCHMARKS,
     STUDIES,
     VERDICTS,
     Claim,
@@ -23,6 +25,8 @@ from gnflow.studies import (
     load_study_settings,
     loglog_slope,
     study_folder,
+    study_module,
+    study_scales,
     time_to_level,
     write_report,
 )
@@ -30,7 +34,7 @@ from gnflow.studies import (
 NUMBER = re.compile(r"\d")
 
 
-@pytest.fixture(scope="module", params=sorted(STUDIES))
+@pytest.fixture(scope="module", params=sorted(set(STUDIES) - set(BENCHMARKS)))
 def smoke_study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     name = request.param
     out = tmp_path_factory.mktemp(name)
@@ -84,12 +88,58 @@ def test_smoke_study_writes_readable_netcdf(smoke_study: tuple[str, Path]) -> No
         assert not undocumented, f"{path}: variables without long_name: {undocumented}"
 
 
-def test_every_study_has_a_folder_with_three_scales_and_a_readme() -> None:
+def test_every_study_has_a_folder_a_readme_a_run_function_and_its_scales() -> None:
+    assert set(BENCHMARKS) < set(STUDIES)
     for name in STUDIES:
         folder = study_folder(name)
         assert (folder / "README.md").is_file()
-        for scale in ("smoke", "small", "paper"):
+        assert callable(study_module(name).run)
+        scales = study_scales(name)
+        assert scales[0] == "smoke", name
+        for scale in scales:
             assert load_study_settings(name, scale)
+    for name in ("arbel2023", "cai2019", "mean_field_limit"):
+        assert study_scales(name) == ("smoke", "small", "paper")
+    assert study_scales("ggn_vs_sgd") == ("smoke", "small")
+    assert study_scales("long_horizon") == ("smoke", "small", "paper")
+    assert study_scales("performance") == ("smoke", "full", "gpu", "gpu_float32")
+
+
+def test_scale_file_merges_defaults_under_each_scale(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        "[defaults]\nthreads = 1\nwidths = [1, 2]\n[defaults.run]\nseed = 3\nsolver.t_end = 10.0\n"
+        "[smoke]\nrun.solver.t_end = 1.0\n[big]\nwidths = [5]\nrun = {seed = 4}\n"
+    )
+    assert study_scales("arbel2023", path=path) == ("smoke", "big")
+    smoke = load_study_settings("arbel2023", "smoke", path=path)
+    assert smoke == {"threads": 1, "widths": [1, 2], "run": {"seed": 3, "solver": {"t_end": 1.0}}}
+    big = load_study_settings("arbel2023", "big", path=path)
+    assert big == {"threads": 1, "widths": [5], "run": {"seed": 4, "solver": {"t_end": 10.0}}}
+    with pytest.raises(StudyError, match="unknown scale 'paper'; allowed: smoke, big"):
+        load_study_settings("arbel2023", "paper", path=path)
+    path.write_text("threads = 1\n[smoke]\n")
+    with pytest.raises(StudyError, match="top-level key 'threads': settings go in \\[defaults\\] or a scale table"):
+        load_study_settings("arbel2023", "smoke", path=path)
+    path.write_text("[small]\n")
+    with pytest.raises(StudyError, match="no \\[smoke\\] table"):
+        study_scales("arbel2023", path=path)
+
+
+def test_studies_are_found_in_the_package_data_then_in_the_checkout(tmp_path: Path) -> None:
+    package = tmp_path / "site-packages" / "gnflow"
+    shipped = package / "_studies" / "cai2019"
+    shipped.mkdir(parents=True)
+    (shipped / "cai2019.py").write_text("def run(settings, context): ...\n")
+    assert study_folder("cai2019", package_dir=package) == shipped
+    with pytest.raises(StudyError, match=r"no arbel2023/arbel2023.py in .*_studies .*install gnflow from a wheel"):
+        study_folder("arbel2023", package_dir=package)
+    checkout = tmp_path / "checkout"
+    (checkout / "studies" / "arbel2023").mkdir(parents=True)
+    (checkout / "studies" / "arbel2023" / "arbel2023.py").write_text("")
+    assert study_folder("arbel2023", package_dir=checkout / "gnflow") == checkout / "studies" / "arbel2023"
+    # this test's own gnflow is a source checkout: the folder beside the package
+    assert study_folder("performance") == Path(__file__).resolve().parents[1] / "studies" / "performance"
 
 
 def test_unknown_study_and_scale_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,13 +150,16 @@ def test_unknown_study_and_scale_are_one_line_errors(capsys: pytest.CaptureFixtu
     assert main(["study", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown study 'nope'" in err
+    assert main(["study", "performance", "--scale", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown scale 'paper'; allowed: smoke, full, gpu, gpu_float32" in err
 
 
 def test_study_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["study", "--list"]) == 0
-    listed = capsys.readouterr().out
-    for name in STUDIES:
-        assert name in listed
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == list(STUDIES)
+    assert listed[-1].split()[1] == "smoke|full|gpu|gpu_float32"
 
 
 def test_claim_needs_a_number_and_a_known_verdict() -> None:
@@ -128,6 +181,17 @@ def test_report_round_trips_the_claims_table(tmp_path: Path) -> None:
         ["1", "a | b holds", "|r| = 1e-3; ratio 2", "supported"],
         ["2", "c holds", "gap 0.5", "inconclusive"],
     ]
+
+
+def test_benchmark_report_has_measurements_and_no_claims_table(tmp_path: Path) -> None:
+    report = StudyReport(title="B", setup=["line"], claims=[], measurements=["| N | s |", "|---|---|", "| 5 | 0.1 |"])
+    text = write_report(
+        tmp_path / "b.md", report, name="b", scale="full", wall_time_s=2.0, options={"x": 1}
+    ).read_text()
+    assert "\n## Measurements\n\n| N | s |" in text and "## Claims" not in text
+    assert "Study `b`, scale `full`; study options x=1; written by `gnflow.studies.run_study` in 2 s" in text
+    with pytest.raises(StudyError, match="neither claims nor measurements"):
+        write_report(tmp_path / "c.md", StudyReport(title="C", setup=[], claims=[]), name="c", scale="s", wall_time_s=0)
 
 
 def test_time_to_level_is_exact_for_exponential_decay() -> None:

@@ -1,4 +1,4 @@
-"""Sweeps: study expansion, dask and serial execution, fault tolerance and the combined dataset."""
+"""Sweeps: sweep grid expansion, dask and serial execution, fault tolerance and the combined dataset."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import xarray as xr
 
 from gnflow.cli import main
 from gnflow.config import ConfigError, config_from_json, config_hash
-from gnflow.study import load_study, study_from_dict
+from gnflow.grid import grid_from_dict, load_grid
 from gnflow.sweep import SweepError, execute_run, run_file_status, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +85,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-# --- study files ------------------------------------------------------------------------------
+# --- sweep grid files ------------------------------------------------------------------------------
 
 
-def test_study_expands_to_the_product_with_stable_ids(tmp_path):
-    study = load_study(_write(tmp_path / "s.toml", STUDY))
+def test_grid_expands_to_the_product_with_stable_ids(tmp_path):
+    study = load_grid(_write(tmp_path / "s.toml", STUDY))
     assert study.dims == ("run", "model_init_scale", "seed")
     assert study.shape == (3, 2, 2)
     assert len(study.runs) == 12 and len({r.run_id for r in study.runs}) == 12
@@ -105,8 +105,27 @@ def test_study_expands_to_the_product_with_stable_ids(tmp_path):
         assert run.run_id == config_hash(run.config)
     # the id depends on what is computed, not on the order of the grid or of the keys
     reordered = BASE + '[grid]\nseed = [2, 1]\n"model.init_scale" = [2, 0.5]\n'
-    other = load_study(_write(tmp_path / "o.toml", reordered))
+    other = load_grid(_write(tmp_path / "o.toml", reordered))
     assert {r.run_id for r in other.runs} == {r.run_id for r in study.runs if r.index[0] == 0}
+
+
+def test_grid_header_is_sweep_or_its_older_name_study(tmp_path):
+    import gnflow.study
+
+    base = tmp_path / "base.toml"
+    base.write_text("seed = 5\n[data]\nn_train = 12\ninput_dim = 3\n[model]\nwidth = 15\n")
+    for header in ("sweep", "study"):
+        text = f'[{header}]\nname = "named"\nbase_file = "base.toml"\n[grid]\n"model.init_scale" = [0.5, 2.0]\n'
+        grid = load_grid(_write(tmp_path / f"{header}.toml", text))
+        assert grid.name == "named" and len(grid.runs) == 2
+        assert {r.config.seed for r in grid.runs} == {5}
+        # the old names of gnflow.study read the same file to the same runs
+        old = gnflow.study.load_study(tmp_path / f"{header}.toml")
+        assert isinstance(old, gnflow.study.Study) and old.runs == grid.runs
+    with pytest.raises(ConfigError, match=r"\[sweep\] and \[study\] are the same table"):
+        grid_from_dict({"sweep": {}, "study": {}}, name="both")
+    with pytest.raises(ConfigError, match=r"\[study\]: allowed keys are name and base_file"):
+        grid_from_dict({"study": {"nope": 1}}, name="bad")
 
 
 @pytest.mark.parametrize(
@@ -120,12 +139,12 @@ def test_study_expands_to_the_product_with_stable_ids(tmp_path):
         ('[grid]\n"output.path" = ["a.nc"]\n', "set by the sweep"),
         ("[grid]\nseed = [1, 2]\n[[runs]]\nseed = 3\n", "also a [grid] key"),
         ('[grid]\nseed = [1]\n[[runs]]\nname = "a"\n[[runs]]\nname = "a"\n', "distinct"),
-        ("[model]\nwidth = 3\n", "unknown study table 'model'"),
+        ("[model]\nwidth = 3\n", "unknown sweep grid table 'model'"),
     ],
 )
-def test_bad_study_files_name_the_problem(text, message):
+def test_bad_grid_files_name_the_problem(text, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        study_from_dict(tomllib.loads(BASE + text), name="bad")
+        grid_from_dict(tomllib.loads(BASE + text), name="bad")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -160,7 +179,7 @@ def _assert_combined_matches_run_files(combined: xr.Dataset, study, out_dir: Pat
 
 def test_dask_sweep_combined_dataset_manifest_and_serial_path(tmp_path, cluster):
     _, client = cluster
-    study = load_study(_write(tmp_path / "study.toml", STUDY))
+    study = load_grid(_write(tmp_path / "study.toml", STUDY))
     result = run_sweep(study, tmp_path / "dask", client=client, progress=False)
     assert sorted(result.executed) == sorted(r.run_id for r in study.runs)
     broken = {r.run_id for r in study.runs if r.index[0] == 2}
@@ -222,7 +241,7 @@ def test_a_dead_worker_does_not_lose_its_run(tmp_path, cluster):
     cloudpickle = pytest.importorskip("cloudpickle")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     _, client = cluster
-    study = load_study(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1, 2, 3]\n"))
+    study = load_grid(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1, 2, 3]\n"))
     marker = tmp_path / "died"
     task = functools.partial(_die_once, marker=str(marker), victim_seed=2)
     result = run_sweep(study, tmp_path / "out", client=client, progress=False, task=task)
@@ -239,7 +258,7 @@ def test_a_dead_worker_does_not_lose_its_run(tmp_path, cluster):
 
 def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
     study_file = _write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1, 2, 3, 4, 5, 6]\n")
-    study = load_study(study_file)
+    study = load_grid(study_file)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -296,7 +315,7 @@ def test_without_dask_the_sweep_runs_serially_and_says_so(tmp_path, monkeypatch,
     import gnflow.sweep
 
     monkeypatch.setattr(gnflow.sweep, "dask_available", lambda: False)
-    study = load_study(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1, 2]\n"))
+    study = load_grid(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1, 2]\n"))
     with caplog.at_level("INFO", logger="gnflow.sweep"):
         result = run_sweep(study, tmp_path / "out", progress=False)
     assert "dask.distributed is not installed" in caplog.text
@@ -307,7 +326,7 @@ def test_without_dask_the_sweep_runs_serially_and_says_so(tmp_path, monkeypatch,
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
-    study = load_study(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1]\n"))
+    study = load_grid(_write(tmp_path / "s.toml", BASE + "[grid]\nseed = [1]\n"))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".sweep.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
     with pytest.raises(SweepError, match="another gnflow sweep"):
@@ -318,7 +337,7 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_local_cluster_gives_each_worker_a_gpu(tmp_path):
     pytest.importorskip("distributed")
-    study = load_study(
+    study = load_grid(
         _write(
             tmp_path / "s.toml",
             BASE.replace('device = "cpu"', 'device = "auto"') + "[grid]\nseed = [1, 2]\n",
@@ -332,7 +351,7 @@ def test_local_cluster_gives_each_worker_a_gpu(tmp_path):
 
 def test_base_file_and_command_line_errors(tmp_path, capsys):
     _write(tmp_path / "base.toml", 'seed = 4\n[model]\nwidth = 9\nactivation = "tanh"\n')
-    study = load_study(
+    study = load_grid(
         _write(
             tmp_path / "s.toml",
             '[study]\nname = "tiny"\nbase_file = "base.toml"\n[base.model]\nwidth = 11\n',
@@ -346,5 +365,5 @@ def test_base_file_and_command_line_errors(tmp_path, capsys):
         "tanh",
     )  # [base] wins
     assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
-    assert "study file" in capsys.readouterr().err
+    assert "sweep grid file" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "s.toml"), "--workers", "-1"]) == 2

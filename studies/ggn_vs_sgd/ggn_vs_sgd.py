@@ -1,58 +1,73 @@
 """GGN versus SGD with momentum (and Adam) on a real regression task: loss per epoch and time.
 
-Usage (from the repository root)::
+Usage::
 
-    python studies/ggn_vs_sgd/ggn_vs_sgd.py [studies/ggn_vs_sgd/config.toml] [--epochs K] [--out DIR]
+    gnflow study ggn_vs_sgd --scale small               # writes data/studies/ggn_vs_sgd/small/
+    python studies/ggn_vs_sgd/ggn_vs_sgd.py --scale small --epochs 5 -o /tmp/quick
 
 Every optimizer trains the same initial network on the same shuffled batches. SGD and Adam run
 for every learning rate of their grid; the one with the lowest final training loss is reported.
-Each history is written as a NetCDF file; ``summary.json`` and ``summary.md`` hold the loss per
-epoch of the best runs and the mean optimizer time per epoch, with ratios against SGD measured in
-the same run.
+Each history is written as a NetCDF file; ``summary.json`` holds every run, and ``report.md``
+the loss per epoch of the best runs, the mean optimizer time per epoch with ratios against SGD
+measured in the same run, and the two claims of Cai et al. (2019) they test. The option
+``epochs`` (the script's ``--epochs``) replaces the scale's number of epochs.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from gnflow.config import DataConfig
+from gnflow.config import ConfigError, DataConfig
 from gnflow.data import make_data
-from gnflow.dataset import write_dataset
+from gnflow.dataset import atomic_write_json, write_dataset
 from gnflow.ggn import GGN
+from gnflow.studies import (
+    Claim,
+    StudyContext,
+    StudyError,
+    StudyReport,
+    fmt,
+    run_study,
+    save_study_figure,
+    table,
+)
 from gnflow.training import history_dataset, mlp, train_module
 
-HERE = Path(__file__).resolve().parent
+logger = logging.getLogger("ggn_vs_sgd")
+
+TITLE = "Cai et al. (2019) on real data: mini-batch GGN against SGD with momentum and Adam"
+OPTIONS = ("epochs",)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", default=str(HERE / "config.toml"))
-    parser.add_argument("--epochs", type=int, help="override the number of epochs")
-    parser.add_argument("--out", help="output folder (default: output.dir of the config)")
-    args = parser.parse_args(argv)
-    cfg = tomllib.loads(Path(args.config).read_text())
-    epochs = args.epochs or cfg["epochs"]
-    out = Path(args.out or cfg["output"]["dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.get("threads", 2))
-    logging.basicConfig(level=logging.WARNING)
+def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
+    """Train GGN, SGD (every learning rate) and Adam (every learning rate) from one network."""
+    unknown = sorted(set(context.options) - set(OPTIONS))
+    if unknown:
+        raise StudyError(f"ggn_vs_sgd: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+    s = settings
+    epochs = int(context.options.get("epochs", s["epochs"]))
+    if epochs < 1:
+        raise ConfigError(f"--epochs {epochs}: must be at least 1")
+    out = context.out_dir
+    data = make_data(DataConfig(kind=s["data"], test_fraction=s["test_fraction"]), activation="tanh", seed=s["seed"])
+    net0 = mlp(data.input_dim, s["hidden"], s["activation"], s["seed"])
+    common = {"epochs": epochs, "batch_size": s["batch_size"], "batch_order": s["batch_order"], "seed": s["seed"]}
 
-    data = make_data(
-        DataConfig(kind=cfg["data"], test_fraction=cfg["test_fraction"]), activation="tanh", seed=cfg["seed"]
-    )
-    net0 = mlp(data.input_dim, cfg["hidden"], cfg["activation"], cfg["seed"])
-    common = {"epochs": epochs, "batch_size": cfg["batch_size"], "batch_order": cfg["batch_order"], "seed": cfg["seed"]}
-
-    def run(label: str, make_optimizer) -> dict:
+    def train(label: str, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> dict[str, Any]:
         net = copy.deepcopy(net0)
         optimizer = make_optimizer(net)
         history = train_module(net, optimizer, data, **common)
@@ -75,96 +90,173 @@ def main(argv: list[str] | None = None) -> int:
             "min_seconds_per_epoch": float(np.min(epoch_times)) if epoch_times.size else float("nan"),
             "cpu_seconds_per_epoch": float(np.mean(cpu_times)) if cpu_times.size else float("nan"),
         }
-        print(
-            f"{label:>24s}: final train {history.train_loss[-1]:.4g}, test {history.test_loss[-1]:.4g}, "
-            f"{result['seconds_per_epoch']:.3f} s/epoch (min {result['min_seconds_per_epoch']:.3f}, "
-            f"CPU {result['cpu_seconds_per_epoch']:.3f}) ({history.status})",
-            file=sys.stderr,
+        logger.info(
+            "%s: final train %.4g, test %.4g, %.3f s/epoch (min %.3f, CPU %.3f) (%s)",
+            label,
+            history.train_loss[-1],
+            history.test_loss[-1],
+            result["seconds_per_epoch"],
+            result["min_seconds_per_epoch"],
+            result["cpu_seconds_per_epoch"],
+            history.status,
         )
         return result
 
-    g = cfg["ggn"]
+    g = s["ggn"]
     results = {
         "ggn": [
-            run(
+            train(
                 f"GGN lam={g['lam']:g} alpha={g['alpha']:g}",
                 lambda n: GGN(n.parameters(), lam=g["lam"], alpha=g["alpha"]),
             )
         ]
     }
     results["sgd"] = [
-        run(
-            f"SGD lr={lr:g} momentum={cfg['sgd']['momentum']:g}",
-            lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=cfg["sgd"]["momentum"]),
+        train(
+            f"SGD lr={lr:g} momentum={s['sgd']['momentum']:g}",
+            lambda n, lr=lr: torch.optim.SGD(n.parameters(), lr=lr, momentum=s["sgd"]["momentum"]),
         )
-        for lr in cfg["sgd"]["lr"]
+        for lr in s["sgd"]["lr"]
     ]
     results["adam"] = [
-        run(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in cfg["adam"]["lr"]
+        train(f"Adam lr={lr:g}", lambda n, lr=lr: torch.optim.Adam(n.parameters(), lr=lr)) for lr in s["adam"]["lr"]
     ]
 
-    def best(runs: list[dict]) -> dict:
+    def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
         finite = [r for r in runs if np.isfinite(r["train_loss"][-1])]
         return min(finite, key=lambda r: r["train_loss"][-1]) if finite else runs[0]
 
     chosen = {k: best(v) for k, v in results.items()}
-    sgd_time = chosen["sgd"]["seconds_per_epoch"]
+    ratios = {
+        name: {k: v[key] / chosen["sgd"][key] for k, v in chosen.items()}
+        for name, key in (
+            ("time_ratio_to_sgd", "seconds_per_epoch"),
+            ("min_time_ratio_to_sgd", "min_seconds_per_epoch"),
+            ("cpu_time_ratio_to_sgd", "cpu_seconds_per_epoch"),
+        )
+    }
+    network = f"{data.input_dim}-{'-'.join(map(str, s['hidden']))}-1 {s['activation']}, float64"
     summary = {
         "data": data.name,
         "n_train": data.n_train,
         "n_test": data.n_test,
-        "network": f"{data.input_dim}-{'-'.join(map(str, cfg['hidden']))}-1 {cfg['activation']}, float64",
+        "network": network,
         "n_parameters": sum(p.numel() for p in net0.parameters()),
         "torch_threads": torch.get_num_threads(),
         **common,
         "best": chosen,
-        "time_ratio_to_sgd": {k: v["seconds_per_epoch"] / sgd_time for k, v in chosen.items()},
-        "min_time_ratio_to_sgd": {
-            k: v["min_seconds_per_epoch"] / chosen["sgd"]["min_seconds_per_epoch"] for k, v in chosen.items()
-        },
-        "cpu_time_ratio_to_sgd": {
-            k: v["cpu_seconds_per_epoch"] / chosen["sgd"]["cpu_seconds_per_epoch"] for k, v in chosen.items()
-        },
+        **ratios,
         "all_runs": results,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [
-        f"# GGN vs SGD on {data.name}",
-        "",
-        f"N = {data.n_train} train / {data.n_test} test, network {summary['network']} "
-        f"({summary['n_parameters']} parameters), batch {common['batch_size']} ({common['batch_order']}), "
-        f"{epochs} epochs, {summary['torch_threads']} torch thread(s). "
-        "Loss = ||f(X) - y||^2 / (2N) on standardized targets.",
-        "",
-        "| epoch | " + " | ".join(f"{v['optimizer']} train" for v in chosen.values()) + " |",
-        "|---|" + "---|" * len(chosen),
+    atomic_write_json(out / "summary.json", summary)
+    setup = [
+        f"{data.name}: N = {data.n_train} train / {data.n_test} test; network {network} "
+        f"({summary['n_parameters']} parameters); loss ||f(X) - y||^2 / (2N) on standardized targets",
+        f"batch {common['batch_size']} ({common['batch_order']}), {epochs} epochs, seed {s['seed']}, "
+        f"{summary['torch_threads']} torch thread(s)",
+        f"GGN lam = {g['lam']:g}, alpha = {g['alpha']:g}; SGD momentum {s['sgd']['momentum']:g}, lr in "
+        f"{s['sgd']['lr']}; Adam lr in {s['adam']['lr']}; the best final training loss of each grid is reported",
     ]
-    for e in range(epochs + 1):
-        lines.append(
-            f"| {e} | "
-            + " | ".join(f"{v['train_loss'][e]:.4g}" if e < len(v["train_loss"]) else "nan" for v in chosen.values())
-            + " |"
-        )
-    lines += [
-        "",
-        "Optimizer time per epoch: wall-clock mean and minimum over the epochs, and processor (CPU) time "
-        "mean; ratios are against SGD in this run.",
-        "",
-        "| optimizer | final train | final test | wall s/epoch (mean) | (min) | CPU s/epoch "
-        "| wall / SGD | min / SGD | CPU / SGD |",
-        "|---|---|---|---|---|---|---|---|---|",
+    return StudyReport(
+        title=TITLE,
+        setup=setup,
+        claims=_claims(chosen, ratios, epochs, float(s["overhead_limit"])),
+        figures=_figures(chosen, ratios, context),
+        sections={"Loss per epoch and time": _tables(chosen, ratios, epochs)},
+    )
+
+
+def _claims(
+    chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], epochs: int, limit: float
+) -> list[Claim]:
+    ggn, sgd = np.asarray(chosen["ggn"]["train_loss"]), np.asarray(chosen["sgd"]["train_loss"])
+    both = min(ggn.size, sgd.size)  # a run that failed stopped early
+    lower = int(np.sum(ggn[1:both] < sgd[1:both]))
+    per_epoch = ggn[-1] < sgd[-1] and lower * 2 >= epochs
+    cpu = ratios["cpu_time_ratio_to_sgd"]["ggn"]
+    return [
+        Claim(
+            "Mini-batch GGN reaches a lower training loss than SGD with momentum in the same number of epochs.",
+            f"final train loss GGN {fmt(ggn[-1], 4)} vs {chosen['sgd']['optimizer']} {fmt(sgd[-1], 4)} after "
+            f"{epochs} epochs; GGN lower at {lower} of {epochs} epochs",
+            "supported" if per_epoch else "not supported",
+        ),
+        Claim(
+            "GGN's cost per epoch is a small overhead over SGD's (so it also wins per second).",
+            f"CPU time per epoch GGN / SGD = {fmt(cpu)} (wall-clock mean {fmt(ratios['time_ratio_to_sgd']['ggn'])})",
+            "supported" if cpu <= limit else "not supported",
+            f"small overhead: at most {limit:g} times SGD's CPU time per epoch",
+        ),
     ]
-    for k, v in chosen.items():
-        lines.append(
-            f"| {v['optimizer']} | {v['train_loss'][-1]:.4g} | {v['test_loss'][-1]:.4g} | "
-            f"{v['seconds_per_epoch']:.4f} | {v['min_seconds_per_epoch']:.4f} | {v['cpu_seconds_per_epoch']:.4f} | "
-            f"{summary['time_ratio_to_sgd'][k]:.2f} | {summary['min_time_ratio_to_sgd'][k]:.2f} | "
-            f"{summary['cpu_time_ratio_to_sgd'][k]:.2f} |"
-        )
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def _tables(chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], epochs: int) -> list[str]:
+    losses = [
+        [str(e), *[fmt(v["train_loss"][e], 4) if e < len(v["train_loss"]) else "nan" for v in chosen.values()]]
+        for e in range(epochs + 1)
+    ]
+    lines = table(["epoch", *[f"{v['optimizer']} train" for v in chosen.values()]], losses)
+    times = [
+        [
+            v["optimizer"],
+            fmt(v["train_loss"][-1], 4),
+            fmt(v["test_loss"][-1], 4),
+            fmt(v["seconds_per_epoch"], 4),
+            fmt(v["min_seconds_per_epoch"], 4),
+            fmt(v["cpu_seconds_per_epoch"], 4),
+            *[fmt(ratios[name][k]) for name in ("time_ratio_to_sgd", "min_time_ratio_to_sgd", "cpu_time_ratio_to_sgd")],
+        ]
+        for k, v in chosen.items()
+    ]
+    header = ["optimizer", "final train", "final test", "wall s/epoch (mean)", "(min)", "CPU s/epoch"]
+    return [*lines, "", *table([*header, "wall / SGD", "min / SGD", "CPU / SGD"], times)]
+
+
+def _figures(
+    chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], context: StudyContext
+) -> list[tuple[Path, str]]:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in chosen.values():
+        ax.semilogy(np.arange(len(v["train_loss"])), v["train_loss"], "o-", label=v["optimizer"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    losses = save_study_figure(fig, context, "loss_per_epoch")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(chosen)
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((("seconds_per_epoch", "wall clock"), ("cpu_seconds_per_epoch", "CPU"))):
+        ax.bar(x + (k - 0.5) * 0.38, [chosen[n][key] for n in names], 0.38, label=label)
+    ax.set_xticks(x, [chosen[n]["optimizer"] for n in names], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("optimizer seconds per epoch")
+    ax.set_title(f"GGN / SGD CPU time: {ratios['cpu_time_ratio_to_sgd']['ggn']:.3g}")
+    ax.legend(fontsize=8)
+    times = save_study_figure(fig, context, "time_per_epoch")
+    return [
+        (losses, "training loss per epoch of GGN and of the best SGD and Adam runs"),
+        (times, "optimizer seconds per epoch, wall clock and CPU"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="small", help="smoke | small (default: small)")
+    parser.add_argument("--config", type=Path, help="another scale file (default: ggn_vs_sgd.toml of the study)")
+    parser.add_argument("--epochs", type=int, help="override the number of epochs")
+    parser.add_argument("-o", "--output", type=Path, help="output folder (default: data/studies/ggn_vs_sgd/SCALE)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    options = {"epochs": args.epochs} if args.epochs is not None else {}
+    try:
+        report = run_study("ggn_vs_sgd", args.scale, args.output, options=options, settings_path=args.config)
+    except (StudyError, ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {report}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -7,9 +7,9 @@ steps of both methods, their final train and test losses, their train-loss curve
 apart their trajectories are at the saved times both reached; a figure shows the curves and the
 times.
 
-Usage (from the repository root)::
+Usage::
 
-    python studies/long_horizon/long_horizon.py --scale small
+    gnflow study long_horizon --scale small             # writes data/studies/long_horizon/small/
     python studies/long_horizon/long_horizon.py --scale smoke -o /tmp/lh
 
 The tau0 values can run as separate processes (``--tau0 0.1``; each writes its own table,
@@ -17,7 +17,9 @@ The tau0 values can run as separate processes (``--tau0 0.1``; each writes its o
 table keeps the weights at the saved times); ``--combine FILE [FILE ...]`` joins them into
 ``long_horizon_<scale>.nc`` and its figure, comparing the methods where a tau0 has both. A
 dopri5 run also stops, as a time-limited run at the CPU time spent so far, when the file
-``<table name>.STOP`` appears in the output folder.
+``<table name>.STOP`` appears in the output folder. These flags are the study options
+``tau0``, ``method``, ``dopri5_budget_s`` and ``combine`` of :func:`run`; every invocation goes
+through :func:`gnflow.studies.run_study` and writes ``report.md`` with the measured tables.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import argparse
 import logging
 import sys
 import time
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,22 +37,22 @@ import numpy as np
 import torch
 import xarray as xr
 
-from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from gnflow.config import ConfigError, RunConfig, config_from_dict
 from gnflow.dataset import cf_attributes, write_dataset
 from gnflow.experiment import Experiment, build_experiment
 from gnflow.flows import Flow, FlowError
 from gnflow.solve import Solution, integrate, save_times
+from gnflow.studies import StudyContext, StudyError, StudyReport, fmt, run_study, table
 
 logger = logging.getLogger("long_horizon")
 
-HERE = Path(__file__).resolve().parent
 METHODS = ("kernel_exponential", "dopri5")
 LOSS_RATIO_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """The ``[benchmark]`` table of the study config, after the scale's overrides."""
+    """The benchmark keys of a scale of ``long_horizon.toml``."""
 
     init_scales: tuple[float, ...]
     exponential_rtol: float
@@ -92,17 +94,12 @@ def _time_limited(status: str) -> bool:
     return "CPU-time budget" in status or "stopped on request" in status
 
 
-def load_study(path: Path, scale: str) -> tuple[RunConfig, Benchmark]:
-    """The run config and benchmark settings of ``scale`` in the study file ``path``."""
-    values = tomllib.loads(path.read_text())
-    scales = values.get("scales", {})
-    if scale not in scales:
-        raise ConfigError(f"--scale {scale!r}: unknown; allowed: {', '.join(scales)}")
-    chosen = dict(scales[scale])
-    run = config_from_dict(apply_overrides(values["run"], chosen.pop("set", [])))
-    bench = {**values["benchmark"], **chosen}
-    bench["init_scales"] = tuple(float(s) for s in bench["init_scales"])
-    return run, Benchmark(**bench)
+def benchmark_of(settings: Mapping[str, Any]) -> tuple[RunConfig, Benchmark]:
+    """The run config (``run`` table) and benchmark settings of a scale's settings."""
+    chosen = dict(settings)
+    run = config_from_dict(chosen.pop("run"))
+    chosen["init_scales"] = tuple(float(s) for s in chosen["init_scales"])
+    return run, Benchmark(**chosen)
 
 
 def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
@@ -160,7 +157,7 @@ def _weight_difference(exponential: np.ndarray, dopri5: np.ndarray, times: np.nd
     return float(np.max(gap / change))
 
 
-def run_study(
+def measure(
     run: RunConfig,
     bench: Benchmark,
     scale: str,
@@ -240,7 +237,7 @@ def run_study(
     )
     ds.attrs = cf_attributes(
         "gnflow long-horizon gradient flows: kernel_exponential against dopri5",
-        f"studies/long_horizon/long_horizon.py --scale {scale}",
+        f"gnflow study long_horizon --scale {scale}",
         references="Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
         gnflow_threads=bench.threads,
         gnflow_scale=scale,
@@ -419,23 +416,116 @@ def combine(paths: list[Path]) -> xr.Dataset:
     return ds
 
 
-def _report(ds: xr.Dataset) -> None:
-    print(
-        ds[["cpu_time_s", "wall_time_s", "nfe", "n_steps", "final_train_loss", "final_test_loss"]]
-        .to_dataframe()
-        .to_string()
+OPTIONS = ("tau0", "method", "dopri5_budget_s", "combine")
+
+
+def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
+    """Measure both methods at every tau0 of the scale (or join tables: option ``combine``).
+
+    Options (:attr:`~gnflow.studies.StudyContext.options`): ``tau0`` (list: only these tau0 of
+    the scale), ``method`` (only this method; its table keeps the saved weights),
+    ``dopri5_budget_s`` (the scale's dopri5 CPU-time budget replaced) and ``combine`` (list of
+    tables of this scale written with ``tau0`` / ``method``, joined into one).
+    """
+    options = dict(context.options)
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise StudyError(f"long_horizon: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
+    name = f"long_horizon_{context.scale}"
+    if options.get("combine"):
+        ds = combine([Path(p) for p in options["combine"]])
+        if ds.attrs["gnflow_scale"] != context.scale:
+            raise ConfigError(f"--combine: tables of scale {ds.attrs['gnflow_scale']!r}, not {context.scale!r}")
+    else:
+        run_config, bench = benchmark_of({**settings, "threads": context.threads or torch.get_num_threads()})
+        if options.get("tau0"):
+            chosen = sorted({float(v) for v in options["tau0"]})
+            missing = sorted(set(chosen) - set(bench.init_scales))
+            if missing:
+                allowed = ", ".join(f"{v:g}" for v in bench.init_scales)
+                raise ConfigError(f"--tau0 {missing[0]:g}: not a tau0 of scale {context.scale!r}; allowed: {allowed}")
+            bench = replace(bench, init_scales=tuple(chosen))
+            name += "_tau0-" + "-".join(f"{v:g}" for v in bench.init_scales)
+        method = options.get("method")
+        if method is not None:
+            if method not in METHODS:
+                raise ConfigError(f"--method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+            name += f"_{method}"
+        if options.get("dopri5_budget_s") is not None:
+            budget = float(options["dopri5_budget_s"])
+            if budget <= 0:
+                raise ConfigError(f"--dopri5-budget-s {budget:g}: must be > 0 seconds")
+            bench = replace(bench, dopri5_budget_s=budget)
+        # dopri5 also stops early, with the CPU time it has spent, once this file appears
+        stop_file = context.out_dir / f"{name}.STOP"
+        stop_file.unlink(missing_ok=True)
+        methods = (method,) if method else METHODS
+        ds = measure(run_config, bench, context.scale, methods, stop_file=stop_file, keep_weights=bool(method))
+    path = write_dataset(ds, context.out_dir / f"{name}.nc")
+    figure = plot(ds.drop_vars("saved_weights", errors="ignore"), context.out_dir / f"{name}.png")
+    logger.info("wrote %s and %s", path, figure)
+    return StudyReport(
+        title="Long-horizon gradient flows: kernel_exponential against dopri5",
+        setup=_setup(ds, path),
+        claims=[],
+        measurements=_measurements(ds),
+        figures=[(figure, "train-loss curves of both methods and their CPU times to t_end, per tau0")],
     )
-    print(
-        ds[["speedup", "dopri5_projected_time_s", "weight_difference", "loss_ratio_difference"]]
-        .to_dataframe()
-        .to_string()
-    )
+
+
+def _setup(ds: xr.Dataset, path: Path) -> list[str]:
+    return [
+        f"teacher-student gradient flow, N = {ds.attrs['gnflow_n_train']}, M = {ds.attrs['gnflow_width']}, "
+        f"t_end = {ds.attrs['gnflow_t_end']:g}, tau0 in {{{', '.join(f'{v:g}' for v in ds['tau0'].values)}}}",
+        f"kernel_exponential {ds.attrs['gnflow_exponential_tolerances']}; dopri5 "
+        f"{ds.attrs['gnflow_dopri5_tolerances']}, CPU-time budget {ds.attrs['gnflow_dopri5_budget_s']:g} s",
+        f"{ds.attrs['gnflow_threads']} torch thread(s); the table: `{path.name}`",
+    ]
+
+
+def _measurements(ds: xr.Dataset) -> list[str]:
+    """The per-run table and the per-tau0 comparison, as Markdown (``>=``: a time-limited run)."""
+    rows = []
+    for tau0 in ds["tau0"].values:
+        for method in ds["method"].values:
+            cell = ds.sel({"tau0": tau0, "method": method})  # a dict: method is a keyword of .sel
+            bound = ">= " if int(cell["time_limited"]) == 1 else ""
+            rows.append(
+                [
+                    f"{tau0:g}",
+                    str(method),
+                    bound + fmt(float(cell["cpu_time_s"])),
+                    fmt(float(cell["wall_time_s"])),
+                    str(int(cell["nfe"])),
+                    f"{int(cell['n_steps'])} ({int(cell['n_rejected'])})",
+                    fmt(float(cell["t_reached"])),
+                    fmt(float(cell["final_train_loss"])),
+                    fmt(float(cell["final_test_loss"])),
+                ]
+            )
+    header = ["tau0", "method", "CPU s", "wall s", "evaluations", "steps (rejected)", "t reached"]
+    lines = table([*header, "final train loss", "final test loss"], rows)
+    comparison = [
+        [
+            f"{tau0:g}",
+            fmt(float(ds["speedup"].sel(tau0=tau0))),
+            fmt(float(ds["dopri5_projected_time_s"].sel(tau0=tau0))),
+            fmt(float(ds["weight_difference"].sel(tau0=tau0))),
+            fmt(float(ds["loss_ratio_difference"].sel(tau0=tau0))),
+        ]
+        for tau0 in ds["tau0"].values
+    ]
+    lines += [
+        "",
+        *table(["tau0", "speedup (CPU)", "dopri5 CPU s to t_end", "weight diff.", "loss-ratio diff."], comparison),
+    ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="small", help="smoke | small | paper (default: small)")
-    parser.add_argument("--config", type=Path, default=HERE / "long_horizon.toml", help="study TOML")
+    parser.add_argument("--config", type=Path, help="another scale file (default: long_horizon.toml of the study)")
     parser.add_argument(
         "--tau0", type=float, action="append", help="run only this tau0 of the scale (repeatable); own table"
     )
@@ -446,42 +536,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--combine", type=Path, nargs="+", metavar="FILE", help="join --tau0 / --method tables of one scale"
     )
-    parser.add_argument("-o", "--output", type=Path, default=Path("data/studies/long_horizon"), help="output folder")
+    parser.add_argument("-o", "--output", type=Path, help="output folder (default: data/studies/long_horizon/SCALE)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    options: dict[str, Any] = {}
+    scale = args.scale
     try:
         if args.combine:
-            ds = combine(args.combine)
-            name = f"long_horizon_{ds.attrs['gnflow_scale']}"
-        else:
-            run, bench = load_study(args.config, args.scale)
-            name = f"long_horizon_{args.scale}"
-            if args.tau0:
-                unknown = sorted(set(args.tau0) - set(bench.init_scales))
-                if unknown:
-                    allowed = ", ".join(f"{v:g}" for v in bench.init_scales)
-                    raise ConfigError(f"--tau0 {unknown[0]:g}: not a tau0 of scale {args.scale!r}; allowed: {allowed}")
-                bench = replace(bench, init_scales=tuple(sorted(set(args.tau0))))
-                name += "_tau0-" + "-".join(f"{v:g}" for v in bench.init_scales)
-            if args.method:
-                name += f"_{args.method}"
-            if args.dopri5_budget_s is not None:
-                if args.dopri5_budget_s <= 0:
-                    raise ConfigError(f"--dopri5-budget-s {args.dopri5_budget_s:g}: must be > 0 seconds")
-                bench = replace(bench, dopri5_budget_s=args.dopri5_budget_s)
-    except (ConfigError, OSError, KeyError) as exc:
+            options["combine"] = [str(p) for p in args.combine]
+            with xr.open_dataset(args.combine[0]) as first:
+                scale = first.attrs["gnflow_scale"]  # the scale of the tables
+        for key in ("tau0", "method", "dopri5_budget_s"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+        report = run_study("long_horizon", scale, args.output, options=options, settings_path=args.config)
+    except (StudyError, ConfigError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not args.combine:
-        # dopri5 also stops early, with the CPU time it has spent, once this file appears
-        stop_file = args.output / f"{name}.STOP"
-        stop_file.unlink(missing_ok=True)
-        methods = (args.method,) if args.method else METHODS
-        ds = run_study(run, bench, args.scale, methods, stop_file=stop_file, keep_weights=bool(args.method))
-    table = write_dataset(ds, args.output / f"{name}.nc")
-    figure = plot(ds.drop_vars("saved_weights", errors="ignore"), args.output / f"{name}.png")
-    _report(ds)
-    print(f"wrote {table} and {figure}")
+    print(f"wrote {report}")
     return 0
 
 

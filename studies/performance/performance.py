@@ -17,10 +17,15 @@ loss) is integrated by :func:`gnflow.run.simulate` and checked against the eigmi
 run (N = 2000, M = 20000) is integrated in a subprocess whose peak resident memory is reported.
 The table is a NetCDF file; a figure shows the times.
 
-Usage (from the repository root)::
+Usage::
 
-    python studies/performance/performance.py --scale full
+    gnflow study performance --scale full               # writes data/studies/performance/full/
     python studies/performance/performance.py --scale smoke -o /tmp/perf
+    python studies/performance/performance.py --scale full --large-only
+
+The script's flags ``--skip-large``, ``--large-only`` and ``--large-from`` are the study options
+``skip_large``, ``large_only`` and ``large_from`` of :func:`run`; every invocation goes through
+:func:`gnflow.studies.run_study` and writes ``report.md`` with the measured tables.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import platform
 import subprocess
 import sys
 import time
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,24 +48,26 @@ import torch
 import xarray as xr
 
 import gnflow
-from gnflow.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_json
+from gnflow.config import ConfigError, RunConfig, config_from_dict, config_to_json
 from gnflow.damping import EigminDamping, solve_damped
 from gnflow.dataset import atomic_write_json, cf_attributes, write_dataset
 from gnflow.experiment import build_experiment
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.model import ParticleModel
 from gnflow.simulation import simulate
+from gnflow.studies import StudyContext, StudyError, StudyReport, fmt, run_study, table
 
 logger = logging.getLogger("performance")
 
-HERE = Path(__file__).resolve().parent
 METHODS = ("gn", "gn_eigh", "baseline", "roofline", "gd")
 EPS0 = 1e-7
+# torch's thread count of the process before a scale's `threads` applies: `run_threads = 0`
+PROCESS_THREADS = torch.get_num_threads()
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """The ``[benchmark]`` table of the study config, after the scale's overrides."""
+    """The top-level keys of a scale of ``performance.toml``."""
 
     sizes_n: tuple[int, ...]
     sizes_m: tuple[int, ...]
@@ -74,19 +81,14 @@ class Benchmark:
     device: str = "cpu"  # device of the timed evaluations ("cuda": timed between device synchronisations)
 
 
-def load_study(path: Path, scale: str) -> tuple[Benchmark, RunConfig, RunConfig]:
-    """Benchmark settings, paper-run config and large-run config of ``scale`` in ``path``."""
-    values = tomllib.loads(path.read_text())
-    scales = values.get("scales", {})
-    if scale not in scales:
-        raise ConfigError(f"--scale {scale!r}: unknown; allowed: {', '.join(scales)}")
-    chosen = dict(scales[scale])
-    paper = config_from_dict(apply_overrides(values["paper_run"], chosen.pop("paper_run", [])))
-    large = config_from_dict(apply_overrides(values["large_run"], chosen.pop("large_run", [])))
-    bench = {**values["benchmark"], **chosen}
-    bench["sizes_n"] = tuple(int(n) for n in bench["sizes_n"])
-    bench["sizes_m"] = tuple(int(m) for m in bench["sizes_m"])
-    return Benchmark(**bench), paper, large
+def benchmark_of(settings: Mapping[str, Any]) -> tuple[Benchmark, RunConfig, RunConfig]:
+    """Benchmark settings, paper-run config and large-run config of a scale's settings."""
+    chosen = dict(settings)
+    paper = config_from_dict(chosen.pop("paper_run"))
+    large = config_from_dict(chosen.pop("large_run"))
+    chosen["sizes_n"] = tuple(int(n) for n in chosen["sizes_n"])
+    chosen["sizes_m"] = tuple(int(m) for m in chosen["sizes_m"])
+    return Benchmark(**chosen), paper, large
 
 
 # --- one state and its fields ------------------------------------------------------------------
@@ -245,6 +247,7 @@ import json, resource, sys, time
 import torch
 from gnflow.config import config_from_json
 from gnflow.simulation import simulate
+from gnflow.studies import StudyContext, StudyError, StudyReport, fmt, run_study, table
 config = config_from_json(sys.stdin.read())
 start = time.perf_counter()
 ds = simulate(config, progress=False)
@@ -286,7 +289,7 @@ def _load_large_result(path: Path, config: RunConfig) -> dict[str, Any]:
     """A result written by ``--large-only``; it must be for the same large-run config."""
     stored = json.loads(path.read_text())
     if stored.get("config") != json.loads(config_to_json(config)):
-        raise ValueError(f"--large-from {path}: written for another large_run config than this scale's")
+        raise ConfigError(f"--large-from {path}: written for another large_run config than this scale's")
     return stored["result"]
 
 
@@ -381,7 +384,7 @@ def study_dataset(
     applicable = margin[np.isfinite(margin)]
     ds.attrs = cf_attributes(
         "gnflow performance: Gauss-Newton field against a full-Jacobian baseline and the roofline",
-        f"studies/performance/performance.py --scale {scale}",
+        f"gnflow study performance --scale {scale}",
         references="Arbel, Menegaux, Wolinski (2023), arXiv:2302.02904",
         libraries=False,
     )
@@ -459,34 +462,42 @@ def plot_study(ds: xr.Dataset, path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="full", help="scale in performance.toml: full or smoke")
-    parser.add_argument("--config", type=Path, default=HERE / "performance.toml")
-    parser.add_argument("-o", "--output", type=Path, default=Path("data/studies/performance"))
-    large = parser.add_mutually_exclusive_group()
-    large.add_argument("--skip-large", action="store_true", help="do not run the large N x M run")
-    large.add_argument(
-        "--large-only",
-        action="store_true",
-        help="run only the large run and write its result to large_run_<scale>.json in the output folder",
-    )
-    large.add_argument("--large-from", type=Path, metavar="JSON", help="take the large run's result from this file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        bench, paper_config, large_config = load_study(args.config, args.scale)
-        reused = _load_large_result(args.large_from, large_config) if args.large_from else None
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_threads = bench.run_threads or torch.get_num_threads()
-    if args.large_only:
+OPTIONS = ("skip_large", "large_only", "large_from")
+_NOT_RUN = {
+    "wall_s": float("nan"),
+    "status": "not run",
+    "nfe": -1,
+    "loss_ratio": float("nan"),
+    "maxrss_kib": float("nan"),
+}
+
+
+def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
+    """Time every (N, M), integrate the paper-size and the large run, and write table and figure.
+
+    Options (:attr:`~gnflow.studies.StudyContext.options`, at most one): ``skip_large`` (no large
+    run), ``large_only`` (only the large run, its result to ``large_run_<scale>.json``) and
+    ``large_from`` (the large run's result from such a file, refused for another config).
+    """
+    options = {k: v for k, v in context.options.items() if v}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown or len(options) > 1:
+        what = f"unknown option {unknown[0]!r}" if unknown else f"options {', '.join(options)} exclude each other"
+        raise StudyError(f"performance: {what}; allowed: one of {', '.join(OPTIONS)}")
+    threads = context.threads if context.threads is not None else torch.get_num_threads()
+    bench, paper_config, large_config = benchmark_of({**settings, "threads": threads})
+    reused = _load_large_result(Path(options["large_from"]), large_config) if "large_from" in options else None
+    run_threads = bench.run_threads or PROCESS_THREADS
+    if options.get("large_only"):
         large = large_run(large_config, run_threads)
-        logger.info("large run: %s", large)
-        path = _write_large_result(args.output / f"large_run_{args.scale}.json", large, large_config)
-        logger.info("wrote %s", path)
-        return 0
+        path = _write_large_result(context.out_dir / f"large_run_{context.scale}.json", large, large_config)
+        logger.info("large run: %s; wrote %s", large, path)
+        return StudyReport(
+            title="Performance of the Gauss-Newton field: the large run alone",
+            setup=[f"large run {_sizes(large_config)}, {run_threads} torch thread(s); its result: `{path.name}`"],
+            claims=[],
+            measurements=_large_lines(large, large_config),
+        )
     torch.set_num_threads(bench.threads)
     load_start = os.getloadavg()[0]
     rows = {(n, m): time_size(bench, n, m) for n in bench.sizes_n for m in bench.sizes_m}
@@ -499,33 +510,98 @@ def main(argv: list[str] | None = None) -> int:
         paper.attrs["gnflow_nfe"],
         paper_wall,
     )
-    if args.skip_large:
-        large = {
-            "wall_s": float("nan"),
-            "status": "not run",
-            "nfe": -1,
-            "loss_ratio": float("nan"),
-            "maxrss_kib": float("nan"),
-        }
+    if options.get("skip_large"):
+        large = dict(_NOT_RUN)
     elif reused is not None:
         large = reused
     else:
         large = large_run(large_config, run_threads)
         logger.info("large run: %s", large)
-    ds = study_dataset(
-        bench,
-        rows,
-        paper,
-        paper_wall,
-        paper_config,
-        large,
-        large_config,
-        args.scale,
-        (load_start, os.getloadavg()[0]),
+    load = (load_start, os.getloadavg()[0])
+    ds = study_dataset(bench, rows, paper, paper_wall, paper_config, large, large_config, context.scale, load)
+    path = write_dataset(ds, context.out_dir / f"performance_{context.scale}.nc")
+    figure = plot_study(ds, context.out_dir / f"performance_{context.scale}.png")
+    logger.info("wrote %s and %s", path, figure)
+    return StudyReport(
+        title="Performance of the Gauss-Newton field: gnflow, a full-Jacobian baseline and the roofline",
+        setup=[
+            f"timed evaluations: N in {list(bench.sizes_n)}, M in {list(bench.sizes_m)}, d = {bench.input_dim}, "
+            f"{bench.dtype} on {ds.attrs['device']}, median of {bench.repeats} ({bench.baseline_repeats} for the "
+            f"baseline), {bench.threads} torch thread(s)",
+            f"paper-size run {_sizes(paper_config)} and large run {_sizes(large_config)}, "
+            f"{run_threads} torch thread(s)",
+            f"load average {load[0]:.2f} at the start, {load[1]:.2f} at the end; the table: `{path.name}`",
+        ],
+        claims=[],
+        measurements=_measurements(ds, large, large_config),
+        figures=[(figure, "seconds per field evaluation against N, per M, and the paper-size run's residual")],
     )
-    table = write_dataset(ds, args.output / f"performance_{args.scale}.nc")
-    figure = plot_study(ds, args.output / f"performance_{args.scale}.png")
-    logger.info("wrote %s and %s", table, figure)
+
+
+def _sizes(config: RunConfig) -> str:
+    return f"(N = {config.data.n_train}, M = {config.model.width}, {config.solver.method}, {config.device})"
+
+
+def _measurements(ds: xr.Dataset, large: dict[str, Any], large_config: RunConfig) -> list[str]:
+    """Seconds per evaluation per (N, M), the paper-size run and the large run, as Markdown."""
+    rows = []
+    for n in ds["n_train"].values:
+        for m in ds["width"].values:
+            cell = ds.sel(n_train=n, width=m)
+            times = [fmt(float(cell[f"{key}_time"])) for key in METHODS]
+            ratios = [fmt(float(cell["gn_over_roofline"])), fmt(float(cell["speedup_over_baseline"]))]
+            rows.append([str(n), str(m), *times, *ratios, fmt(float(cell["baseline_difference"]), 2)])
+    header = ["N", "M", *[f"{key} s" for key in METHODS], "gn / roofline", "baseline / gn", "baseline difference"]
+    a = ds.attrs
+    paper = (
+        f"Paper-size run: {a['paper_run_status']}, {a['paper_run_nfe']} evaluations, {a['paper_run_steps']} steps "
+        f"({a['paper_run_rejected_steps']} rejected), final loss ratio {fmt(a['paper_run_final_loss_ratio'])}, "
+        f"{fmt(a['paper_run_wall_time_s'])} s ({fmt(a['paper_run_integration_time_s'])} s integrating); "
+        f"eigmin law holds at every saved time where it applies: {'yes' if a['paper_run_eigmin_law_holds'] else 'no'}."
+    )
+    return [*table(header, rows), "", paper, "", *_large_lines(large, large_config)]
+
+
+def _large_lines(large: dict[str, Any], config: RunConfig) -> list[str]:
+    if large["status"] == "not run":
+        return ["Large run: not run."]
+    memory = f"peak resident memory {fmt(large['maxrss_kib'] / 2**20)} GiB"
+    if large.get("max_gpu_bytes"):
+        memory += f", peak GPU memory {fmt(large['max_gpu_bytes'] / 2**30)} GiB"
+    return [
+        f"Large run (N = {config.data.n_train}, M = {config.model.width}): {large['status']}, {large['nfe']} "
+        f"evaluations, final loss ratio {fmt(large['loss_ratio'])}, {fmt(large['wall_s'])} s, {memory}."
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="full", help="scale in performance.toml: smoke, full, gpu, gpu_float32")
+    parser.add_argument("--config", type=Path, help="another scale file (default: performance.toml of the study)")
+    parser.add_argument("-o", "--output", type=Path, help="output folder (default: data/studies/performance/SCALE)")
+    large = parser.add_mutually_exclusive_group()
+    large.add_argument("--skip-large", action="store_true", help="do not run the large N x M run")
+    large.add_argument(
+        "--large-only",
+        action="store_true",
+        help="run only the large run and write its result to large_run_<scale>.json in the output folder",
+    )
+    large.add_argument("--large-from", type=Path, metavar="JSON", help="take the large run's result from this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    options = {"skip_large": args.skip_large, "large_only": args.large_only, "large_from": args.large_from}
+    try:
+        report = run_study(
+            "performance",
+            args.scale,
+            args.output,
+            options={k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v},
+            settings_path=args.config,
+        )
+    except (StudyError, ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {report}")
     return 0
 
 
