@@ -171,13 +171,13 @@ class FlowConfig:
     Attributes
     ----------
     kind:
-        A registered flow (:data:`gnflow.registry.FLOW_KINDS`): ``"gauss_newton"``, ``"gradient"``
+        A registered flow (``gnflow.registry.FLOW_KINDS``): ``"gauss_newton"``, ``"gradient"``
         or ``"ggn"`` (discrete Gram--Gauss--Newton: Euler steps of size h = b / lam of the
         Gauss--Newton flow restricted to mini-batches of b samples, with constant damping
         eps = alpha / lam; ``damping``, ``epsilon`` and the solver's method, step size and horizon
         are then not used).
     damping:
-        A registered Gauss--Newton damping rule eps(w) (:data:`gnflow.registry.DAMPING_RULES`):
+        A registered Gauss--Newton damping rule eps(w) (``gnflow.registry.DAMPING_RULES``):
         ``"eigmin"`` (max(eps0, lambda_min(A))), ``"constant"`` (eps0) or ``"relative"``
         (kappa * trace(A) / N).
     epsilon:
