@@ -76,18 +76,15 @@ class Damping(Protocol):
 
 
 class LambdaMinDamping(Damping, Protocol):
-    """A rule with ``requires = ("lambda_min",)``: what the Lanczos path of the solve needs to know.
-
-    Attributes
-    ----------
-    lambda_min_floor:
-        eps is the same for every lambda_min(A) <= lambda_min_floor, so the Lanczos iteration may
-        stop once lambda_min is certain to lie below it; also the first Cholesky shift.
-    """
+    """A rule with ``requires = ("lambda_min",)``: what the Lanczos path of the solve needs to know."""
 
     @property
     def lambda_min_floor(self) -> float:
-        """Below this value lambda_min(A) does not change eps."""
+        """eps is the same for every lambda_min(A) <= this value (0 for a rule without such a plateau).
+
+        The Lanczos iteration of :class:`DampedGramSolver` stops once lambda_min is certain to lie
+        below it, and its first Cholesky shift is this value.
+        """
         ...
 
 
