@@ -1,8 +1,13 @@
 """Damping eps(w) of the Gauss--Newton flow and the damped Gram solve.
 
-The Gauss--Newton field is dw/dt = -J^T (A + eps(w) I)^{-1} g with A = J J^T. The three damping
-rules (eigmin, constant, relative) are small objects with one method, ``epsilon(gram)``; the
-solve that uses them is :func:`solve_damped`. Everything here runs in float64 whatever the state dtype.
+The Gauss--Newton field is dw/dt = -J^T (A + eps(w) I)^{-1} g with A = J J^T. A damping rule is a
+small frozen class registered under its name (``flow.damping``) with :func:`register_damping`: it
+is built from the ``flow.epsilon`` value, declares what it needs besides A (:attr:`Damping.requires`)
+and computes eps from what it is given (:meth:`Damping.epsilon`). The solve that uses it is
+:class:`DampedGramSolver`; everything here runs in float64 whatever the state dtype.
+
+Built-in rules: ``eigmin`` (max(eps0, lambda_min(A)), Arbel et al.), ``constant`` (eps0) and
+``relative`` (kappa * trace(A) / N). A new rule is one more decorated class here.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
 
+from gnflow.registry import DAMPING_RULES
+
 __all__ = [
+    "REQUIREMENTS",
     "ConstantDamping",
     "DampedGramSolver",
     "DampedSolve",
@@ -24,13 +32,19 @@ __all__ = [
     "Damping",
     "EigminDamping",
     "GramSolveError",
+    "LambdaMinDamping",
     "RelativeDamping",
     "cholesky_shifted",
     "make_damping",
+    "register_damping",
     "solve_damped",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: What a damping rule may require besides A: ``"lambda_min"``, the smallest eigenvalue of A,
+#: which :class:`DampedGramSolver` finds by Lanczos from the Cholesky factor it needs anyway.
+REQUIREMENTS: tuple[str, ...] = ("lambda_min",)
 
 
 class GramSolveError(RuntimeError):
@@ -38,15 +52,74 @@ class GramSolveError(RuntimeError):
 
 
 class Damping(Protocol):
-    """A rule eps(w) evaluated from the Gram matrix A = J J^T at w."""
+    """A rule eps(w) evaluated from the Gram matrix A = J J^T at w.
+
+    Attributes
+    ----------
+    name:
+        The ``flow.damping`` value the rule is registered under.
+    requires:
+        Quantities of A the rule needs besides A itself, from :data:`REQUIREMENTS` (``()``: eps is
+        known before the factorization, and a solve is one Cholesky).
+    """
 
     name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]]
 
-    def epsilon(self, gram: torch.Tensor) -> torch.Tensor:
-        """eps(w) as a 0-d float64 tensor, from A of shape (sample, sample)."""
+    def epsilon(self, gram: torch.Tensor, lambda_min: torch.Tensor | float | None = None) -> torch.Tensor:
+        """eps(w) as a 0-d float64 tensor, from A of shape (sample, sample).
+
+        ``lambda_min`` (the smallest eigenvalue of A) is passed when it is known already; a rule
+        that requires it computes it from A otherwise, and other rules ignore it.
+        """
         ...
 
 
+class LambdaMinDamping(Damping, Protocol):
+    """A rule with ``requires = ("lambda_min",)``: what the Lanczos path of the solve needs to know."""
+
+    @property
+    def lambda_min_floor(self) -> float:
+        """eps is the same for every lambda_min(A) <= this value (0 for a rule without such a plateau).
+
+        The Lanczos iteration of :class:`DampedGramSolver` stops once lambda_min is certain to lie
+        below it, and its first Cholesky shift is this value.
+        """
+        ...
+
+
+RuleT = TypeVar("RuleT", bound=type)
+
+
+def register_damping(cls: RuleT) -> RuleT:
+    """Class decorator: register the damping rule ``cls`` under ``cls.name`` (``flow.damping``).
+
+    The rule is built as ``cls(epsilon)`` from ``flow.epsilon`` by :func:`make_damping`.
+
+    Raises
+    ------
+    gnflow.registry.RegistryError
+        If the name is taken by another rule.
+    TypeError
+        If ``cls`` lacks ``name``, ``requires`` or ``epsilon``, requires something outside
+        :data:`REQUIREMENTS`, or requires ``"lambda_min"`` without a ``lambda_min_floor``.
+    """
+    name = getattr(cls, "name", None)
+    requires = getattr(cls, "requires", None)
+    if not isinstance(name, str) or not isinstance(requires, tuple) or not callable(getattr(cls, "epsilon", None)):
+        raise TypeError(f"damping rule {cls.__qualname__}: needs a name (str), requires (tuple) and epsilon()")
+    unknown = [r for r in requires if r not in REQUIREMENTS]
+    if unknown:
+        raise TypeError(
+            f"damping rule {name!r}: unknown requirement {unknown[0]!r}; allowed: {', '.join(REQUIREMENTS)}"
+        )
+    if "lambda_min" in requires and not hasattr(cls, "lambda_min_floor"):
+        raise TypeError(f"damping rule {name!r}: requires lambda_min but defines no lambda_min_floor")
+    DAMPING_RULES.add(name, cls)
+    return cls
+
+
+@register_damping
 @dataclass(frozen=True)
 class EigminDamping:
     """eps = max(eps0, lambda_min(A)) (Arbel et al.).
@@ -57,48 +130,62 @@ class EigminDamping:
 
     eps0: float = 1e-7
     name: ClassVar[str] = "eigmin"
+    requires: ClassVar[tuple[str, ...]] = ("lambda_min",)
 
-    def epsilon(self, gram: torch.Tensor) -> torch.Tensor:
-        """max(eps0, lambda_min(A))."""
-        lam_min = torch.linalg.eigvalsh(gram)[0]
+    @property
+    def lambda_min_floor(self) -> float:
+        """eps0: every lambda_min(A) <= eps0 gives eps = eps0."""
+        return self.eps0
+
+    def epsilon(self, gram: torch.Tensor, lambda_min: torch.Tensor | float | None = None) -> torch.Tensor:
+        """max(eps0, lambda_min(A)), with lambda_min from ``eigvalsh`` unless given."""
+        if lambda_min is None:
+            lam_min = torch.linalg.eigvalsh(gram)[0]
+        else:
+            lam_min = torch.as_tensor(lambda_min, dtype=torch.float64)
         return torch.clamp(lam_min, min=self.eps0)
 
 
+@register_damping
 @dataclass(frozen=True)
 class ConstantDamping:
     """eps = eps0 (Levenberg--Marquardt with a fixed parameter; eps0 = 0 is undamped GN)."""
 
     eps0: float = 1e-7
     name: ClassVar[str] = "constant"
+    requires: ClassVar[tuple[str, ...]] = ()
 
-    def epsilon(self, gram: torch.Tensor) -> torch.Tensor:
+    def epsilon(self, gram: torch.Tensor, lambda_min: torch.Tensor | float | None = None) -> torch.Tensor:
         """eps0."""
         return torch.tensor(self.eps0, dtype=torch.float64, device=gram.device)
 
 
+@register_damping
 @dataclass(frozen=True)
 class RelativeDamping:
     """eps = kappa * trace(A) / N, invariant to the overall scale of A (e.g. its 1/M factor)."""
 
     kappa: float = 1e-7
     name: ClassVar[str] = "relative"
+    requires: ClassVar[tuple[str, ...]] = ()
 
-    def epsilon(self, gram: torch.Tensor) -> torch.Tensor:
+    def epsilon(self, gram: torch.Tensor, lambda_min: torch.Tensor | float | None = None) -> torch.Tensor:
         """kappa times the mean eigenvalue of A."""
         return self.kappa * torch.diagonal(gram).mean()
 
 
-def make_damping(kind: str, epsilon: float) -> EigminDamping | ConstantDamping | RelativeDamping:
-    """The damping rule named ``kind`` (eigmin, constant, relative) with parameter ``epsilon``."""
+def make_damping(kind: str, epsilon: float) -> Damping:
+    """The damping rule registered as ``kind`` (eigmin, constant, relative, ...) with parameter ``epsilon``.
+
+    Raises
+    ------
+    ValueError
+        If ``epsilon < 0``, or (:class:`gnflow.registry.RegistryError`) ``kind`` is not registered:
+        ``unknown damping 'x'; allowed: eigmin, constant, relative``.
+    """
     if epsilon < 0:
         raise ValueError(f"damping parameter must be >= 0, got {epsilon}")
-    if kind == "eigmin":
-        return EigminDamping(epsilon)
-    if kind == "constant":
-        return ConstantDamping(epsilon)
-    if kind == "relative":
-        return RelativeDamping(epsilon)
-    raise ValueError(f"unknown damping {kind!r}; allowed: eigmin, constant, relative")
+    return DAMPING_RULES.get(kind)(epsilon)
 
 
 def _damped_copy(gram: torch.Tensor, shift: float) -> torch.Tensor:
@@ -182,14 +269,17 @@ class DampedSolve:
 class DampedGramSolver:
     """z = (A + eps(A) I)^{-1} g for one damping rule, with one Cholesky factorization per call.
 
-    ``constant`` and ``relative`` damping know eps before the factorization: one Cholesky of
-    A + eps I and two triangular solves. ``eigmin`` damping needs lambda_min(A), which a full
-    eigendecomposition would give at several times the cost of the Gram products. Instead:
+    The rule says what it needs (:attr:`Damping.requires`). Rules that require nothing, such as
+    ``constant`` and ``relative`` damping, know eps before the factorization: one Cholesky of
+    A + eps I and two triangular solves. Rules that require lambda_min(A), such as ``eigmin``
+    damping, would need a full eigendecomposition at several times the cost of the Gram products.
+    Instead, with eps0 the rule's :attr:`~LambdaMinDamping.lambda_min_floor`:
 
     1. factor A + p I = L L^T with the shift p = eps of the previous call (eps0 at the first);
     2. lambda_min(A) = 1 / nu - p, where nu is the largest eigenvalue of (A + p I)^{-1}, found by
        Lanczos with full reorthogonalization, started from the previous call's Ritz vector;
-    3. eps = max(eps0, lambda_min(A)); solve (A + eps I) z = g by conjugate gradients
+    3. eps = the rule's eps at lambda_min(A) (max(eps0, lambda_min(A)) for eigmin; Lanczos stops
+       early once lambda_min < eps0 is certain); solve (A + eps I) z = g by conjugate gradients
        preconditioned with (A + p I)^{-1}. The preconditioned spectrum
        (lambda + eps) / (lambda + p) lies between 1 and (lambda_min + eps) / (lambda_min + p), which
        is within a few percent of 1 when eps changed little since the previous call, so a few steps
@@ -251,13 +341,13 @@ class DampedGramSolver:
         a = gram.to(torch.float64)
         g = rhs.to(torch.float64)
         self.stats.calls += 1
-        if not isinstance(self.damping, EigminDamping):
+        if "lambda_min" not in self.damping.requires:
             eps = self.damping.epsilon(a)
             self.stats.factorizations += 1
             return DampedSolve(solve_damped(a, g, eps), eps.to(torch.float64))
-        return self._solve_eigmin(a, g, self.damping.eps0)
+        return self._solve_with_lambda_min(a, g, cast(LambdaMinDamping, self.damping))
 
-    # --- eigmin ----------------------------------------------------------------------------------
+    # --- rules that require lambda_min (eigmin) --------------------------------------------------
 
     def _factor(self, a: torch.Tensor, shift: float) -> torch.Tensor:
         self.stats.factorizations += 1
@@ -274,7 +364,8 @@ class DampedGramSolver:
                 p = max(4.0 * p, floor)
         raise GramSolveError("the Gram matrix has non-finite entries or is not positive semi-definite")
 
-    def _solve_eigmin(self, a: torch.Tensor, g: torch.Tensor, eps0: float) -> DampedSolve:
+    def _solve_with_lambda_min(self, a: torch.Tensor, g: torch.Tensor, rule: LambdaMinDamping) -> DampedSolve:
+        eps0 = rule.lambda_min_floor
         n = a.shape[0]
         shift = eps0 if self._shift is None else self._shift
         factor, p = self._factor_positive(a, shift)
@@ -306,7 +397,7 @@ class DampedGramSolver:
             nu, vector = found
             lam_min = 1.0 / nu - p
             self._vector = vector
-        eps = max(eps0, lam_min)
+        eps = float(rule.epsilon(a, lambda_min=lam_min))
         if lam_min + eps <= 0.0:
             raise GramSolveError(
                 f"the Gram matrix is not positive semi-definite (lambda_min = {lam_min:.3g}): A + eps I is singular"

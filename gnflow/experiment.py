@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from gnflow.config import ConfigError, FlowConfig, RunConfig
-from gnflow.damping import make_damping
 from gnflow.data import RegressionData, make_run_data, run_seeds
-from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
-from gnflow.ggn import check_batch_size, ggn_flow
+from gnflow.flows import Flow, flow_kind
 from gnflow.model import ParticleModel
 
 __all__ = ["Experiment", "build_experiment", "make_flow", "resolve_device"]
@@ -40,22 +38,20 @@ def make_flow(
 ) -> Flow:
     """The vector field described by the ``[flow]`` section (``allow_tf32``: see ``[compute]``).
 
-    For ``kind = "ggn"`` it is the Gauss--Newton flow with constant damping alpha / lam, whose
-    Euler steps on mini-batches are the GGN steps (see :mod:`gnflow.ggn`).
+    It is the flow class registered as ``config.kind`` (:func:`gnflow.flows.flow_kind`), built by
+    its :meth:`~gnflow.flows.Flow.from_config`. For ``kind = "ggn"`` it is the Gauss--Newton flow
+    with constant damping alpha / lam, whose Euler steps on mini-batches are the GGN steps (see
+    :mod:`gnflow.ggn`). Second-order flows warn for relu, whose kinks make them only piecewise smooth.
     """
-    if config.kind == "gradient":
-        return GradientFlow(model, x, y, allow_tf32=allow_tf32)
-    if model.activation == "relu":
+    kind = flow_kind(config.kind)
+    if kind.second_order and model.activation == "relu":
         warnings.warn(
             "relu is not differentiable at 0: the Gauss-Newton flow is then only piecewise smooth, "
             "and adaptive solvers may take many small steps near the kinks",
             UserWarning,
             stacklevel=2,
         )
-    if config.kind == "ggn":
-        check_batch_size(config.batch_size, int(x.shape[0]))
-        return ggn_flow(model, x, y, lam=config.lam, alpha=config.alpha, allow_tf32=allow_tf32)
-    return GaussNewtonFlow(model, x, y, make_damping(config.damping, config.epsilon), allow_tf32=allow_tf32)
+    return kind.from_config(config, model, x, y, allow_tf32=allow_tf32)
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,6 +6,12 @@ torchdiffeq expects. With r = f(X) - y, g = r / N and A = J J^T:
     gradient flow:  dw/dt = -J^T g
     Gauss--Newton:  dw/dt = -J^T (A + eps(w) I)^{-1} g
 
+Each flow kind is a :class:`Flow` subclass registered under its ``flow.kind`` name with
+:func:`register_flow`; the class says how it is built from the ``[flow]`` section
+(:meth:`Flow.from_config`), whether it is a second-order (Gauss--Newton type) field, whether it runs
+as a schedule of Euler steps (:meth:`Flow.schedule`) and how a trajectory file describes it
+(:meth:`Flow.describe`). A new flow is one more decorated class.
+
 The fields count their own evaluations (``nfe``) and remember the residual of the last state they
 saw, so that the solver loop can read the train loss of an accepted state without another
 forward pass.
@@ -25,20 +31,29 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Self, TypeVar
 
+import numpy as np
 import torch
 
-from gnflow.config import ConfigError
-from gnflow.damping import (
-    ConstantDamping,
-    DampedGramSolver,
-    EigminDamping,
-    GramSolveError,
-    RelativeDamping,
-)
+from gnflow.config import ConfigError, FlowConfig, RunConfig
+from gnflow.damping import DampedGramSolver, DampedSolveStats, Damping, GramSolveError, make_damping
 from gnflow.model import Linearization, ParticleModel
+from gnflow.registry import FLOW_KINDS
 
-__all__ = ["Flow", "FlowError", "GaussNewtonFlow", "GradientFlow", "StateDiagnostics"]
+if TYPE_CHECKING:
+    from gnflow.solve import StepSchedule
+
+__all__ = [
+    "Flow",
+    "FlowDescription",
+    "FlowError",
+    "GaussNewtonFlow",
+    "GradientFlow",
+    "StateDiagnostics",
+    "flow_kind",
+    "register_flow",
+]
 
 
 class FlowError(RuntimeError):
@@ -65,6 +80,27 @@ class StateDiagnostics:
     damping: float
 
 
+@dataclass(frozen=True)
+class FlowDescription:
+    """How a trajectory file describes its flow (the texts of its global attributes).
+
+    Attributes
+    ----------
+    flow:
+        ``gnflow_flow``: the flow and its parameters, e.g. ``"gauss_newton (eigmin damping,
+        epsilon=1e-07)"``.
+    solver:
+        ``gnflow_solver``: the method that integrates it and its tolerances or step size.
+    title:
+        ``title``: one line, e.g. ``"gnflow gauss_newton flow of a two-layer network of 5000
+        particles"``.
+    """
+
+    flow: str
+    solver: str
+    title: str
+
+
 class Flow(ABC):
     """Common part of the particle flows: data, model, evaluation count, residual cache.
 
@@ -78,7 +114,15 @@ class Flow(ABC):
         Training labels, shape (sample,).
     """
 
-    name = "flow"
+    #: the ``flow.kind`` name the class is registered under (:func:`register_flow`)
+    name: ClassVar[str] = "flow"
+
+    #: whether the field preconditions with the Gram matrix (Gauss--Newton type): building one
+    #: for relu, which is not differentiable at 0, warns
+    second_order: ClassVar[bool] = False
+
+    #: the damping rule eps(w), for flows that solve with A + eps I (None: no damping)
+    damping: Damping | None = None
 
     #: whether each evaluation checks the residual for non-finite values (a host synchronisation)
     check_finite: bool = True
@@ -94,6 +138,71 @@ class Flow(ABC):
         self._last_state: torch.Tensor | None = None
         self._last_residual: torch.Tensor | None = None
 
+    @classmethod
+    def from_config(
+        cls, config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False
+    ) -> Flow:
+        """The flow of the ``[flow]`` section ``config`` on the training data ``x``, ``y``.
+
+        Subclasses with parameters override it; the default suits flows without any.
+
+        Parameters
+        ----------
+        config:
+            The ``[flow]`` section, with ``config.kind == cls.name``.
+        model:
+            The particle model.
+        x, y:
+            Training inputs (sample, d) and labels (sample,), in the state's dtype and device.
+        allow_tf32:
+            Allow TF32 matrix products on CUDA (``compute.allow_tf32``).
+        """
+        return cls(model, x, y, allow_tf32=allow_tf32)
+
+    @classmethod
+    def schedule(cls, config: FlowConfig, n_samples: int, seed: int | np.random.SeedSequence) -> StepSchedule | None:
+        """The fixed steps the flow runs as, or None (the default) when ``[solver]`` integrates it.
+
+        A flow that returns a :class:`~gnflow.solve.StepSchedule` (GGN: mini-batches and step sizes
+        b / lam) is integrated by the Euler method on that schedule, whatever ``solver.method``
+        says.
+
+        Parameters
+        ----------
+        config:
+            The ``[flow]`` section.
+        n_samples:
+            N, the number of training samples.
+        seed:
+            Seed of the schedule's random draws (the run's ``batches`` stream).
+        """
+        return None
+
+    @classmethod
+    def describe(cls, config: RunConfig, n_train: int) -> FlowDescription:
+        """The ``gnflow_flow``, ``gnflow_solver`` and ``title`` texts of a run of ``config``.
+
+        Parameters
+        ----------
+        config:
+            The resolved run config, with ``config.flow.kind == cls.name``.
+        n_train:
+            N, the number of training samples of the run.
+        """
+        solver = config.solver
+        solver_text = (
+            f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
+            if solver.adaptive
+            else f"{solver.method} (step_size={solver.step_size:g})"
+        )
+        title = f"gnflow {cls.name} flow of a two-layer network of {config.model.width} particles"
+        return FlowDescription(flow=cls.name, solver=solver_text, title=title)
+
+    @property
+    def solve_stats(self) -> DampedSolveStats | None:
+        """Work of the damped Gram solves so far (None for flows without a damped solve)."""
+        return None
+
     @property
     def n_samples(self) -> int:
         """N, the number of training points."""
@@ -108,7 +217,7 @@ class Flow(ABC):
         self._last_residual = residual
         return lin, residual
 
-    def restrict(self, index: torch.Tensor) -> Flow:
+    def restrict(self, index: torch.Tensor) -> Self:
         """The same vector field on the training samples ``index`` only (a mini-batch).
 
         Parameters
@@ -212,6 +321,140 @@ def _tf32(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+FlowT = TypeVar("FlowT", bound=type[Flow])
+
+
+def register_flow(cls: FlowT) -> FlowT:
+    """Class decorator: register the :class:`Flow` subclass ``cls`` as ``flow.kind = cls.name``.
+
+    Raises
+    ------
+    gnflow.registry.RegistryError
+        If another flow holds the name.
+    TypeError
+        If ``cls`` is abstract or has no name of its own.
+    """
+    if getattr(cls, "__abstractmethods__", None):
+        raise TypeError(f"register_flow: {cls.__qualname__} is abstract: {', '.join(sorted(cls.__abstractmethods__))}")
+    if cls.name == Flow.name or not cls.name:
+        raise TypeError(f"register_flow: {cls.__qualname__} needs a class attribute name (its flow.kind)")
+    FLOW_KINDS.add(cls.name, cls)
+    return cls
+
+
+def flow_kind(name: str) -> type[Flow]:
+    """The flow class registered as ``flow.kind = name``.
+
+    Raises
+    ------
+    gnflow.registry.RegistryError
+        ``unknown flow 'x'; allowed: gauss_newton, gradient, ggn`` when ``name`` is not registered.
+    """
+    return FLOW_KINDS.get(name)
+
+
+@register_flow
+class GaussNewtonFlow(Flow):
+    """dw/dt = -J^T (A + eps(w) I)^{-1} g, solved in float64 by Cholesky.
+
+    Parameters
+    ----------
+    model, x, y:
+        As for :class:`Flow`.
+    damping:
+        The rule eps(w): a registered damping rule such as
+        :class:`~gnflow.damping.EigminDamping`, :class:`~gnflow.damping.ConstantDamping` or
+        :class:`~gnflow.damping.RelativeDamping`.
+    allow_tf32:
+        On CUDA, let float32 products (activations, J^T c) use TF32 tensor cores.
+
+    Notes
+    -----
+    Each evaluation costs the two N x M x N Gram products and one Cholesky factorization; a rule
+    that requires lambda_min(A) (``eigmin``) gets it from that factorization (see
+    :class:`~gnflow.damping.DampedGramSolver`), warm-started from the previous evaluation.
+    """
+
+    name = "gauss_newton"
+    second_order = True
+    damping: Damping
+
+    def __init__(
+        self,
+        model: ParticleModel,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        damping: Damping,
+        *,
+        allow_tf32: bool = False,
+    ) -> None:
+        super().__init__(model, x, y, allow_tf32=allow_tf32)
+        self.damping = damping
+        self.solver = DampedGramSolver(damping)
+        self.last_epsilon: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(
+        cls, config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False
+    ) -> Flow:
+        """The flow with the damping rule ``config.damping`` of parameter ``config.epsilon``."""
+        return cls(model, x, y, make_damping(config.damping, config.epsilon), allow_tf32=allow_tf32)
+
+    @classmethod
+    def describe(cls, config: RunConfig, n_train: int) -> FlowDescription:
+        """As :meth:`Flow.describe`, with the damping rule and its parameter in the flow text."""
+        base = super().describe(config, n_train)
+        text = f"{cls.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+        return FlowDescription(flow=text, solver=base.solver, title=base.title)
+
+    @property
+    def solve_stats(self) -> DampedSolveStats:
+        """Work of the damped Gram solves so far (Cholesky factorizations, Lanczos and CG steps)."""
+        return self.solver.stats
+
+    def restrict(self, index: torch.Tensor) -> Self:
+        """The Gauss--Newton flow on the samples ``index``, with a damped solver of its own.
+
+        The solver's warm start (shift and eigenvector from the previous evaluation) belongs to
+        the full data set, so the batch flow starts a fresh one.
+        """
+        batch = super().restrict(index)
+        batch.solver = DampedGramSolver(self.damping)
+        batch.last_epsilon = None
+        return batch
+
+    def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
+        """(A + eps I)^{-1} g in float64."""
+        solved = self.solver(lin.gram(), residual.double() / self.n_samples)
+        self.last_epsilon = solved.epsilon
+        return solved.direction
+
+    def epsilon(self, gram: torch.Tensor, eigenvalues: torch.Tensor | None = None) -> float:
+        """eps(w) from the damping rule, given lambda_min = ``eigenvalues[0]`` of ``gram`` when passed."""
+        lambda_min = None if eigenvalues is None else eigenvalues[0]
+        return float(self.damping.epsilon(gram, lambda_min=lambda_min))
+
+    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+        """beta_k = 1 / (lambda_k + eps(w)), the spectrum of (A + eps I)^{-1}.
+
+        Raises
+        ------
+        GramSolveError
+            If A + eps I is not positive definite (e.g. eps = 0 and A singular), as the
+            Cholesky solve of :meth:`function_space_direction` would.
+        """
+        # a rule that needs lambda_min reads it off the given spectrum instead of a second eigvalsh
+        shifted = eigenvalues + self.epsilon(gram, eigenvalues)
+        if not bool(shifted[0] > 0):
+            raise GramSolveError(
+                "the damped Gram matrix A + eps I is not positive definite "
+                f"(smallest eigenvalue {float(shifted[0]):.3g}); "
+                "increase flow.epsilon or use eigmin damping"
+            )
+        return 1.0 / shifted
+
+
+@register_flow
 class GradientFlow(Flow):
     """dw/dt = -J^T g = -grad_w L, with g = r / N."""
 
@@ -225,83 +468,3 @@ class GradientFlow(Flow):
     def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
         """beta_k = 1 (B = I)."""
         return torch.ones_like(eigenvalues)
-
-
-class GaussNewtonFlow(Flow):
-    """dw/dt = -J^T (A + eps(w) I)^{-1} g, solved in float64 by Cholesky.
-
-    Parameters
-    ----------
-    model, x, y:
-        As for :class:`Flow`.
-    damping:
-        The rule eps(w): :class:`~gnflow.damping.EigminDamping`,
-        :class:`~gnflow.damping.ConstantDamping` or :class:`~gnflow.damping.RelativeDamping`.
-    allow_tf32:
-        On CUDA, let float32 products (activations, J^T c) use TF32 tensor cores.
-
-    Notes
-    -----
-    Each evaluation costs the two N x M x N Gram products and one Cholesky factorization; the
-    ``eigmin`` damping finds lambda_min(A) from that factorization (see
-    :class:`~gnflow.damping.DampedGramSolver`), warm-started from the previous evaluation.
-    """
-
-    name = "gauss_newton"
-
-    def __init__(
-        self,
-        model: ParticleModel,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        damping: EigminDamping | ConstantDamping | RelativeDamping,
-        *,
-        allow_tf32: bool = False,
-    ) -> None:
-        super().__init__(model, x, y, allow_tf32=allow_tf32)
-        self.damping = damping
-        self.solver = DampedGramSolver(damping)
-        self.last_epsilon: torch.Tensor | None = None
-
-    def restrict(self, index: torch.Tensor) -> Flow:
-        """The Gauss--Newton flow on the samples ``index``, with a damped solver of its own.
-
-        The solver's warm start (shift and eigenvector from the previous evaluation) belongs to
-        the full data set, so the batch flow starts a fresh one.
-        """
-        batch = super().restrict(index)
-        assert isinstance(batch, GaussNewtonFlow)
-        batch.solver = DampedGramSolver(self.damping)
-        batch.last_epsilon = None
-        return batch
-
-    def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
-        """(A + eps I)^{-1} g in float64."""
-        solved = self.solver(lin.gram(), residual.double() / self.n_samples)
-        self.last_epsilon = solved.epsilon
-        return solved.direction
-
-    def epsilon(self, gram: torch.Tensor, eigenvalues: torch.Tensor | None = None) -> float:
-        """eps(w) from the damping rule (from ``eigenvalues`` of ``gram`` when given, for eigmin)."""
-        if eigenvalues is not None and isinstance(self.damping, EigminDamping):
-            return max(self.damping.eps0, float(eigenvalues[0]))
-        return float(self.damping.epsilon(gram))
-
-    def preconditioner_spectrum(self, gram: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
-        """beta_k = 1 / (lambda_k + eps(w)), the spectrum of (A + eps I)^{-1}.
-
-        Raises
-        ------
-        GramSolveError
-            If A + eps I is not positive definite (e.g. eps = 0 and A singular), as the
-            Cholesky solve of :meth:`function_space_direction` would.
-        """
-        # eigmin reads lambda_min off the given spectrum instead of a second eigvalsh
-        shifted = eigenvalues + self.epsilon(gram, eigenvalues)
-        if not bool(shifted[0] > 0):
-            raise GramSolveError(
-                "the damped Gram matrix A + eps I is not positive definite "
-                f"(smallest eigenvalue {float(shifted[0]):.3g}); "
-                "increase flow.epsilon or use eigmin damping"
-            )
-        return 1.0 / shifted

@@ -11,9 +11,10 @@ dw/dt = -J_B^T (A_B + eps I)^{-1} r_B / b, with constant damping eps = alpha / l
                                        = J_B^T (lam A_B + alpha I)^{-1} r_B.
 
 For the particle model, GGN is therefore not a second implementation: :func:`ggn_flow` builds the
-:class:`~gnflow.flows.GaussNewtonFlow` with :class:`~gnflow.damping.ConstantDamping`, and
-:func:`ggn_schedule` the mini-batches and step sizes that the fixed-step driver of
-:mod:`gnflow.solve` integrates with the Euler method. For any ``torch.nn.Module`` regression model,
+:class:`~gnflow.flows.GaussNewtonFlow` with :class:`~gnflow.damping.ConstantDamping` (as the
+registered ``flow.kind = "ggn"``, :class:`GramGaussNewtonFlow`), and :func:`ggn_schedule` the
+mini-batches and step sizes that the fixed-step driver of :mod:`gnflow.solve` integrates with the
+Euler method. For any ``torch.nn.Module`` regression model,
 :class:`GGN` is a ``torch.optim`` optimizer that takes the same step, with the b x b Gram matrix
 built from per-sample Jacobians (``torch.func``) in memory-bounded blocks.
 """
@@ -30,15 +31,16 @@ import torch
 from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from gnflow.config import ConfigError, FlowConfig
+from gnflow.config import ConfigError, FlowConfig, RunConfig
 from gnflow.damping import ConstantDamping, GramSolveError, solve_damped
 from gnflow.dataset import VariableInfo, register_variable
-from gnflow.flows import GaussNewtonFlow
+from gnflow.flows import Flow, FlowDescription, GaussNewtonFlow, register_flow
 from gnflow.model import ParticleModel
 from gnflow.solve import StepSchedule
 
 __all__ = [
     "GGN",
+    "GramGaussNewtonFlow",
     "RegressionBatch",
     "check_batch_size",
     "check_per_sample_model",
@@ -86,9 +88,48 @@ def ggn_damping(lam: float, alpha: float) -> float:
     return alpha / lam
 
 
+@register_flow
+class GramGaussNewtonFlow(GaussNewtonFlow):
+    """``flow.kind = "ggn"``: the Gauss--Newton flow with constant damping eps = alpha / lam, run as GGN.
+
+    The vector field is that of :class:`~gnflow.flows.GaussNewtonFlow`; what makes it GGN(lam,
+    alpha) is how it is integrated: Euler steps of size b / lam on the mini-batches of
+    :meth:`schedule`. Build it with :func:`ggn_flow` or from a config.
+    """
+
+    name = "ggn"
+
+    @classmethod
+    def from_config(
+        cls, config: FlowConfig, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False
+    ) -> Flow:
+        """The flow of GGN(``config.lam``, ``config.alpha``), once 1 <= ``config.batch_size`` <= N is checked."""
+        check_batch_size(config.batch_size, int(x.shape[0]))
+        return ggn_flow(model, x, y, lam=config.lam, alpha=config.alpha, allow_tf32=allow_tf32)
+
+    @classmethod
+    def schedule(cls, config: FlowConfig, n_samples: int, seed: int | np.random.SeedSequence) -> StepSchedule:
+        """The Euler steps of the run: :func:`ggn_schedule`."""
+        return ggn_schedule(config, n_samples, seed)
+
+    @classmethod
+    def describe(cls, config: RunConfig, n_train: int) -> FlowDescription:
+        """GGN's hyper-parameters and the Euler step b / lam it takes per batch of b samples."""
+        fc = config.flow
+        b = min(fc.batch_size, n_train)
+        solver_text = f"euler (step_size = b / lam = {ggn_step_size(b, fc.lam):g} per full batch of b = {b})"
+        flow_text = (
+            f"ggn (lam={fc.lam:g}, alpha={fc.alpha:g}, batch_size={b}, batch_order={fc.batch_order}): Euler steps "
+            "of size b/lam of the gauss_newton flow on each batch with constant damping "
+            f"alpha/lam = {fc.alpha / fc.lam:g}"
+        )
+        title = f"gnflow {cls.name} steps of a two-layer network of {config.model.width} particles"
+        return FlowDescription(flow=flow_text, solver=solver_text, title=title)
+
+
 def ggn_flow(
     model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, lam: float, alpha: float, allow_tf32: bool = False
-) -> GaussNewtonFlow:
+) -> GramGaussNewtonFlow:
     """The Gauss--Newton flow whose Euler steps of size b / lam on batches are GGN(lam, alpha).
 
     Parameters
@@ -102,7 +143,7 @@ def ggn_flow(
     allow_tf32:
         Allow TF32 matrix products on CUDA (see the ``[compute]`` section).
     """
-    return GaussNewtonFlow(model, x, y, ConstantDamping(ggn_damping(lam, alpha)), allow_tf32=allow_tf32)
+    return GramGaussNewtonFlow(model, x, y, ConstantDamping(ggn_damping(lam, alpha)), allow_tf32=allow_tf32)
 
 
 def check_batch_size(batch_size: int, n_samples: int, key: str = "flow.batch_size") -> None:

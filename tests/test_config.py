@@ -6,6 +6,7 @@ import pytest
 
 from gnflow.config import (
     ConfigError,
+    FlowConfig,
     RunConfig,
     apply_overrides,
     config_fields,
@@ -67,6 +68,8 @@ def test_json_round_trip():
         ({"solver": {"save_times": [3.0, 1.0]}}, "solver.save_times: must be strictly increasing"),
         ({"solver": {"save_times": [1.0, 2e6]}}, "solver.save_times: every time must lie in [0, solver.t_end"),
         ({"flow": {"damping": "lm"}}, "flow.damping: unknown value 'lm'; allowed: eigmin, constant, relative"),
+        ({"flow": {"kind": "adam"}}, "flow.kind: unknown value 'adam'; allowed: gauss_newton, gradient, ggn"),
+        ({"flow": {"kind": 3}}, "flow.kind: expected a string, got 3"),
         ({"flow": {"epsilon": -1.0}}, "flow.epsilon: must be a finite number >= 0, got -1.0"),
         ({"data": {"kind": "mnist"}}, "data.kind: unknown data kind 'mnist'; allowed: teacher, file"),
         ({"data": {"kind": "file"}}, 'data.path: required when data.kind = "file"'),
@@ -108,3 +111,63 @@ def test_missing_and_invalid_files(tmp_path):
 def test_config_fields_cover_every_key():
     keys = {row[0] for row in config_fields()}
     assert {"seed", "model.width", "solver.rtol", "flow.epsilon", "output.path", "data.path"} <= keys
+
+
+def test_registered_names_are_the_allowed_values():
+    """flow.kind, flow.damping, data.kind and observe.names list what the registries hold."""
+    from gnflow.registry import DAMPING_RULES, DATA_KINDS, FLOW_KINDS, OBSERVABLE_NAMES
+
+    types = {key: type_name for key, type_name, *_ in config_fields()}
+    for key, registry in (
+        ("flow.kind", FLOW_KINDS),
+        ("flow.damping", DAMPING_RULES),
+        ("data.kind", DATA_KINDS),
+        ("observe.names", OBSERVABLE_NAMES),
+    ):
+        assert len(registry) >= 2
+        for name in registry.names():
+            assert repr(name) in types[key], (key, name)
+    assert types["flow.kind"] == "one of 'gauss_newton', 'gradient', 'ggn'"
+    assert types["observe.names"].startswith("a list of names, each one of 'spectrum', ")
+
+
+def test_sections_built_directly_are_validated_too():
+    with pytest.raises(ConfigError, match=re.escape("flow.kind: unknown value 'adam'; allowed: gauss_newton")):
+        FlowConfig(kind="adam")
+    with pytest.raises(ConfigError, match=re.escape("flow.damping: unknown value 'lm'")):
+        FlowConfig(damping="lm")
+
+
+def test_every_name_other_modules_import_is_still_in_gnflow_config():
+    import gnflow.config as config
+
+    names = [
+        "ADAPTIVE_METHODS",
+        "EXPONENTIAL_METHODS",
+        "FIXED_METHODS",
+        "LOCATION_KEYS",
+        "SECTIONS",
+        "SolverMethod",
+        "Activation",
+        "apply_overrides",
+        "config_fields",
+        "config_from_dict",
+        "config_from_json",
+        "config_hash",
+        "config_to_dict",
+        "config_to_json",
+        "data_kinds",
+        "flatten_dotted",
+        "get_dotted",
+        "load_config",
+        "observable_names",
+        "register_data_kind",
+        "register_observable",
+        "set_dotted",
+        "split_key",
+        "_type_name",
+    ]
+    for name in names:
+        assert hasattr(config, name), name
+    # the public objects say where to import them from
+    assert RunConfig.__module__ == "gnflow.config" and config_from_dict.__module__ == "gnflow.config"

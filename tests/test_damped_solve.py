@@ -132,6 +132,16 @@ def test_exact_fallbacks_stay_exact() -> None:
     assert solver.stats.factorizations == 2
 
 
+def test_eigmin_epsilon_from_a_given_lambda_min_is_the_floor_or_the_value() -> None:
+    gram = spd_matrix(np.geomspace(1e-3, 1.0, 30), seed=11)
+    rule = EigminDamping(1e-2)
+    assert float(rule.epsilon(gram, lambda_min=0.5)) == 0.5
+    assert float(rule.epsilon(gram, lambda_min=1e-9)) == 1e-2
+    assert float(rule.epsilon(gram, lambda_min=torch.tensor(0.25, dtype=torch.float64))) == 0.25
+    assert float(rule.epsilon(gram)) == 1e-2  # eigvalsh: lambda_min = 1e-3 < eps0
+    assert rule.lambda_min_floor == 1e-2
+
+
 @pytest.mark.parametrize("damping", [ConstantDamping(1e-3), RelativeDamping(1e-2)])
 def test_known_damping_is_one_cholesky_solve(damping: ConstantDamping | RelativeDamping) -> None:
     gram = spd_matrix(np.geomspace(1e-6, 1.0, 50), seed=7)

@@ -52,6 +52,42 @@ def test_eigmin_damping_is_max_of_floor_and_lambda_min():
     assert RelativeDamping(0.2).epsilon(b).item() == pytest.approx(0.2 * 5.5 / 3)
 
 
+@pytest.mark.parametrize("kind", ["eigmin", "constant", "relative"])
+def test_known_lambda_min_gives_the_same_epsilon(kind):
+    """eps from the spectrum passed in equals eps computed from A: for eigmin, max(eps0, lambda_min)."""
+    model, w, x, y = small_problem(n_train=12, width=40)
+    flow = GaussNewtonFlow(model, x, y, make_damping(kind, 1e-3))
+    gram = model.linearize(w, x).gram()
+    eig = torch.linalg.eigvalsh(gram)
+    assert flow.epsilon(gram, eig) == flow.epsilon(gram)
+    if kind == "eigmin":
+        assert flow.epsilon(gram, eig) == max(1e-3, float(eig[0]))
+        shifted = eig.clone()
+        shifted[0] = 0.5  # the rule reads lambda_min from what it is given
+        assert flow.epsilon(gram, shifted) == 0.5
+
+
+def test_flows_say_whether_they_have_a_damping():
+    model, w, x, y = small_problem(n_train=12, width=40)
+    gn = GaussNewtonFlow(model, x, y, EigminDamping(1e-7))
+    gd = GradientFlow(model, x, y)
+    assert gn.damping == EigminDamping(1e-7) and gd.damping is None
+    assert gd.solve_stats is None
+    gn(torch.tensor(0.0), w)
+    assert gn.solve_stats is not None and gn.solve_stats.calls == 1
+    batch = gn.restrict(torch.arange(5))
+    assert type(batch) is GaussNewtonFlow and batch.solver is not gn.solver and batch.solve_stats.calls == 0
+
+
+def test_make_damping_is_a_registry_lookup():
+    assert make_damping("eigmin", 1e-5) == EigminDamping(1e-5)
+    assert make_damping("constant", 0.0) == ConstantDamping(0.0)
+    assert make_damping("relative", 0.1) == RelativeDamping(0.1)
+    assert [r.requires for r in (EigminDamping(), ConstantDamping(), RelativeDamping())] == [("lambda_min",), (), ()]
+    with pytest.raises(ValueError, match="damping parameter must be >= 0, got -1"):
+        make_damping("eigmin", -1.0)
+
+
 def test_solve_damped_and_singular_error():
     rng = np.random.default_rng(0)
     m = rng.standard_normal((5, 5))

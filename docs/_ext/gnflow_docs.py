@@ -138,22 +138,21 @@ def config_sections() -> list[tuple[str, type]]:
 
 
 def config_reference() -> str:
-    """Markdown tables of every config key: type and allowed values, default, description."""
-    from gnflow.config import config_fields, data_kinds, observable_names
+    """Markdown tables of every config key: type and allowed values, default, description.
 
-    dynamic_choices = {
-        "data.kind": ("one of", data_kinds()),
-        "observe.names": ("a list of", observable_names()),
-    }
+    Keys that take registered names (``flow.kind``, ``flow.damping``, ``data.kind``,
+    ``observe.names``) list what the registries of :mod:`gnflow.registry` hold once ``gnflow`` is
+    imported, as :func:`gnflow.config.config_fields` reports them.
+    """
+    import gnflow  # noqa: F401  (imports every module that registers a flow, damping, data kind or observable)
+    from gnflow.config import config_fields
+
     docs = {section: _attribute_docs(cls) for section, cls in config_sections()}
     summaries = {section: inspect.cleandoc(cls.__doc__ or "").splitlines()[0] for section, cls in config_sections()}
     rows_by_section: dict[str, list[str]] = {}
     for key, type_name, default, section in config_fields():
         name = key.split(".", 1)[1] if section else key
         description = docs.get(section, {}).get(name, "")
-        if key in dynamic_choices:
-            phrase, choices = dynamic_choices[key]
-            type_name = f"{phrase}: " + (", ".join(f"`{c}`" for c in choices) or "(none registered)")
         rows_by_section.setdefault(section, []).append(
             f"| `{key}` | {_cell(type_name)} | {_toml_value(default)} | {_cell(description) or '—'} |"
         )

@@ -1,29 +1,26 @@
-"""Run configuration: frozen dataclasses parsed once from TOML and validated there.
+"""The sections of the run config: one frozen dataclass per TOML table, validated on construction.
 
-Every section of the TOML run file is one dataclass below. The rest of gnflow
-receives these typed objects, never raw dictionaries. Parsing is generic over the dataclass
-fields (their type annotations and ``Literal`` choices), so the allowed values stated in error
-messages and in the generated documentation are the ones the code checks.
+Keys whose values are names of implementations (``data.kind``, ``flow.kind``, ``flow.damping``,
+``observe.names``) are checked against the registries of :mod:`gnflow.registry` when a section is
+built, so the allowed values are those registered by the modules imported at that time. The
+annotations are evaluated eagerly (no ``from __future__ import annotations``): the parser and the
+generated reference read them as objects, whichever module re-exports the classes.
 """
 
-from __future__ import annotations
-
-import dataclasses
-import hashlib
 import itertools
-import json
 import math
-import tomllib
-import types
-import typing
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Literal, get_args
+
+from gnflow.config._values import _require, _require_registered, registered
+from gnflow.registry import DAMPING_RULES, DATA_KINDS, FLOW_KINDS, OBSERVABLE_NAMES
 
 __all__ = [
+    "ADAPTIVE_METHODS",
+    "EXPONENTIAL_METHODS",
+    "FIXED_METHODS",
+    "SECTIONS",
     "ComputeConfig",
-    "ConfigError",
     "DataConfig",
     "FlowConfig",
     "ModelConfig",
@@ -31,21 +28,15 @@ __all__ = [
     "OutputConfig",
     "RunConfig",
     "SolverConfig",
-    "apply_overrides",
-    "config_from_dict",
-    "config_hash",
-    "config_to_dict",
-    "load_config",
 ]
+
 
 Activation = Literal["silu", "tanh", "gelu", "relu"]
 Scaling = Literal["mean_field", "ntk"]
 OutputInit = Literal["zero", "normal", "sign"]
 Trainable = Literal["all", "hidden", "output"]
-FlowKind = Literal["gauss_newton", "gradient", "ggn"]
 BatchOrder = Literal["cyclic", "shuffled"]
 GGNSave = Literal["epoch", "iteration"]
-DampingKind = Literal["eigmin", "constant", "relative"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
 ExponentialMethod = Literal["kernel_exponential"]
@@ -66,18 +57,6 @@ DType = Literal["float64", "float32"]
 ADAPTIVE_METHODS: tuple[str, ...] = get_args(AdaptiveMethod)
 FIXED_METHODS: tuple[str, ...] = get_args(FixedMethod)
 EXPONENTIAL_METHODS: tuple[str, ...] = get_args(ExponentialMethod)
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, of the wrong type, or out of range.
-
-    The message is one line that names the key and what is allowed.
-    """
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +88,7 @@ class DataConfig:
         split; unset = all of it.
     """
 
-    kind: str = "teacher"
+    kind: str = registered(DATA_KINDS, "teacher")
     input_dim: int = 10
     teacher_width: int = 5
     n_train: int = 500
@@ -120,8 +99,8 @@ class DataConfig:
     max_train: int | None = None
 
     def __post_init__(self) -> None:
-        kinds = data_kinds()
-        _require(self.kind in kinds, "data.kind", f"unknown data kind {self.kind!r}; allowed: {', '.join(kinds)}")
+        kinds = DATA_KINDS.allowed()
+        _require(self.kind in DATA_KINDS, "data.kind", f"unknown data kind {self.kind!r}; allowed: {kinds}")
         _require(self.input_dim >= 1, "data.input_dim", f"must be >= 1, got {self.input_dim}")
         _require(self.teacher_width >= 1, "data.teacher_width", f"must be >= 1, got {self.teacher_width}")
         _require(self.n_train >= 1, "data.n_train", f"must be >= 1, got {self.n_train}")
@@ -192,13 +171,15 @@ class FlowConfig:
     Attributes
     ----------
     kind:
-        ``"gauss_newton"``, ``"gradient"`` or ``"ggn"`` (discrete Gram--Gauss--Newton: Euler steps
-        of size h = b / lam of the Gauss--Newton flow restricted to mini-batches of b samples, with
-        constant damping eps = alpha / lam; ``damping``, ``epsilon`` and the solver's method, step
-        size and horizon are then not used).
+        A registered flow (``gnflow.registry.FLOW_KINDS``): ``"gauss_newton"``, ``"gradient"``
+        or ``"ggn"`` (discrete Gram--Gauss--Newton: Euler steps of size h = b / lam of the
+        Gauss--Newton flow restricted to mini-batches of b samples, with constant damping
+        eps = alpha / lam; ``damping``, ``epsilon`` and the solver's method, step size and horizon
+        are then not used).
     damping:
-        Gauss--Newton damping eps(w): ``"eigmin"`` (max(eps0, lambda_min(A))), ``"constant"``
-        (eps0) or ``"relative"`` (kappa * trace(A) / N).
+        A registered Gauss--Newton damping rule eps(w) (``gnflow.registry.DAMPING_RULES``):
+        ``"eigmin"`` (max(eps0, lambda_min(A))), ``"constant"`` (eps0) or ``"relative"``
+        (kappa * trace(A) / N).
     epsilon:
         eps0 for eigmin and constant damping, kappa for relative damping.
     lam:
@@ -218,8 +199,8 @@ class FlowConfig:
         GGN: save the state after every ``"epoch"`` or every ``"iteration"``.
     """
 
-    kind: FlowKind = "gauss_newton"
-    damping: DampingKind = "eigmin"
+    kind: str = registered(FLOW_KINDS, "gauss_newton")
+    damping: str = registered(DAMPING_RULES, "eigmin")
     epsilon: float = 1e-7
     lam: float = 1.0
     alpha: float = 0.1
@@ -230,6 +211,8 @@ class FlowConfig:
     save_every: GGNSave = "epoch"
 
     def __post_init__(self) -> None:
+        _require_registered(self.kind, FLOW_KINDS)
+        _require_registered(self.damping, DAMPING_RULES)
         _require(
             math.isfinite(self.epsilon) and self.epsilon >= 0,
             "flow.epsilon",
@@ -288,7 +271,7 @@ class ObserveConfig:
         Threshold on the final kernel movement 1 - CKA(A_t, A_0) for the kernel regime.
     """
 
-    names: tuple[str, ...] = ()
+    names: tuple[str, ...] = registered(OBSERVABLE_NAMES, ())
     spectrum_count: int = 3
     top_k: tuple[int, ...] = (1, 5, 10)
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9, 1.0)
@@ -301,12 +284,11 @@ class ObserveConfig:
     regime_kernel_threshold: float = 0.1
 
     def __post_init__(self) -> None:
-        allowed = observable_names()
         for name in self.names:
             _require(
-                name in allowed,
+                name in OBSERVABLE_NAMES,
                 "observe.names",
-                f"unknown observable {name!r}; allowed: {', '.join(allowed) or 'none available'}",
+                f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLE_NAMES) or 'none available'}",
             )
         _require(self.spectrum_count >= 0, "observe.spectrum_count", f"must be >= 0, got {self.spectrum_count}")
         _require(
@@ -538,37 +520,8 @@ class RunConfig:
         _require(ok, "device", f'unknown device {device!r}; allowed: "auto", "cpu", "cuda", "cuda:K"')
 
 
-# --- registries filled by other modules (data kinds, observables) -------------------------------
-
-_DATA_KINDS: list[str] = ["teacher", "file"]
-_OBSERVABLES: list[str] = []
-
-
-def data_kinds() -> tuple[str, ...]:
-    """Names accepted by ``data.kind``."""
-    return tuple(_DATA_KINDS)
-
-
-def observable_names() -> tuple[str, ...]:
-    """Names accepted by ``observe.names``."""
-    return tuple(_OBSERVABLES)
-
-
-def register_data_kind(name: str) -> None:
-    """Allow ``data.kind = name`` (used by modules that provide named data sets)."""
-    if name not in _DATA_KINDS:
-        _DATA_KINDS.append(name)
-
-
-def register_observable(name: str) -> None:
-    """Allow ``name`` in ``observe.names``."""
-    if name not in _OBSERVABLES:
-        _OBSERVABLES.append(name)
-
-
-# --- generic parsing ---------------------------------------------------------------------------
-
-_SECTIONS = {
+#: The tables of the run file, in order: section name -> dataclass.
+SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "flow": FlowConfig,
@@ -577,237 +530,3 @@ _SECTIONS = {
     "compute": ComputeConfig,
     "output": OutputConfig,
 }
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is tuple:
-        return "a list of " + _type_name(get_args(tp)[0])
-    if tp is type(None):
-        return "absent"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a TOML value to the annotated type, or raise ConfigError naming the key."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{key}: unknown value {value!r}; allowed: {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        item_type = get_args(tp)[0]
-        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {tp!r}")  # pragma: no cover - programming error
-
-
-def _section_from_dict(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        full = f"{prefix}{key}"
-        if key not in names or (key in _SECTIONS and not prefix):
-            allowed = [n for n in names if not (not prefix and n in _SECTIONS)]
-            raise ConfigError(
-                f"unknown key {full!r}; allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(allowed)}"
-            )
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
-    """Build and validate a :class:`RunConfig` from a nested mapping (as read from TOML)."""
-    top: dict[str, Any] = {}
-    sections: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in _SECTIONS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{key}: expected a table [{key}], got {value!r}")
-            sections[key] = _section_from_dict(_SECTIONS[key], value, f"{key}.")
-        else:
-            top[key] = value
-    run = _section_from_dict(RunConfig, top, "")
-    return dataclasses.replace(run, **sections) if sections else run
-
-
-def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The config as a nested plain dictionary (tuples as lists, None values left out)."""
-
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items() if v is not None}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        return obj
-
-    result: dict[str, Any] = clean(dataclasses.asdict(config))
-    return result
-
-
-def config_to_json(config: RunConfig) -> str:
-    """The resolved config as a JSON string (stored in the ``gnflow_config`` attribute)."""
-    return json.dumps(config_to_dict(config), sort_keys=True)
-
-
-# Keys that say where and how often files are written, not what is computed.
-LOCATION_KEYS: tuple[str, ...] = ("output.path", "output.checkpoint_every_s", "output.checkpoint_every_steps")
-
-
-def config_hash(config: RunConfig, length: int = 16) -> str:
-    """A stable identifier of what ``config`` computes: the first ``length`` hex digits of the
-    SHA-256 of :func:`config_to_json` with the :data:`LOCATION_KEYS` left out.
-
-    Two configs with the same hash give the same trajectory wherever their files go.
-    """
-    values = config_to_dict(config)
-    for key in LOCATION_KEYS:
-        section, name = key.split(".")
-        values.get(section, {}).pop(name, None)
-    text = json.dumps(values, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def config_from_json(text: str) -> RunConfig:
-    """Inverse of :func:`config_to_json`."""
-    return config_from_dict(json.loads(text))
-
-
-def _parse_override_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word is a string: --set model.activation=tanh
-
-
-# --- dotted keys: ``section.key`` as used by --set and by sweep grids ---------------------------
-
-
-def split_key(key: str, where: str) -> tuple[str, ...]:
-    """``"model.width"`` -> ``("model", "width")``, ``"seed"`` -> ``("seed",)``.
-
-    Raises
-    ------
-    ConfigError
-        When ``key`` is not ``key`` or ``section.key`` with a known section (``where`` names the
-        place it came from, e.g. ``--set 'x=1'``).
-    """
-    parts = tuple(key.strip().split("."))
-    if not key.strip() or any(not p for p in parts) or len(parts) > 2:
-        raise ConfigError(f"{where}: KEY must be 'key' or 'section.key', e.g. model.init_scale")
-    if len(parts) == 2 and parts[0] not in _SECTIONS:
-        raise ConfigError(f"{where}: unknown section {parts[0]!r}; allowed: {', '.join(_SECTIONS)}")
-    return parts
-
-
-def set_dotted(values: dict[str, Any], key: str, value: Any, *, where: str = "") -> None:
-    """Set the dotted ``key`` of the nested mapping ``values`` (in place) to ``value``."""
-    parts = split_key(key, where or key)
-    target = values
-    if len(parts) == 2:
-        section = target.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise ConfigError(f"{parts[0]}: expected a table [{parts[0]}], got {section!r}")
-        target = section
-    target[parts[-1]] = value
-
-
-def get_dotted(values: Mapping[str, Any], key: str) -> Any:
-    """The value of the dotted ``key`` in the nested mapping ``values`` (None when absent)."""
-    target: Any = values
-    for part in key.split("."):
-        target = target.get(part) if isinstance(target, Mapping) else None
-    return target
-
-
-def flatten_dotted(table: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
-    """Nested tables -> ``{dotted key: value}`` (lists and scalars are values), keys checked."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_dotted(value, where, f"{full}."))
-        else:
-            flat[full] = value
-    if not prefix:
-        for key in flat:
-            split_key(key, f"{where}: key {key!r}")
-    return flat
-
-
-def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings)."""
-    result: dict[str, Any] = json.loads(json.dumps(values))  # deep copy of plain data
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.width=1000")
-        key, text = item.split("=", 1)
-        set_dotted(result, key.strip(), _parse_override_value(text.strip()), where=f"--set {item!r}")
-    return result
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a TOML run config (or the defaults when ``path`` is None) and apply overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return config_from_dict(apply_overrides(values, overrides))
-
-
-def config_fields() -> list[tuple[str, str, Any, str]]:
-    """(key, type description, default, section) for every config key, for documentation."""
-    rows: list[tuple[str, str, Any, str]] = []
-    hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
-        if f.name in _SECTIONS:
-            continue
-        rows.append((f.name, _type_name(hints[f.name]), f.default, ""))
-    for section, cls in _SECTIONS.items():
-        section_hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            rows.append((f"{section}.{f.name}", _type_name(section_hints[f.name]), default, section))
-    return rows

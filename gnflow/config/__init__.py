@@ -1,0 +1,104 @@
+"""Run configuration: frozen dataclasses parsed once from TOML and validated there.
+
+Every section of the TOML run file is one dataclass (``_sections``). The rest of gnflow receives
+these typed objects, never raw dictionaries. Parsing (``_parse``) is generic over the dataclass
+fields: their type annotations, ``Literal`` value sets and, for keys that name an implementation,
+the registries of :mod:`gnflow.registry` (``_values``), so the allowed values stated in error
+messages and in the generated documentation are the ones the code checks. ``_keys`` holds the dotted
+``section.key`` helpers of ``--set`` and sweep grids and reads TOML files. Import everything from
+here: the private modules may move.
+"""
+
+import inspect
+
+from gnflow.config._keys import (
+    apply_overrides,
+    flatten_dotted,
+    get_dotted,
+    load_config,
+    set_dotted,
+    split_key,
+)
+from gnflow.config._parse import (  # noqa: F401  (LOCATION_KEYS and the parser's helpers are re-exported)
+    LOCATION_KEYS,
+    _coerce,
+    _type_name,
+    config_fields,
+    config_from_dict,
+    config_from_json,
+    config_hash,
+    config_to_dict,
+    config_to_json,
+)
+from gnflow.config._sections import (  # noqa: F401  (the value sets and method tuples are re-exported)
+    ADAPTIVE_METHODS,
+    EXPONENTIAL_METHODS,
+    FIXED_METHODS,
+    SECTIONS,
+    Activation,
+    AdaptiveMethod,
+    BatchOrder,
+    ComputeConfig,
+    DataConfig,
+    DType,
+    ExponentialMethod,
+    FixedMethod,
+    FlowConfig,
+    GGNSave,
+    ModelConfig,
+    ObserveConfig,
+    OutputConfig,
+    OutputInit,
+    RunConfig,
+    SaveSpacing,
+    Scaling,
+    SolverConfig,
+    SolverMethod,
+    Trainable,
+)
+from gnflow.config._values import (  # noqa: F401  (_require is re-exported for the sections' checks)
+    ConfigError,
+    _require,
+    data_kinds,
+    observable_names,
+    register_data_kind,
+    register_observable,
+)
+
+__all__ = [
+    "SECTIONS",
+    "ComputeConfig",
+    "ConfigError",
+    "DataConfig",
+    "FlowConfig",
+    "ModelConfig",
+    "ObserveConfig",
+    "OutputConfig",
+    "RunConfig",
+    "SolverConfig",
+    "apply_overrides",
+    "config_fields",
+    "config_from_dict",
+    "config_from_json",
+    "config_hash",
+    "config_to_dict",
+    "config_to_json",
+    "data_kinds",
+    "flatten_dotted",
+    "get_dotted",
+    "load_config",
+    "observable_names",
+    "register_data_kind",
+    "register_observable",
+    "set_dotted",
+    "split_key",
+]
+
+# The public objects say they live here (documentation, tracebacks, pickles): the private modules
+# are an implementation detail. The section annotations are evaluated objects, so type hints do not
+# depend on the module namespace.
+for _name in __all__:
+    _obj = globals()[_name]
+    if (inspect.isclass(_obj) or inspect.isfunction(_obj)) and _obj.__module__.startswith(f"{__name__}._"):
+        _obj.__module__ = __name__
+del _name, _obj
