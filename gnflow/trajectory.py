@@ -16,8 +16,7 @@ import xarray as xr
 from gnflow.config import config_to_json
 from gnflow.dataset import apply_variable_attrs, cf_attributes
 from gnflow.experiment import Experiment
-from gnflow.flows import Flow, GaussNewtonFlow
-from gnflow.ggn import ggn_step_size
+from gnflow.flows import Flow
 from gnflow.observables import (
     Measurement,
     Observable,
@@ -144,42 +143,22 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         "x_train": stored["x_train"],
         "y_train": stored["y_train"],
     }
-    if isinstance(flow, GaussNewtonFlow):
+    if flow.damping is not None:
         variables["damping"] = (time_dims, builtins.damping)
-    if config.flow.kind == "ggn" and solution.epoch is not None:
+    if solution.epoch is not None:  # a step schedule over mini-batches (GGN)
         variables["iteration"] = (time_dims, solution.n_accepted.astype(np.int32))  # CF 1.8 has no int64
         variables["epoch"] = (time_dims, solution.epoch)
     variables.update({name: stored[name] for name in ("x_test", "y_test", "teacher_weights") if name in stored})
     ds = xr.Dataset(variables, coords=coords)
     if "iteration" in ds:
         ds = ds.set_coords(["iteration", "epoch"])
-    solver = config.solver
-    solver_text = (
-        f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
-        if solver.adaptive
-        else f"{solver.method} (step_size={solver.step_size:g})"
-    )
-    flow_text = (
-        flow.name
-        if flow.name == "gradient"
-        else f"{flow.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
-    )
-    if config.flow.kind == "ggn":
-        fc = config.flow
-        b = min(fc.batch_size, data.n_train)
-        solver_text = f"euler (step_size = b / lam = {ggn_step_size(b, fc.lam):g} per full batch of b = {b})"
-        flow_text = (
-            f"ggn (lam={fc.lam:g}, alpha={fc.alpha:g}, batch_size={b}, batch_order={fc.batch_order}): Euler steps "
-            "of size b/lam of the gauss_newton flow on each batch with constant damping "
-            f"alpha/lam = {fc.alpha / fc.lam:g}"
-        )
+    description = flow.describe(config, data.n_train)
     ds.attrs = cf_attributes(
-        f"gnflow {config.flow.kind} {'steps' if config.flow.kind == 'ggn' else 'flow'} of a two-layer network "
-        f"of {config.model.width} particles",
+        description.title,
         f"gnflow run ({experiment.data.name})",
         gnflow_config=config_to_json(config),
-        gnflow_flow=flow_text,
-        gnflow_solver=solver_text,
+        gnflow_flow=description.flow,
+        gnflow_solver=description.solver,
         gnflow_status=solution.status,
         gnflow_wall_time_s=float(solution.wall_time_s),
         gnflow_nfe=int(solution.nfe[-1]),
