@@ -111,10 +111,11 @@ def combine_runs(grid: SweepGrid, paths: Mapping[str, Path], outcomes: Mapping[s
     for run in grid.runs:
         run_ids[run.index] = run.run_id
         outcome = outcomes.get(run.run_id, {})
-        ds = loaded.get(run.run_id)
-        if ds is None:
+        run_ds = loaded.get(run.run_id)
+        if run_ds is None:
             status[run.index] = str(outcome.get("status", "missing"))
             continue
+        ds = run_ds
         status[run.index] = str(ds.attrs.get("gnflow_status", "missing"))
         if str(outcome.get("status", "")).startswith("error"):
             status[run.index] = str(outcome["status"])
