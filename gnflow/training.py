@@ -164,7 +164,8 @@ def train_module(
         which are not counted in the optimizer time).
     budget:
         Limits on optimizer steps and on optimizer wall-clock and processor time (the times of
-        the history); a spent budget stops the training as failed. None: no limits.
+        the history); a spent budget stops the training as failed, e.g.
+        ``Budget(max_steps=10**9, max_cpu_time_s=60, key_prefix="")``. None: no limits.
     progress:
         Show a progress bar over the steps: True, False (default), or None (only on a terminal).
     """

@@ -65,11 +65,22 @@ class Budget:
         Steps attempted (accepted and rejected), over the whole run including resumed parts.
     max_wall_time_s, max_cpu_time_s:
         Seconds of this call (0 = unlimited).
+    key_prefix:
+        Written before the limit's name in a failure reason (``solver.`` for the config keys).
     """
 
     max_steps: int
     max_wall_time_s: float = 0.0
     max_cpu_time_s: float = 0.0
+    key_prefix: str = "solver."
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        for key in ("max_wall_time_s", "max_cpu_time_s"):
+            value = getattr(self, key)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"{key} must be a finite number of seconds >= 0 (0 = unlimited), got {value}")
 
     @classmethod
     def of(cls, config: SolverConfig) -> Budget:
@@ -80,12 +91,13 @@ class Budget:
 
     def exhausted(self, n_steps: int, clock: StopWatch) -> str | None:
         """Why no further step may be taken after ``n_steps`` steps and the time on ``clock``; None if one may."""
+        key = self.key_prefix
         if n_steps >= self.max_steps:
-            return f"more than solver.max_steps = {self.max_steps} steps"
+            return f"more than {key}max_steps = {self.max_steps} steps"
         if self.max_wall_time_s > 0 and clock.wall_s >= self.max_wall_time_s:
-            return f"wall-clock budget of solver.max_wall_time_s = {self.max_wall_time_s:g} s spent"
+            return f"wall-clock budget of {key}max_wall_time_s = {self.max_wall_time_s:g} s spent"
         if self.max_cpu_time_s > 0 and clock.cpu_s >= self.max_cpu_time_s:
-            return f"CPU-time budget of solver.max_cpu_time_s = {self.max_cpu_time_s:g} s spent"
+            return f"CPU-time budget of {key}max_cpu_time_s = {self.max_cpu_time_s:g} s spent"
         return None
 
 
