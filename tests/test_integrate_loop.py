@@ -24,7 +24,8 @@ from gnflow.config import FlowConfig, SolverConfig, SolverMethod
 from gnflow.damping import ConstantDamping
 from gnflow.flows import GaussNewtonFlow
 from gnflow.ggn import ggn_schedule
-from gnflow.solve import STEPPERS, FixedStepper, KernelExponentialStepper, RungeKuttaStepper, StepSchedule, integrate
+from gnflow.solve import STEPPERS, StepSchedule, integrate
+from gnflow.solve._steppers import FixedStepper, KernelExponentialStepper, RungeKuttaStepper
 from gnflow.status import RunStatus
 
 N_TRAIN, WIDTH = 10, 30

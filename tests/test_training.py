@@ -113,9 +113,8 @@ def test_a_step_budget_stops_training_as_a_failure_with_the_steps_taken():
     schedule = {"epochs": 3, "batch_size": 8, "seed": 2}
     full_net, cut_net = copy.deepcopy(net0), copy.deepcopy(net0)
     full = train_module(full_net, torch.optim.SGD(full_net.parameters(), lr=0.05), data, **schedule)
-    cut = train_module(
-        cut_net, torch.optim.SGD(cut_net.parameters(), lr=0.05), data, budget=Budget(max_steps=7, key_prefix=""), **schedule
-    )
+    budget = Budget(max_steps=7, key_prefix="")
+    cut = train_module(cut_net, torch.optim.SGD(cut_net.parameters(), lr=0.05), data, budget=budget, **schedule)
     assert full.status == "completed" and full.result == RunResult.completed()
     assert cut.status == "failed: more than max_steps = 7 steps"
     assert cut.batch_loss == full.batch_loss[:7]  # the same steps, up to the budget

@@ -27,28 +27,20 @@ to a :class:`CheckpointHook` every so often and later continue from it (``resume
 exactly the steps the uninterrupted run takes.
 """
 
+import inspect
+
 from gnflow.solve._budget import Budget, ProgressBar, StopWatch
 from gnflow.solve._loop import Callback, CheckpointHook, StepInfo, integrate, integration_loop
 from gnflow.solve._schedule import StepSchedule, save_times
 from gnflow.solve._solution import Solution
-from gnflow.solve._steppers import (
-    STEPPERS,
-    FixedStepper,
-    KernelExponentialStepper,
-    RungeKuttaStepper,
-    Stepper,
-    make_stepper,
-)
+from gnflow.solve._steppers import STEPPERS, Stepper, make_stepper
 
 __all__ = [
     "STEPPERS",
     "Budget",
     "Callback",
     "CheckpointHook",
-    "FixedStepper",
-    "KernelExponentialStepper",
     "ProgressBar",
-    "RungeKuttaStepper",
     "Solution",
     "StepInfo",
     "StepSchedule",
@@ -59,3 +51,10 @@ __all__ = [
     "make_stepper",
     "save_times",
 ]
+
+# the public objects are documented, pickled and shown as gnflow.solve.<name>, where users import them
+for _name in __all__:
+    _obj = globals()[_name]
+    if inspect.isclass(_obj) or inspect.isfunction(_obj):
+        _obj.__module__ = __name__
+del _name, _obj

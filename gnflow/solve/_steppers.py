@@ -393,4 +393,3 @@ def make_stepper(
     if factory is not FixedStepper and schedule is not None:
         raise ValueError(f"a step schedule needs a fixed-step method, got solver.method = {config.method!r}")
     return factory(flow, weights0, config, horizon=horizon, schedule=schedule)
-
