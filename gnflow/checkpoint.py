@@ -1,8 +1,8 @@
 """Checkpoints of long runs: the solver position written every so often beside the output file.
 
 A checkpoint is a ``torch.save`` file ``NAME.checkpoint.pt`` next to the run's ``NAME.nc``. It
-holds the position that :func:`gnflow.solve.integrate` hands to its checkpoint hook (the solver
-state, the states saved so far and the counters) and the :func:`~gnflow.config.config_hash` of
+holds the position that :func:`gnflow.solve.integrate` hands to its checkpoint hook (the
+stepper's state, the states saved so far, the counters and the clocks) and the :func:`~gnflow.config.config_hash` of
 the run, so a checkpoint is only ever resumed by the computation that wrote it. Files are
 written atomically (temporary file, then rename): a crash while writing leaves the previous
 checkpoint intact.
@@ -25,7 +25,8 @@ __all__ = ["CheckpointError", "Checkpointer", "checkpoint_path", "load_checkpoin
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
+"""Layout of the position: 2 = ``recorder``, ``stepper`` (the stepper's own state), clocks."""
 
 
 class CheckpointError(ValueError):
@@ -119,8 +120,13 @@ def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "position" not in payload:
-        raise CheckpointError(f"{path}: not a gnflow checkpoint of format {FORMAT}")
+    if not isinstance(payload, dict) or "position" not in payload or not isinstance(payload.get("format"), int):
+        raise CheckpointError(f"{path}: not a gnflow checkpoint")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format']} of gnflow {payload.get('gnflow_version', '?')} cannot be "
+            f"resumed by this gnflow (format {FORMAT}); rerun without --resume"
+        )
     expected = config_hash(config)
     if payload.get("config_hash") != expected:
         raise CheckpointError(

@@ -29,9 +29,9 @@ h * clip(0.9 err^(-1/2), 0.2, 10). States at saved times inside a step come from
 exact for a frozen J, second order otherwise, and equal to w_new at s = h. The derivation, the
 error analysis and when to use the method are in ``docs/kernel_exponential.md``.
 
-One evaluation (counted in ``Flow.nfe``) is one linearization: a forward pass, the Gram matrix,
-its eigendecomposition (O(N^3), float64) and the spectrum of B. An accepted step costs two
-evaluations and a rejected one costs one.
+One evaluation (counted in :attr:`KernelExponentialSolver.nfe`) is one linearization: a forward
+pass, the Gram matrix, its eigendecomposition (O(N^3), float64) and the spectrum of B. An
+accepted step costs two evaluations and a rejected one costs one.
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ class FrozenKernel:
 def freeze_kernel(flow: Flow, weights: torch.Tensor) -> FrozenKernel:
     """Linearize ``flow`` at ``weights`` and diagonalize its Gram matrix (one evaluation).
 
+    The caller counts the evaluation (:attr:`KernelExponentialSolver.nfe`).
+
     Raises
     ------
     FlowError
@@ -169,7 +171,6 @@ def freeze_kernel(flow: Flow, weights: torch.Tensor) -> FrozenKernel:
     GramSolveError
         If the flow's B(A) does not exist at this state (Gauss--Newton with A + eps I singular).
     """
-    flow.nfe += 1
     lin = flow.model.linearize(weights, flow.x)
     residual = (lin.predict() - flow.y).double()
     if not bool(torch.isfinite(residual).all()):
@@ -254,7 +255,7 @@ class KernelExponentialSolver:
     -----
     Call :meth:`attempt` until ``t`` reaches the horizon; each call is one accepted or rejected
     step. ``kernel`` is the frozen kernel at the current state (its train loss is that of the
-    last accepted state).
+    last accepted state); ``nfe`` counts the linearizations made (the first one included).
     """
 
     def __init__(
@@ -272,11 +273,16 @@ class KernelExponentialSolver:
         self.rtol = rtol
         self.atol = atol
         self.t = 0.0
-        self.kernel = freeze_kernel(flow, weights0)
+        self.nfe = 0
+        self.kernel = self._freeze(weights0)
         if first_step is None:
             rate = self.kernel.fastest_rate
             first_step = 1.0 / rate if rate > 0 else math.inf
         self.h = first_step
+
+    def _freeze(self, weights: torch.Tensor) -> FrozenKernel:
+        self.nfe += 1
+        return freeze_kernel(self.flow, weights)
 
     def attempt(self, t_end: float) -> ExponentialStep | None:
         """Try one step towards ``t_end``; the accepted step, or None when it was rejected.
@@ -295,7 +301,7 @@ class KernelExponentialSolver:
         h = t1 - t0
         start = self.kernel
         one_step = start.step(h)
-        midpoint = freeze_kernel(self.flow, start.step(0.5 * h))
+        midpoint = self._freeze(start.step(0.5 * h))
         two_steps = midpoint.step(0.5 * h)
         error = _error_ratio(start.weights, one_step, two_steps, self.rtol, self.atol)
         if math.isfinite(error):
@@ -308,7 +314,7 @@ class KernelExponentialSolver:
             logger.debug("rejected h=%.3g at t=%.6g (error ratio %.3g)", h, t0, error)
             return None
         weights = 2.0 * two_steps - one_step
-        self.kernel = freeze_kernel(self.flow, weights)
+        self.kernel = self._freeze(weights)
         self.t = t1
         self.h = h * growth
         return ExponentialStep(t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error)

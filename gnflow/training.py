@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +20,8 @@ import xarray as xr
 from gnflow.data import DataError, RegressionData
 from gnflow.dataset import VariableInfo, apply_variable_attrs, cf_attributes, register_variable
 from gnflow.ggn import GGN, RegressionBatch, check_per_sample_model, minibatches
+from gnflow.solve._budget import Budget, ProgressBar, StopWatch
+from gnflow.status import RunResult
 
 __all__ = ["TrainingHistory", "history_dataset", "mean_half_squared_error", "mlp", "train_module"]
 
@@ -94,8 +95,8 @@ class TrainingHistory:
         Per step, losses on all samples after the step (only with ``evaluate_iterations``).
     epochs, steps_per_epoch:
         The planned schedule (a failure stops it early).
-    status:
-        ``"completed"`` or ``"failed: <reason>"`` (e.g. divergence).
+    result:
+        Completed, or failed with a reason (divergence, a spent budget).
     """
 
     batch_loss: list[float]
@@ -109,7 +110,12 @@ class TrainingHistory:
     iteration_test_loss: list[float]
     epochs: int
     steps_per_epoch: int
-    status: str = "completed"
+    result: RunResult = field(default_factory=RunResult.completed)
+
+    @property
+    def status(self) -> str:
+        """The result as SPEC text (``completed`` or ``failed: <reason>``), as files store it."""
+        return str(self.result)
 
 
 def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -131,6 +137,8 @@ def train_module(
     batch_order: str = "shuffled",
     seed: int | np.random.SeedSequence = 0,
     evaluate_iterations: bool = False,
+    budget: Budget | None = None,
+    progress: bool | None = False,
 ) -> TrainingHistory:
     """Train ``model`` on ``data`` with ``optimizer`` by mini-batches; return the history.
 
@@ -154,6 +162,12 @@ def train_module(
     evaluate_iterations:
         Also evaluate train and test loss on all samples after every step (costs forward passes,
         which are not counted in the optimizer time).
+    budget:
+        Limits on optimizer steps and on optimizer wall-clock and processor time (the times of
+        the history); a spent budget stops the training as failed, e.g.
+        ``Budget(max_steps=10**9, max_cpu_time_s=60, key_prefix="")``. None: no limits.
+    progress:
+        Show a progress bar over the steps: True, False (default), or None (only on a terminal).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -176,46 +190,52 @@ def train_module(
     history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
     history.wall_time_s.append(0.0)
     history.cpu_time_s.append(0.0)
-    elapsed = 0.0
-    cpu = 0.0
+    watch = StopWatch()
     device = reference.device
-    for k, index_array in enumerate(batches):
-        epoch = k // per_epoch + 1
-        index = torch.as_tensor(index_array, device=device)
-        xb, yb = x[index], y[index]
-        _synchronize(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        try:
-            loss = _step(model, optimizer, xb, yb)
-        except FloatingPointError as exc:
-            history.status = f"failed: {exc} (step {k + 1})"
-            break
-        _synchronize(device)
-        elapsed += time.perf_counter() - start
-        cpu += time.process_time() - cpu_start
-        history.batch_loss.append(loss)
-        history.elapsed_s.append(elapsed)
-        history.iteration_epoch.append(epoch)
-        if evaluate_iterations:
-            history.iteration_train_loss.append(mean_half_squared_error(model, x, y))
-            history.iteration_test_loss.append(mean_half_squared_error(model, x_test, y_test))
-        if not math.isfinite(loss):
-            history.status = f"failed: non-finite batch loss at step {k + 1}"
-            break
-        if (k + 1) % per_epoch == 0:
-            history.train_loss.append(mean_half_squared_error(model, x, y))
-            history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
-            history.wall_time_s.append(elapsed)
-            history.cpu_time_s.append(cpu)
-            logger.info(
-                "epoch %d: train loss %.4g, test loss %.4g, %.2f s",
-                epoch,
-                history.train_loss[-1],
-                history.test_loss[-1],
-                elapsed,
-            )
-    if history.status != "completed":
-        logger.warning("training stopped: %s", history.status)
+    bar = ProgressBar(len(batches), type(optimizer).__name__, progress, label="step")
+    try:
+        for k, index_array in enumerate(batches):
+            if budget is not None and (reason := budget.exhausted(k, watch)) is not None:
+                history.result = RunResult.failure(reason)
+                break
+            epoch = k // per_epoch + 1
+            index = torch.as_tensor(index_array, device=device)
+            xb, yb = x[index], y[index]
+            _synchronize(device)
+            watch.start()
+            try:
+                loss = _step(model, optimizer, xb, yb)
+            except FloatingPointError as exc:
+                history.result = RunResult.failure(f"{exc} (step {k + 1})")
+                break
+            _synchronize(device)
+            watch.stop()
+            history.batch_loss.append(loss)
+            history.elapsed_s.append(watch.wall_s)
+            history.iteration_epoch.append(epoch)
+            bar.update(k + 1, f"epoch {epoch}, batch loss {loss:.3e}")
+            if evaluate_iterations:
+                history.iteration_train_loss.append(mean_half_squared_error(model, x, y))
+                history.iteration_test_loss.append(mean_half_squared_error(model, x_test, y_test))
+            if not math.isfinite(loss):
+                history.result = RunResult.failure(f"non-finite batch loss at step {k + 1}")
+                break
+            if (k + 1) % per_epoch == 0:
+                history.train_loss.append(mean_half_squared_error(model, x, y))
+                history.test_loss.append(mean_half_squared_error(model, x_test, y_test))
+                history.wall_time_s.append(watch.wall_s)
+                history.cpu_time_s.append(watch.cpu_s)
+                logger.info(
+                    "epoch %d: train loss %.4g, test loss %.4g, %.2f s",
+                    epoch,
+                    history.train_loss[-1],
+                    history.test_loss[-1],
+                    watch.wall_s,
+                )
+    finally:
+        bar.close()
+    if history.result.failed:
+        logger.warning("training stopped: %s", history.result)
     return history
 
 
@@ -299,7 +319,7 @@ def history_dataset(
         gnflow_batch_size=int(batch_size),
         gnflow_batch_order=batch_order,
         gnflow_seed=int(seed),
-        gnflow_status=str(history.status),
+        gnflow_status=history.status,
         **(attrs or {}),
     )
     return apply_variable_attrs(ds)

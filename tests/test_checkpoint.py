@@ -156,6 +156,20 @@ def test_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
         run(config, progress=False, resume=True)
 
 
+def test_checkpoint_of_an_older_format_says_to_rerun_without_resume(tmp_path):
+    import torch
+
+    from gnflow import checkpoint as checkpoint_module
+
+    config = _config(tmp_path / "old.nc")
+    path = checkpoint_path(config.output.path)
+    old = {"format": 1, "gnflow_version": "0.1", "config_hash": config_hash(config), "position": {"recorder": {}}}
+    torch.save(old, path)
+    assert checkpoint_module.FORMAT == 2
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1 .*; rerun without --resume$"):
+        run(config, progress=False, resume=True)
+
+
 def test_checkpoint_triggers_and_keys():
     config = _config("x.nc")
     hook = Checkpointer("x.checkpoint.pt", config, every_steps=4)

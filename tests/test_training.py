@@ -13,6 +13,8 @@ from gnflow.config import ConfigError, DataConfig
 from gnflow.data import RegressionData, make_data
 from gnflow.dataset import read_dataset, write_dataset
 from gnflow.ggn import GGN
+from gnflow.solve import Budget
+from gnflow.status import RunResult, RunStatus
 from gnflow.training import history_dataset, mean_half_squared_error, train_module
 
 
@@ -99,9 +101,26 @@ def test_diverging_optimizer_is_recorded_not_raised():
     net = _mlp(3, hidden=8)
     history = train_module(net, torch.optim.SGD(net.parameters(), lr=1e200), data, epochs=3, batch_size=8)
     assert history.status.startswith("failed: non-finite batch loss")
+    assert history.result.status is RunStatus.FAILED and RunResult.parse(history.status) == history.result
     ds = history_dataset(history, optimizer="SGD", model=net, data=data, batch_size=8, batch_order="shuffled", seed=0)
     assert ds.sizes == {"iteration": 15, "epoch": 4}
     assert np.isnan(ds["train_loss"].values[-1]) and ds.attrs["gnflow_status"] == history.status
+
+
+def test_a_step_budget_stops_training_as_a_failure_with_the_steps_taken():
+    data = _toy_data()
+    net0 = _mlp(3, hidden=8)
+    schedule = {"epochs": 3, "batch_size": 8, "seed": 2}
+    full_net, cut_net = copy.deepcopy(net0), copy.deepcopy(net0)
+    full = train_module(full_net, torch.optim.SGD(full_net.parameters(), lr=0.05), data, **schedule)
+    budget = Budget(max_steps=7, key_prefix="")
+    cut = train_module(cut_net, torch.optim.SGD(cut_net.parameters(), lr=0.05), data, budget=budget, **schedule)
+    assert full.status == "completed" and full.result == RunResult.completed()
+    assert cut.status == "failed: more than max_steps = 7 steps"
+    assert cut.batch_loss == full.batch_loss[:7]  # the same steps, up to the budget
+    assert cut.train_loss == full.train_loss[:2]  # one epoch of 5 steps completed
+    ds = history_dataset(cut, optimizer="SGD", model=cut_net, data=data, batch_size=8, batch_order="shuffled", seed=2)
+    assert ds.attrs["gnflow_status"] == cut.status and np.isnan(ds["batch_loss"].values[7:]).all()
 
 
 def test_training_errors():

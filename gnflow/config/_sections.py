@@ -353,6 +353,13 @@ class SolverConfig:
         Stop when train loss <= ratio * initial train loss (0 = never stop early).
     max_steps:
         Maximum number of solver steps (accepted and rejected) before the run fails.
+    max_wall_time_s:
+        Wall-clock budget of one integration call in seconds (0 = unlimited): once spent, the
+        run stops before its next step and fails with the trajectory so far. A resumed run gets
+        the budget afresh.
+    max_cpu_time_s:
+        Processor-time budget (this process, all threads) of one integration call in seconds
+        (0 = unlimited); less sensitive than wall time to other load on the machine.
     first_step:
         First step size of adaptive methods (default: torchdiffeq's estimate; for
         kernel_exponential N / lambda_max(A) at t = 0).
@@ -369,6 +376,8 @@ class SolverConfig:
     save_times: tuple[float, ...] | None = None
     stop_loss_ratio: float = 1e-8
     max_steps: int = 1_000_000
+    max_wall_time_s: float = 0.0
+    max_cpu_time_s: float = 0.0
     first_step: float | None = None
 
     def __post_init__(self) -> None:
@@ -410,6 +419,13 @@ class SolverConfig:
             f"must lie in [0, 1), got {self.stop_loss_ratio}",
         )
         _require(self.max_steps >= 1, "solver.max_steps", f"must be >= 1, got {self.max_steps}")
+        for key in ("max_wall_time_s", "max_cpu_time_s"):
+            value = getattr(self, key)
+            _require(
+                math.isfinite(value) and value >= 0,
+                f"solver.{key}",
+                f"must be a finite number of seconds >= 0 (0 = unlimited), got {value}",
+            )
         if self.first_step is not None:
             _require(
                 math.isfinite(self.first_step) and self.first_step > 0,

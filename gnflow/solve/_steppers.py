@@ -1,0 +1,395 @@
+"""Steppers: how each ``solver.method`` takes one step, and the registry of them.
+
+A stepper knows one method and nothing else: it attempts a step (accepted or rejected), gives
+states inside its last accepted step, counts its evaluations of the vector field and hands over
+its state for a checkpoint. Saving, stopping, budgets, checkpoints, progress and statistics are
+the business of the integration loop (:func:`gnflow.solve._loop.integration_loop`), which drives
+every stepper the same way.
+
+- :class:`RungeKuttaStepper`: torchdiffeq's adaptive Runge--Kutta methods, with their dense
+  output (the interpolant of each step), so that saved times cost no evaluations;
+- :class:`FixedStepper`: torchdiffeq's fixed-step methods on the steps of a
+  :class:`~gnflow.solve.StepSchedule` (uniform steps, or GGN's per-step sizes and mini-batches
+  through :meth:`Flow.restrict <gnflow.flows.Flow.restrict>`);
+- :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+
+from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, SolverConfig
+from gnflow.exponential import ExponentialStep, KernelExponentialSolver
+from gnflow.flows import Flow
+from gnflow.solve._schedule import StepSchedule
+from gnflow.solve._torchdiffeq import FixedGridMethod, RungeKuttaMethod
+
+__all__ = [
+    "STEPPERS",
+    "CountedField",
+    "FixedStepper",
+    "KernelExponentialStepper",
+    "RungeKuttaStepper",
+    "Stepper",
+    "make_stepper",
+]
+
+
+class Stepper(Protocol):
+    """One integration method, one step at a time.
+
+    The loop calls :meth:`start` (a new run) or :meth:`load_state_dict` (a resumed one), then
+    :meth:`attempt` until :attr:`finished`. After an accepted step, :attr:`t` and
+    :attr:`weights` are the new state and :meth:`interpolate` gives states inside the step.
+    """
+
+    method: str
+    """The ``solver.method`` name."""
+    horizon: float
+    """The flow time at which the run ends."""
+    loss_every_step: bool
+    """Whether the loop looks at the train loss after every accepted step (otherwise only after
+    steps that saved a state: mini-batch steps, where the loss on all samples costs a forward pass)."""
+
+    @property
+    def t(self) -> float:
+        """Flow time of the current state (the end of the last accepted step)."""
+        ...
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """The current state, shape (particle, component)."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """Whether the horizon is reached."""
+        ...
+
+    @property
+    def nfe(self) -> int:
+        """Evaluations of the vector field so far (for kernel_exponential: linearizations)."""
+        ...
+
+    @property
+    def epoch(self) -> float:
+        """Passes over the training set so far (NaN when the method does not count them)."""
+        ...
+
+    def start(self) -> None:
+        """Prepare the first step from the initial state (may evaluate the field)."""
+        ...
+
+    def attempt(self) -> bool:
+        """Attempt one step; whether it was accepted (a rejected step leaves the state as it was)."""
+        ...
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        """The state at flow time t inside the last accepted step, shape (particle, component)."""
+        ...
+
+    def train_loss(self) -> float:
+        """L at the current state."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from the current state (tensors on the CPU)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a stepper built with the same arguments."""
+        ...
+
+
+class CountedField:
+    """The vector field ``flow`` with a count of its evaluations (the one count of a run).
+
+    ``flow`` may be replaced between steps (mini-batches); the count goes on.
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        self.flow = flow
+        self.count = 0
+
+    def __call__(self, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        self.count += 1
+        return self.flow(t, weights)
+
+
+class RungeKuttaStepper:
+    """torchdiffeq's adaptive Runge--Kutta methods (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2).
+
+    Saved states come from the dense output of each accepted step (no extra evaluations).
+    """
+
+    loss_every_step = True
+
+    def __init__(
+        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: None = None
+    ) -> None:
+        self.method: str = config.method
+        self.flow = flow
+        self.horizon = horizon
+        self._field = CountedField(flow)
+        self._solver = RungeKuttaMethod(
+            config.method,
+            self._field,
+            weights0,
+            t_end=horizon,
+            rtol=config.rtol,
+            atol=config.atol,
+            first_step=config.first_step,
+        )
+
+    @property
+    def t(self) -> float:
+        return self._solver.t
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._solver.y
+
+    @property
+    def finished(self) -> bool:
+        # the last step may end past the horizon: the state there is interpolated
+        return self._solver.t >= self.horizon
+
+    @property
+    def nfe(self) -> int:
+        return self._field.count
+
+    @property
+    def epoch(self) -> float:
+        return math.nan
+
+    def start(self) -> None:
+        self._solver.start()
+
+    def attempt(self) -> bool:
+        return self._solver.attempt()
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        return self._solver.interpolate(t)
+
+    def train_loss(self) -> float:
+        return self.flow.train_loss(self.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rk_state": self._solver.state_dict(), "nfe": self._field.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._solver.load_state_dict(state["rk_state"])
+        self._field.count = int(state["nfe"])
+
+
+class FixedStepper:
+    """torchdiffeq's fixed-step methods (euler, midpoint, rk4) on the steps of a schedule.
+
+    Step k advances t_k by h_k with the field on all samples or, for a schedule with
+    mini-batches, with ``flow.restrict(batches[k])`` (GGN). States are saved at grid points.
+    """
+
+    def __init__(
+        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: StepSchedule
+    ) -> None:
+        self.method: str = config.method
+        self.flow = flow
+        self.schedule = schedule
+        self.loss_every_step = schedule.batches is None
+        self._grid = schedule.times()
+        self.horizon = float(self._grid[-1])
+        self._epochs = schedule.epochs()
+        self._field = CountedField(flow)
+        self._solver = FixedGridMethod(
+            config.method,
+            self._field,
+            weights0,
+            step_size=float(schedule.step_sizes[0]),
+            t_end=float(self._grid[-1]),
+            rtol=config.rtol,
+            atol=config.atol,
+        )
+        self._batches = None
+        if schedule.batches is not None:
+            device = weights0.device
+            self._batches = [torch.as_tensor(b, dtype=torch.long, device=device) for b in schedule.batches]
+        self._device = weights0.device
+        self._k = 0
+        self._y = weights0
+        self._y_before = weights0
+
+    @property
+    def t(self) -> float:
+        return float(self._grid[self._k])
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._y
+
+    @property
+    def finished(self) -> bool:
+        return self._k >= self.schedule.n_steps
+
+    @property
+    def nfe(self) -> int:
+        return self._field.count
+
+    @property
+    def epoch(self) -> float:
+        return float(self._epochs[self._k])
+
+    def start(self) -> None:
+        """Nothing to prepare: a fixed step needs no evaluation before it."""
+
+    def attempt(self) -> bool:
+        k = self._k
+        if self._batches is not None:
+            self._field.flow = self.flow.restrict(self._batches[k])
+        self._y_before = self._y
+        self._y = self._solver.step(float(self._grid[k]), float(self.schedule.step_sizes[k]), self._y)
+        self._k = k + 1
+        return True
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        """The state at a grid point; linear inside the step (saved times are grid points)."""
+        t0, t1 = float(self._grid[self._k - 1]), float(self._grid[self._k])
+        if t == t1:
+            return self._y
+        if not t0 <= t < t1:
+            raise ValueError(f"t = {t} lies outside the last step [{t0}, {t1}]")
+        return self._y_before + ((t - t0) / (t1 - t0)) * (self._y - self._y_before)
+
+    def train_loss(self) -> float:
+        return self.flow.train_loss(self._y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"y": self._y.cpu(), "n_steps": self._k, "nfe": self._field.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._k = int(state["n_steps"])
+        if not 0 <= self._k <= self.schedule.n_steps:
+            raise ValueError(f"cannot resume: step {self._k} is not in the schedule of {self.schedule.n_steps} steps")
+        self._y = self._y_before = state["y"].to(self._device)
+        self._field.count = int(state["nfe"])
+
+
+class KernelExponentialStepper:
+    """:class:`~gnflow.exponential.KernelExponentialSolver`: exact steps for the linearized model.
+
+    Saved states come from the step's own interpolant and the train loss from the frozen kernel
+    of the accepted state, so neither costs an evaluation. One evaluation is one linearization.
+    """
+
+    loss_every_step = True
+
+    def __init__(
+        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: None = None
+    ) -> None:
+        self.method: str = config.method
+        self.flow = flow
+        self.horizon = horizon
+        self._weights0 = weights0
+        self._config = config
+        self._solver: KernelExponentialSolver | None = None
+        self._step: ExponentialStep | None = None
+
+    @property
+    def solver(self) -> KernelExponentialSolver:
+        """The solver (after :meth:`start` or :meth:`load_state_dict`)."""
+        if self._solver is None:
+            raise RuntimeError("the kernel-exponential stepper has not started")
+        return self._solver
+
+    @property
+    def t(self) -> float:
+        return self.solver.t
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.solver.kernel.weights
+
+    @property
+    def finished(self) -> bool:
+        return self.solver.t >= self.horizon
+
+    @property
+    def nfe(self) -> int:
+        return 0 if self._solver is None else self._solver.nfe
+
+    @property
+    def epoch(self) -> float:
+        return math.nan
+
+    def _new_solver(self, weights: torch.Tensor, first_step: float | None) -> KernelExponentialSolver:
+        config = self._config
+        return KernelExponentialSolver(self.flow, weights, rtol=config.rtol, atol=config.atol, first_step=first_step)
+
+    def start(self) -> None:
+        self._solver = self._new_solver(self._weights0, self._config.first_step)
+
+    def attempt(self) -> bool:
+        step = self.solver.attempt(self.horizon)
+        if step is None:
+            return False
+        self._step = step
+        return True
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        if self._step is None:
+            raise RuntimeError("no accepted step to interpolate in")
+        return self._step.interpolate(t)
+
+    def train_loss(self) -> float:
+        return self.solver.kernel.train_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        # the state after the last accepted step and the step size proposed for the next one; the
+        # frozen kernel there is recomputed on resume (deterministic, so not counted again)
+        solver = self.solver
+        return {"y": solver.kernel.weights.cpu(), "t": solver.t, "h": solver.h, "nfe": solver.nfe}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        solver = self._new_solver(state["y"].to(self._weights0.device), float(state["h"]))
+        solver.t = float(state["t"])
+        solver.nfe = int(state["nfe"])
+        self._solver = solver
+
+
+StepperFactory = Callable[..., Stepper]
+"""``factory(flow, weights0, config, *, horizon, schedule)``: a stepper for ``config.method``."""
+
+STEPPERS: Mapping[str, StepperFactory] = {
+    **dict.fromkeys(ADAPTIVE_METHODS, RungeKuttaStepper),
+    **dict.fromkeys(FIXED_METHODS, FixedStepper),
+    **dict.fromkeys(EXPONENTIAL_METHODS, KernelExponentialStepper),
+}
+"""The stepper of every ``solver.method``: the one place that maps method names to steppers."""
+
+
+def make_stepper(
+    flow: Flow,
+    weights0: torch.Tensor,
+    config: SolverConfig,
+    *,
+    horizon: float,
+    schedule: StepSchedule | None = None,
+) -> Stepper:
+    """The stepper of ``config.method`` for a run from ``weights0`` at t = 0 to ``horizon``.
+
+    Raises
+    ------
+    ValueError
+        When the method has no stepper, or a fixed-step method has no schedule.
+    """
+    if config.method not in STEPPERS:
+        raise ValueError(f"solver.method: no stepper for {config.method!r}; allowed: {', '.join(STEPPERS)}")
+    factory = STEPPERS[config.method]
+    if factory is FixedStepper and schedule is None:
+        raise ValueError(f"solver.method = {config.method!r} needs a step schedule")
+    if factory is not FixedStepper and schedule is not None:
+        raise ValueError(f"a step schedule needs a fixed-step method, got solver.method = {config.method!r}")
+    return factory(flow, weights0, config, horizon=horizon, schedule=schedule)
