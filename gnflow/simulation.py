@@ -18,10 +18,8 @@ from gnflow.config import RunConfig
 from gnflow.data import run_seeds
 from gnflow.dataset import dataset_result, write_dataset
 from gnflow.experiment import build_experiment
-from gnflow.flows import GaussNewtonFlow
-from gnflow.ggn import ggn_schedule
 from gnflow.observables import validate_observable_names
-from gnflow.solve import CheckpointHook, integrate
+from gnflow.solve import Callback, CheckpointHook, integrate
 from gnflow.trajectory import trajectory_dataset
 
 __all__ = ["run", "simulate"]
@@ -35,10 +33,13 @@ def simulate(
     progress: bool | None = None,
     checkpoint: CheckpointHook | None = None,
     resume: dict[str, object] | None = None,
+    callback: Callback | None = None,
 ) -> xr.Dataset:
     """Run ``config`` and return its trajectory dataset (no dataset is written).
 
-    ``checkpoint`` and ``resume`` are passed to :func:`gnflow.solve.integrate`. The observables of
+    ``checkpoint``, ``resume`` and ``callback`` (called after every accepted step with a
+    :class:`~gnflow.solve.StepInfo`; a true return value stops the run) are passed to
+    :func:`gnflow.solve.integrate`. The observables of
     ``config.observe.names`` are measured after integration in the same pass as the built-in
     variables, giving the numbers ``gnflow observe`` computes on the saved file.
     """
@@ -54,22 +55,20 @@ def simulate(
         experiment.device,
         config.dtype,
     )
-    if config.flow.kind == "ggn":
-        schedule = ggn_schedule(config.flow, experiment.data.n_train, run_seeds(config).batches)
-        euler = dataclasses.replace(config.solver, method="euler")
-        solution = integrate(
-            experiment.flow,
-            experiment.weights0,
-            euler,
-            progress=progress,
-            schedule=schedule,
-            checkpoint=checkpoint,
-            resume=resume,
-        )
-    else:
-        solution = integrate(
-            experiment.flow, experiment.weights0, config.solver, progress=progress, checkpoint=checkpoint, resume=resume
-        )
+    flow = experiment.flow
+    schedule = flow.schedule(config.flow, experiment.data.n_train, run_seeds(config).batches)
+    # a flow that runs as a step schedule (GGN) is integrated by Euler steps on it
+    solver = config.solver if schedule is None else dataclasses.replace(config.solver, method="euler")
+    solution = integrate(
+        flow,
+        experiment.weights0,
+        solver,
+        progress=progress,
+        schedule=schedule,
+        checkpoint=checkpoint,
+        resume=resume,
+        callback=callback,
+    )
     logger.info(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
         solution.status,
@@ -79,8 +78,8 @@ def simulate(
         solution.n_accepted[-1],
         solution.n_rejected[-1],
     )
-    if isinstance(experiment.flow, GaussNewtonFlow):
-        logger.info("damped Gram solves: %s", experiment.flow.solver.stats)
+    if flow.solve_stats is not None:
+        logger.info("damped Gram solves: %s", flow.solve_stats)
     return trajectory_dataset(experiment, solution, progress=progress)
 
 
@@ -90,6 +89,7 @@ def run(
     path: str | Path | None = None,
     progress: bool | None = None,
     resume: bool = False,
+    callback: Callback | None = None,
 ) -> tuple[xr.Dataset, Path]:
     """Run ``config`` and write its dataset to ``path`` (default ``config.output.path``).
 
@@ -99,7 +99,7 @@ def run(
     the uninterrupted run). The checkpoint is deleted once a completed or converged run is
     written; a failed run keeps it.
 
-    Returns the dataset and the path written. A failed integration is still written, with
+    ``callback`` is passed to :func:`simulate`. Returns the dataset and the path written. A failed integration is still written, with
     ``gnflow_status = "failed: <reason>"``.
 
     Raises
@@ -118,7 +118,7 @@ def run(
     elif ckpt_file.is_file():
         logger.info("not resuming from the existing checkpoint %s (pass resume to continue it)", ckpt_file)
     hook = Checkpointer.for_output(target, config)
-    ds = simulate(config, progress=progress, checkpoint=hook, resume=position)
+    ds = simulate(config, progress=progress, checkpoint=hook, resume=position, callback=callback)
     write_dataset(ds, target)
     if not dataset_result(ds).failed:
         ckpt_file.unlink(missing_ok=True)

@@ -92,17 +92,26 @@ def test_runs_split_by_tau0_and_method_combine_into_one_table(study, tmp_path: P
 
 
 def test_dopri5_budget_stops_on_cpu_time_or_a_stop_file(study, tmp_path: Path) -> None:
-    from gnflow.flows import FlowError
+    from dataclasses import replace
 
-    calls = []
+    from gnflow.experiment import build_experiment
+    from gnflow.studies import load_study_settings
+
+    settings = load_study_settings("long_horizon", "smoke")
+    run, bench = study.benchmark_of(settings)
+
+    def experiment():
+        return build_experiment(replace(run, model=replace(run.model, init_scale=bench.init_scales[0])))
+
+    spent = study._integrate(experiment(), "dopri5", replace(bench, dopri5_budget_s=1e-9))
+    assert spent.status.startswith("failed: CPU-time budget") and study._time_limited(spent.status)
+    assert spent.n_accepted[-1] <= 1 and spent.t[-1] < run.solver.t_end  # stopped at the first check
+    assert spent.extra["cpu_time_s"] > 1e-9
     stop = tmp_path / "run.STOP"
-    flow = study._CPUTimeBudget(lambda t, w: calls.append(t) or w, 1e6, stop)
-    assert flow(0.0, 1.0) == 1.0
     stop.touch()
-    with pytest.raises(FlowError, match=r"stopped on request \(run.STOP file\)"):
-        flow(0.0, 1.0)
-    spent = study._CPUTimeBudget(lambda t, w: w, 0.0)
-    with pytest.raises(FlowError, match="CPU-time budget of 0 s spent"):
-        spent(0.0, 1.0)
-    assert study._time_limited("failed: stopped on request (run.STOP file)")
-    assert len(calls) == 1
+    stopped = study._integrate(experiment(), "dopri5", bench, stop_file=stop)
+    assert stopped.status == "failed: stopped on request (run.STOP file)" and study._time_limited(stopped.status)
+    assert stopped.n_accepted[-1] == 1
+    # kernel_exponential has no budget: it runs to t_end whatever the stop file says
+    full = study._integrate(experiment(), "kernel_exponential", bench, stop_file=stop)
+    assert full.status in ("completed", "converged") and not study._time_limited(full.status)

@@ -142,8 +142,15 @@ def config_to_json(config: RunConfig) -> str:
     return json.dumps(config_to_dict(config), sort_keys=True)
 
 
-# Keys that say where and how often files are written, not what is computed.
-LOCATION_KEYS: tuple[str, ...] = ("output.path", "output.checkpoint_every_s", "output.checkpoint_every_steps")
+# Keys that say where and how often files are written, and how long this machine may compute,
+# not what is computed: a run resumed with another time budget continues the same trajectory.
+LOCATION_KEYS: tuple[str, ...] = (
+    "output.path",
+    "output.checkpoint_every_s",
+    "output.checkpoint_every_steps",
+    "solver.max_wall_time_s",
+    "solver.max_cpu_time_s",
+)
 
 
 def config_hash(config: RunConfig, length: int = 16) -> str:
