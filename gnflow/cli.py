@@ -13,9 +13,9 @@ import sys
 import tomllib
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

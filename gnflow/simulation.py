@@ -99,8 +99,8 @@ def run(
     the uninterrupted run). The checkpoint is deleted once a completed or converged run is
     written; a failed run keeps it.
 
-    ``callback`` is passed to :func:`simulate`. Returns the dataset and the path written. A failed integration is still written, with
-    ``gnflow_status = "failed: <reason>"``.
+    ``callback`` is passed to :func:`simulate`. Returns the dataset and the path written. A failed
+    integration is still written, with ``gnflow_status = "failed: <reason>"``.
 
     Raises
     ------
