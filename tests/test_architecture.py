@@ -132,3 +132,13 @@ def test_mypy_reports_no_errors() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_former_top_level_names_still_resolve_to_their_module_objects() -> None:
+    import importlib
+
+    for name, module in gnflow.COMPATIBILITY_ALIASES.items():
+        assert name not in gnflow.__all__, name
+        assert getattr(gnflow, name) is getattr(importlib.import_module(module), name), name
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        _ = gnflow.no_such_name
