@@ -12,7 +12,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["RunResult", "RunStatus"]
+__all__ = ["INTERRUPTED", "RunResult", "RunStatus"]
+
+INTERRUPTED = "interrupted by the user"
+"""The reason of a run stopped by Ctrl-C: a sweep stops as a whole on it, not just the run."""
 
 
 class RunStatus(enum.Enum):
@@ -82,6 +85,11 @@ class RunResult:
         if text == RunStatus.FAILED.value or text.startswith(f"{RunStatus.FAILED.value}:"):
             return cls.failure(text[len(RunStatus.FAILED.value) :].lstrip(": ") or "unknown reason")
         raise ValueError(f"not a gnflow run status: {text!r}; expected completed, converged or 'failed: <reason>'")
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the run failed because the user interrupted it (Ctrl-C)."""
+        return self.failed and self.reason == INTERRUPTED
 
     @property
     def failed(self) -> bool:

@@ -165,7 +165,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
         logger.debug("run %s raised:\n%s", run_id, traceback.format_exc())
         return {**outcome, "status": f"error: {error}", "error": error}
     status = str(ds.attrs["gnflow_status"])
-    if status == "failed: interrupted by the user":
+    if RunResult.parse(status).interrupted:
         raise KeyboardInterrupt  # Ctrl-C stops the sweep, not just this run (its checkpoint stays)
     return {
         **outcome,

@@ -30,7 +30,7 @@ from gnflow.solve._budget import Budget, ProgressBar, StopWatch
 from gnflow.solve._schedule import StepSchedule, save_times
 from gnflow.solve._solution import Recorder, Solution
 from gnflow.solve._steppers import Stepper, make_stepper
-from gnflow.status import RunResult
+from gnflow.status import INTERRUPTED, RunResult
 
 __all__ = ["Callback", "CheckpointHook", "StepInfo", "integrate", "integration_loop"]
 
@@ -317,7 +317,7 @@ def _check_times(times: np.ndarray) -> None:
 def _failure_reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted by the user"
+        return INTERRUPTED
     if isinstance(exc, AssertionError) and text.startswith("underflow in dt"):
         return f"step size underflow ({text})"
     if isinstance(exc, AssertionError) and text.startswith("non-finite"):
