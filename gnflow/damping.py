@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -331,6 +331,18 @@ class DampedGramSolver:
         self._shift: float | None = None
         self._vector: torch.Tensor | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The warm start (shift and Ritz vector of the previous call), for a checkpoint: a solver
+        given it back by :meth:`load_state_dict` takes exactly the steps this one would."""
+        return {"shift": self._shift, "vector": None if self._vector is None else self._vector.cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a warm start written by :meth:`state_dict` (tensors on the Gram's device
+        are moved there at the next call)."""
+        shift, vector = state.get("shift"), state.get("vector")
+        self._shift = None if shift is None else float(shift)
+        self._vector = None if vector is None else torch.as_tensor(vector, dtype=torch.float64)
+
     def reset(self) -> None:
         """Forget the warm start (shift and Ritz vector) of the previous call."""
         self._shift = None
@@ -383,7 +395,9 @@ class DampedGramSolver:
                 return torch.cholesky_solve(x[:, None], factor)[:, 0]
 
         start = self._vector
-        if start is None or start.shape[0] != n or start.device != a.device:
+        if start is not None and start.device != a.device:
+            start = start.to(a.device)  # a warm start restored from a checkpoint
+        if start is None or start.shape[0] != n:
             generator = torch.Generator(device="cpu").manual_seed(0)
             start = torch.randn(n, generator=generator, dtype=torch.float64).to(a.device)
         # once a Ritz value exceeds 1 / (eps0 + p), lambda_min < eps0 is certain and eps = eps0

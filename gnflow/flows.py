@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import torch
@@ -216,6 +216,17 @@ class Flow(ABC):
         self._last_state = weights
         self._last_residual = residual
         return lin, residual
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the field carries from one evaluation to the next (empty for memoryless fields).
+
+        An integration writes it into its checkpoints and gives it back by
+        :meth:`load_state_dict` on resume, so that the resumed run is bit-identical.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Continue from a state written by :meth:`state_dict`."""
 
     def restrict(self, index: torch.Tensor) -> Self:
         """The same vector field on the training samples ``index`` only (a mini-batch).
@@ -411,6 +422,15 @@ class GaussNewtonFlow(Flow):
     def solve_stats(self) -> DampedSolveStats:
         """Work of the damped Gram solves so far (Cholesky factorizations, Lanczos and CG steps)."""
         return self.solver.stats
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm start of the damped Gram solver (see :meth:`DampedGramSolver.state_dict`)."""
+        return {"solver": self.solver.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue with the solver's warm start of :meth:`state_dict`."""
+        if "solver" in state:
+            self.solver.load_state_dict(state["solver"])
 
     def restrict(self, index: torch.Tensor) -> Self:
         """The Gauss--Newton flow on the samples ``index``, with a damped solver of its own.

@@ -221,6 +221,7 @@ def integration_loop(
             "times": torch.as_tensor(times, dtype=torch.float64),
             "recorder": recorder.state_dict(),
             "stepper": stepper.state_dict(),
+            "flow": flow.state_dict(),
             "wall_time_s": before_wall + clock.wall_s,
             "cpu_time_s": before_cpu + clock.cpu_s,
         }
@@ -234,6 +235,7 @@ def integration_loop(
         else:
             recorder.load_state_dict(resume["recorder"], weights0.device)
             stepper.load_state_dict(resume["stepper"])
+            flow.load_state_dict(resume.get("flow", {}))
             before_wall, before_cpu = float(resume["wall_time_s"]), float(resume["cpu_time_s"])
             bar.update(stepper.t, f"resumed, nfe={stepper.nfe}")
         next_index = int(np.searchsorted(times, stepper.t, side="right"))
