@@ -36,30 +36,40 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
-import os
-import re
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from gnflow.dataset import atomic_write_text, dataset_result, read_dataset
+from gnflow.dataset import dataset_result, read_dataset
+from gnflow.report import (
+    VERDICTS,
+    Claim,
+    StudyError,
+    StudyReport,
+    Verdict,
+    claims_table,
+    table,
+    write_report,
+)
 
 __all__ = [
     "BENCHMARKS",
     "SCALES",
     "STUDIES",
+    "VERDICTS",
     "Claim",
     "GridRun",
     "StudyContext",
     "StudyError",
     "StudyReport",
+    "Verdict",
     "claims_table",
     "load_study_settings",
     "run_grid",
@@ -67,16 +77,15 @@ __all__ = [
     "study_folder",
     "study_module",
     "study_scales",
+    "table",
     "time_to_level",
     "write_report",
 ]
 
 logger = logging.getLogger(__name__)
 
-Verdict = Literal["supported", "not supported", "inconclusive"]
 #: The scales of a reproduction study (a benchmark declares its own; every study has ``smoke``).
 SCALES: tuple[str, ...] = ("smoke", "small", "paper")
-VERDICTS: tuple[str, ...] = ("supported", "not supported", "inconclusive")
 DEFAULTS_TABLE = "defaults"
 PACKAGED_STUDIES = "_studies"  # the studies folder inside the installed package
 
@@ -91,69 +100,6 @@ STUDIES: dict[str, str] = {
 }
 #: The studies that are benchmarks: their reports hold measured tables and may state no claim.
 BENCHMARKS: tuple[str, ...] = ("long_horizon", "performance")
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class StudyError(ValueError):
-    """An unknown study or scale, a missing study folder, or a study that produced no result."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a paper, what this reproduction measured for it, and the verdict.
-
-    Attributes
-    ----------
-    statement:
-        The claim as the paper makes it.
-    measured:
-        The numbers measured for it (must contain at least one number).
-    verdict:
-        ``"supported"``, ``"not supported"`` or ``"inconclusive"``.
-    note:
-        Why the verdict, in particular what made it inconclusive (optional).
-    """
-
-    statement: str
-    measured: str
-    verdict: Verdict
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
-        if not _NUMBER.search(self.measured):
-            raise ValueError(f"claim {self.statement!r}: the measured text holds no number: {self.measured!r}")
-
-
-@dataclass
-class StudyReport:
-    """What a study script returns: claims, measurements, figures and the description of its setting.
-
-    Attributes
-    ----------
-    title:
-        Report title (the paper and the experiment, or what the benchmark measures).
-    setup:
-        Markdown lines describing the runs of this scale (sizes, horizons, solvers).
-    claims:
-        The claims with their measurements and verdicts (may be empty for a benchmark).
-    figures:
-        Figure files (in the output folder) with a caption each.
-    sections:
-        Further Markdown sections: heading -> lines (tables of measured numbers, caveats).
-    measurements:
-        Markdown lines of the ``Measurements`` section (the measured tables of a benchmark),
-        written right after the claims.
-    """
-
-    title: str
-    setup: list[str]
-    claims: list[Claim]
-    figures: list[tuple[Path, str]] = field(default_factory=list)
-    sections: dict[str, list[str]] = field(default_factory=dict)
-    measurements: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -364,54 +310,6 @@ def run_study(
     return write_report(out / "report.md", report, name=name, scale=scale, wall_time_s=wall, options=context.options)
 
 
-def write_report(
-    path: str | Path,
-    report: StudyReport,
-    *,
-    name: str,
-    scale: str,
-    wall_time_s: float,
-    options: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the Markdown report: claims table (claim, measured, verdict), measurements, setup, figures.
-
-    The claims table has one row per claim, ``| k | claim | measured | verdict |``; its verdict
-    cell is one of ``supported``, ``not supported``, ``inconclusive``. A report without claims (a
-    benchmark) has no claims table and must have measurements.
-    """
-    path = Path(path)
-    if not report.claims and not report.measurements:
-        raise StudyError(f"study {name} ({scale}) reported neither claims nor measurements")
-    given = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
-    command = f"`gnflow study {name} --scale {scale}`"
-    by = f"study options {given}; written by `gnflow.studies.run_study`" if given else f"written by {command}"
-    lines = [
-        f"# {report.title}",
-        "",
-        f"Study `{name}`, scale `{scale}`; {by} in {wall_time_s:.0f} s of wall-clock time.",
-    ]
-    if report.claims:
-        lines += ["", "## Claims", "", "| # | claim | measured | verdict |", "|---|---|---|---|"]
-    for k, claim in enumerate(report.claims, start=1):
-        cells = [str(k), claim.statement, claim.measured, claim.verdict]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    notes = [(k, c.note) for k, c in enumerate(report.claims, start=1) if c.note]
-    if notes:
-        lines += ["", *[f"- Claim {k}: {note}" for k, note in notes]]
-    if report.measurements:
-        lines += ["", "## Measurements", "", *report.measurements]
-    lines += ["", "## Setup", "", *[f"- {line}" for line in report.setup]]
-    for heading, body in report.sections.items():
-        lines += ["", f"## {heading}", "", *body]
-    if report.figures:
-        lines += ["", "## Figures", ""]
-        for figure, caption in report.figures:
-            rel = Path(os.path.relpath(Path(figure).resolve(), path.parent.resolve())).as_posix()
-            lines += [f"![{caption}]({rel})", "", f"*{caption}*", ""]
-    text = "\n".join(lines).rstrip() + "\n"
-    return atomic_write_text(path, text)
-
-
 # --- running grids through the sweep engine ---------------------------------------------------
 
 
@@ -559,33 +457,6 @@ def save_study_figure(fig: Any, context: StudyContext, name: str) -> Path:
         return save_figure(fig, context.out_dir / f"{name}.png", dpi=110)
     finally:
         plt.close(fig)
-
-
-def _cell(text: object) -> str:
-    """A Markdown table cell: pipes escaped, on one line."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Markdown table lines."""
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def claims_table(report_text: str) -> list[list[str]]:
-    """The rows of the claims table of a report as lists of cells (claim number, claim, measured,
-    verdict), escaped pipes restored."""
-    rows: list[list[str]] = []
-    inside = False
-    for line in report_text.splitlines():
-        if line.startswith("## "):
-            inside = line == "## Claims"
-            continue
-        if inside and line.startswith("| ") and not line.startswith("| # "):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-            rows.append(cells)
-    return rows
 
 
 StudyFunction = Callable[[dict[str, Any], StudyContext], StudyReport]
