@@ -240,7 +240,7 @@ def paired_comparison(
     notes = []
     for what, mask in (("numerator", np.isnan(num) | np.isinf(num)), ("denominator", np.isnan(den) | np.isinf(den))):
         if mask.any():
-            notes.append(f"{what} failed (NaN or inf) at {_seeds(seed_tuple, mask)}")
+            notes.append(f"{what} failed or never reached its level (inf or NaN) at {_seeds(seed_tuple, mask)}")
     for what, mask in (("numerator", num == 0), ("denominator", den == 0)):
         if mask.any():
             notes.append(f"{what} 0 at {_seeds(seed_tuple, mask)}")

@@ -127,7 +127,7 @@ def test_a_diverged_numerator_is_a_seed_against_a_less_claim() -> None:
     assert comparison.n_favour == 4 and comparison.n_usable == 5
     # the four finite ratios exclude 1, but the diverged seed lies on the other side
     assert comparison.high < 1.0 and comparison.verdict == "inconclusive"
-    assert "numerator failed (NaN or inf) at seed 3" in comparison.reason
+    assert "numerator failed or never reached its level (inf or NaN) at seed 3" in comparison.reason
     # NaN is a failed arm like inf
     numerator[2] = np.nan
     assert compare(numerator, GD).ratios[2] == np.inf
@@ -143,7 +143,7 @@ def test_a_diverged_denominator_supports_a_less_claim() -> None:
     comparison = compare(GN, denominator)
     assert comparison.ratios[0] == 0.0 and comparison.n_favour == 5
     assert comparison.verdict == "supported"
-    assert "denominator failed (NaN or inf) at seed 1" in comparison.summary()
+    assert "denominator failed or never reached its level (inf or NaN) at seed 1" in comparison.summary()
 
 
 def test_every_seed_ordered_decides_by_the_sign() -> None:
@@ -212,3 +212,8 @@ def test_report_writes_the_interval_and_the_rule(tmp_path: Path) -> None:
     assert "How verdicts are decided" not in text
     with pytest.raises(ValueError, match="differs from its comparison"):
         Claim("GN generalizes better.", "", "contradicted", comparison=comparison)
+
+
+def test_the_studies_page_states_the_rule_once() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "studies.md").read_text()
+    assert page.count(VERDICT_RULE) == 1
