@@ -4,6 +4,7 @@ scale-file format, where studies are found, and the measurement helpers against 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -58,7 +59,31 @@ def test_smoke_study_writes_report_with_measured_claims(smoke_study: tuple[str, 
         assert number == str(k)
         assert statement
         assert NUMBER.search(measured), f"claim {k} of {name} carries no measured number: {measured!r}"
-        assert verdict in VERDICTS
+        # a verdict, possibly qualified: "inconclusive (hardware)"
+        assert verdict.split(" (")[0] in VERDICTS, verdict
+
+
+@pytest.mark.slow
+def test_cai2019_decides_its_comparisons_on_paired_seeds(smoke_study: tuple[str, Path]) -> None:
+    name, out = smoke_study
+    if name != "cai2019":
+        pytest.skip("cai2019 only")
+    text = (out / "report.md").read_text()
+    rows = {row[1]: row for row in claims_table(text)}
+    assert "\n## How verdicts are decided\n" in text
+    seeds = load_study_settings("cai2019", "smoke")["seeds"]
+    for statement, row in rows.items():
+        if "quadratically" not in statement:  # every other claim compares two arms per seed
+            assert re.search(rf"\(\d/{len(seeds)} seeds < 1", row[2]), row
+    per_second = next(row for statement, row in rows.items() if "per second" in statement)
+    assert per_second[3] == "inconclusive (hardware)" and "CPU" in per_second[2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == seeds
+    scale = summary["gram_scale"]["per_seed"]["concrete"]
+    assert len(scale) == len(seeds) and all(g > 0 for g in scale)
+    alpha = summary["gram_scale"]["ggn_alpha_in_gram_units"]["concrete"]
+    assert alpha == pytest.approx(0.1 / np.mean(scale))
+    assert "alpha / (trace(A)/b)" in text
 
 
 @pytest.mark.slow
