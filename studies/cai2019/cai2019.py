@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import platform
 from typing import Any
 
@@ -35,9 +36,11 @@ import numpy as np
 import torch
 
 from gnflow.config import DataConfig
+from gnflow.damping import GramSolveError
 from gnflow.data import make_data
 from gnflow.dataset import write_dataset
 from gnflow.ggn import GGN, per_sample_gram
+from gnflow.status import RunResult
 from gnflow.studies import (
     Claim,
     StudyContext,
@@ -50,6 +53,7 @@ from gnflow.studies import (
 from gnflow.training import TrainingHistory, history_dataset, mlp, train_module
 from gnflow.verdicts import PairedComparison, all_of, paired_comparison
 
+logger = logging.getLogger(__name__)
 TITLE = "Cai et al. (2019): Gram-Gauss-Newton, quadratic convergence and mini-batch training"
 
 
@@ -121,7 +125,10 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     g = float(np.mean(sensitivity["gram_scale"]))
     sections["Training loss after the sensitivity epochs (median over seeds)"] = table(
         ["lam \\ alpha (alpha / (trace(A)/b))", *[f"{a:g} ({fmt(a / g, 2)})" for a in s["alpha_grid"]]],
-        [[f"{lam:g}", *[fmt(v) for v in row]] for lam, row in zip(s["lam_grid"], median, strict=True)],
+        [
+            [f"{lam:g}", *[fmt(v) if np.isfinite(v) else "failed" for v in row]]
+            for lam, row in zip(s["lam_grid"], median, strict=True)
+        ],
     )
     return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figures, sections=sections)
 
@@ -215,15 +222,35 @@ def _train(
     s: dict[str, Any], data: Any, net0: torch.nn.Module, optimizer: Any, epochs: int, seed: int
 ) -> tuple[TrainingHistory, torch.nn.Module]:
     net = copy.deepcopy(net0)
-    history = train_module(
-        net,
-        optimizer(net),
-        data,
-        epochs=epochs,
-        batch_size=s["batch_size"],
-        batch_order="shuffled",
-        seed=seed,
-    )
+    try:
+        history = train_module(
+            net,
+            optimizer(net),
+            data,
+            epochs=epochs,
+            batch_size=s["batch_size"],
+            batch_order="shuffled",
+            seed=seed,
+        )
+    except GramSolveError as exc:
+        # the weights left the region where lam A_B + alpha I is positive definite (alpha small,
+        # lam small: a diverging run); it is a failed run, its loss counted as infinite
+        logger.warning("cai2019: GGN run failed (seed %d): %s", seed, exc)
+        nan = float("nan")
+        history = TrainingHistory(
+            [],
+            [],
+            [],
+            [nan],
+            [nan],
+            [0.0],
+            [0.0],
+            [],
+            [],
+            epochs=epochs,
+            steps_per_epoch=0,
+            result=RunResult.failure(str(exc)),
+        )
     return history, net
 
 
