@@ -7,7 +7,8 @@ script defines ``run(settings, context) -> StudyReport``: it executes its runs (
 engine, :func:`run_grid`, where they are runs of a grid), measures, draws its figures into
 ``context.out_dir`` and returns its claims and measurements. :func:`run_study` writes
 ``report.md`` (:mod:`gnflow.report`: claims, verdicts, the report file; re-exported here), and a
-comparative claim is decided by :func:`gnflow.verdicts.paired_comparison`. Every study runs by ``gnflow study NAME --scale S``; a script may also keep a
+comparative claim is decided by :func:`gnflow.verdicts.paired_comparison`. Every study runs by
+``gnflow study NAME --scale S``; a script may also keep a
 ``main()`` for ``python studies/NAME/NAME.py`` that calls :func:`run_study` with options.
 
 The scale file has one table per scale and an optional ``[defaults]`` table merged under each of
