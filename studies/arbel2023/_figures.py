@@ -167,7 +167,8 @@ def draw(s: dict[str, Any], context: StudyContext, p: Any, by_n: dict[int, Any])
     out.append(
         (
             save_study_figure(fig, context, "hidden_learning_vs_lam"),
-            "Hidden learning against lam at a fixed iteration budget: refit of GN's features (time chosen on validation), GN's own test loss, GD's and the fast GN's final test losses.",
+            "Hidden learning against lam at a fixed iteration budget: refit of GN's features (time chosen on "
+            "validation), GN's own test loss, GD's and the fast GN's final test losses.",
         )
     )
 
@@ -200,7 +201,8 @@ def draw(s: dict[str, Any], context: StudyContext, p: Any, by_n: dict[int, Any])
     out.append(
         (
             save_study_figure(fig, context, "n_sweep"),
-            "The N sweep: final test loss of GN and GD at lam = 10, and the ratio of their iterations to a common level.",
+            "The N sweep: final test loss of GN and GD at lam = 10, and the ratio of their iterations to a "
+            "common level.",
         )
     )
 

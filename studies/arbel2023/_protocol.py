@@ -167,7 +167,7 @@ class Arm:
         }
         if self.lam is not None and self.solver_method == "euler":
             entry["solver.step_size"] = self.lam
-            entry["solver.max_steps"] = int(math.ceil(self.t_end / self.lam)) + 10
+            entry["solver.max_steps"] = math.ceil(self.t_end / self.lam) + 10
         else:
             entry["solver.max_steps"] = int(s["max_steps"])
         return entry

@@ -271,7 +271,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
         gn, gd = p.values(paper, t, "final_test"), p.values("gd", t, "final_test")
         n_div = sum(not math.isfinite(x) for x in gd)
         pc = _pc(gn, gd, "alike", "GN", "GD", seeds, "less")
-        rows.append((f"tau0={t:g} GN/GD(lam={lam:g}){' GD diverged in %d seeds' % n_div if n_div else ''}", pc))
+        rows.append((f"tau0={t:g} GN/GD(lam={lam:g}){f' GD diverged in {n_div} seeds' if n_div else ''}", pc))
         verdicts.append(_equivalence(pc, tol) if not n_div else "inconclusive")
         pc_flow = _pc(gn, p.values("gd_flow", t, "final_test"), "alike", "GN", "GD flow", seeds, "less")
         rows.append((f"tau0={t:g} GN/converged GD flow", pc_flow))
@@ -432,9 +432,10 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         f"Step sweep lam in {list(s['lam_sweep'])} at a fixed budget of {s['sweep_iterations']:g} iterations; the "
         f"paper's h/N = {s['paper_h_over_n']:g} as its own arm where it differs from lam; the GN flow (dopri5, "
         f"t_end = {s['gn_t_end_per_n']:g} N) as the lam -> 0 limit.",
-        f"GD (the paper's): lam = {lam:g} up to {s['gd_iterations']:g} iterations (t = {lam * float(s['gd_iterations']):g}),"
-        f" computed as the gradient flow where lam lambda_max(A) / N <= {s['gd_flow_ratio_max']:g} at every saved "
-        f"state, by Euler iterations elsewhere (a non-finite loss is reported as divergence). The converged gradient "
+        f"GD (the paper's): lam = {lam:g} up to {s['gd_iterations']:g} iterations "
+        f"(t = {lam * float(s['gd_iterations']):g}), computed as the gradient flow where lam lambda_max(A) / N <= "
+        f"{s['gd_flow_ratio_max']:g} at every saved state, by Euler iterations elsewhere (a non-finite loss is "
+        "reported as divergence). The converged gradient "
         f"flow (t_end = {s['gd_t_end']:g}) is a separate arm.",
         f"All runs stop at {s['stop_loss_ratio']:g} x the initial train loss. Refit: minimum-norm least squares of the "
         f"output layer on the training set at {s['refit_points']} saved times; at t = 0 it is the random-features "
