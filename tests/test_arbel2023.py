@@ -139,3 +139,24 @@ def test_the_study_has_a_medium_scale_between_small_and_paper() -> None:
     for scale in study_scales("arbel2023"):
         s = load_study_settings("arbel2023", scale)
         assert min(s["lam_sweep"]) <= s["lam"] / 100 + 1e-12 and len(s["lam_sweep"]) >= (2 if scale == "smoke" else 3)
+
+
+def test_rows_combine_into_a_claim_verdict_and_divergence_gives_no_ratio() -> None:
+    study = study_module("arbel2023")
+    assert study._combine(["supported", "supported"]) == "supported"
+    assert study._combine(["supported", "contradicted"]) == "contradicted"
+    assert study._combine(["supported", "inconclusive"]) == "inconclusive"
+    assert study._combine([]) == "inconclusive"
+    seeds = [1, 2, 3, 4, 5]
+    row = study._pc([0.1, 0.2, 0.1, 0.3, 0.2], [1.0, math.inf, 1.0, 1.0, 1.0], "c", "a", "b", seeds, "less")
+    assert isinstance(row, study.NoComparison) and row.verdict == "inconclusive" and "1/5 seeds" in row.summary()
+    close = study._pc([1.0, 1.02, 0.99, 1.01, 1.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    far = study._pc([3.0, 3.2, 2.9, 3.1, 3.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    noisy = study._pc([0.5, 2.0, 0.7, 1.6, 1.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    assert study._equivalence(close, 0.25) == "supported"
+    assert study._equivalence(far, 0.25) == "contradicted"
+    assert study._equivalence(noisy, 0.25) == "inconclusive"
+    assert (
+        far.verdict == "contradicted"
+        and study._pc([0.3] * 4 + [0.31], [1.0] * 5, "c", "a", "b", seeds, "less").verdict == "supported"
+    )

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,28 @@ class Protocol:
         return out
 
 
+@dataclass(frozen=True)
+class NoComparison:
+    """A row whose ratio is not a number (a run diverged or a level was never reached): reported as
+    text, decided inconclusive."""
+
+    text: str
+    verdict: str = "inconclusive"
+    low: float = math.nan
+    high: float = math.nan
+
+    def summary(self) -> str:
+        return self.text
+
+
 def _pc(num: list[float], den: list[float], claim: str, a: str, b: str, seeds: list[int], direction: str) -> Any:
+    bad = [
+        k
+        for k, x, y in zip(seeds, num, den, strict=True)
+        if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0)
+    ]
+    if bad:
+        return NoComparison(f"no ratio in {len(bad)}/{len(seeds)} seeds (a run diverged or never reached the level)")
     return protocol.paired_comparison(
         num, den, claim=claim, numerator_label=a, denominator_label=b, seeds=seeds, direction=direction
     )
@@ -197,7 +219,10 @@ def _combine(verdicts: list[str]) -> str:
 
 
 def _claim(statement: str, rows: list[tuple[str, Any]], verdict: str, note: str) -> Claim:
-    measured = "; ".join(f"{label}: {pc.summary()}" for label, pc in rows)
+    """A claim from its rows (label, PairedComparison, or label and a text for a row with no
+    comparison, e.g. a discrete GD that diverged in every seed)."""
+    measured = "; ".join(f"{label}: {pc if isinstance(pc, str) else pc.summary()}" for label, pc in rows)
+    rows = [(label, pc) for label, pc in rows if not isinstance(pc, (str, NoComparison))]
     from gnflow import studies
 
     if "contradicted" not in getattr(studies, "VERDICTS", ()):  # stand-in until Claim takes it
@@ -270,9 +295,15 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
     for t in [t for t in s["large_tau0"] if t in p.taus]:
         gn, gd = p.values(paper, t, "final_test"), p.values("gd", t, "final_test")
         n_div = sum(not math.isfinite(x) for x in gd)
-        pc = _pc(gn, gd, "alike", "GN", "GD", seeds, "less")
-        rows.append((f"tau0={t:g} GN/GD(lam={lam:g}){f' GD diverged in {n_div} seeds' if n_div else ''}", pc))
-        verdicts.append(_equivalence(pc, tol) if not n_div else "inconclusive")
+        label = f"tau0={t:g} GN/GD(lam={lam:g})"
+        if n_div:
+            # divergence is reported as such; the ratio is not a number then
+            rows.append((label, f"discrete GD diverged in {n_div}/{len(seeds)} seeds"))
+            verdicts.append("inconclusive")
+        else:
+            pc = _pc(gn, gd, "alike", "GN", "GD", seeds, "less")
+            rows.append((label, pc))
+            verdicts.append(_equivalence(pc, tol))
         pc_flow = _pc(gn, p.values("gd_flow", t, "final_test"), "alike", "GN", "GD flow", seeds, "less")
         rows.append((f"tau0={t:g} GN/converged GD flow", pc_flow))
         rows.append((f"tau0={t:g} GN/RF", _pc(gn, p.values(paper, t, "rf_test"), "alike", "GN", "RF", seeds, "less")))
