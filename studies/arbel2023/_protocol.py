@@ -1,0 +1,385 @@
+"""The arms of the arbel2023 study (Arbel et al.'s discrete methods, the step-size sweep, the flows),
+the rule that decides how discrete GD is computed, the validation/test split of the test draw and
+the measurements of one run.
+
+Arms (one labeled run per tau0 and seed; ``lam`` is the step of the discrete method, h = lam):
+
+- ``gn_lam<lam>``: discrete Gauss-Newton, Euler steps h = lam of the GN flow (eigmin damping);
+  t = lam x iterations. The paper's GN is lam = 10 (h/N = 0.02 at N = 500).
+- ``gn_hN<r>``: the step with h/N = r (the paper's h/N = 0.02) at N other than 500.
+- ``gn_flow``: the continuous GN flow (dopri5), the limit lam -> 0.
+- ``gd_lam<lam>``: discrete GD at lam = 10 up to ``gd_iterations`` iterations. It is computed as the
+  gradient flow (``gd_lam<lam>_flow``) when lam * lambda_max(A(t)) / N <= ``gd_flow_ratio_max``
+  at every saved state of that flow, and by Euler iterations (``gd_lam<lam>_euler``) otherwise.
+- ``gd_flow``: the converged gradient flow, its own horizon ``gd_t_end`` (only run where the capped
+  flow did not converge; otherwise the capped flow is the converged one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from gnflow.dataset import atomic_write, cf_attributes, dataset_result, read_dataset, run_config_of
+from gnflow.model import ParticleModel
+from gnflow.observables import refit_output_layer
+from gnflow.studies import GridRun
+
+# --- verdicts: stand-in until gnflow.verdicts lands (delete the except branch on merge) ---------
+try:
+    from gnflow.verdicts import VERDICT_RULE, PairedComparison, paired_comparison
+except ImportError:  # STAND-IN for gnflow.verdicts (same signature and numbers); delete on merge
+    from scipy import stats as _stats
+
+    VERDICT_RULE = (
+        "per-seed paired ratios r = numerator / denominator; 95% t interval of the mean of log r over the "
+        "seeds, exponentiated; supported when the interval excludes 1 in the claimed direction, "
+        "contradicted when it excludes 1 the other way, inconclusive otherwise (and with fewer than 2 seeds)"
+    )
+
+    @dataclass(frozen=True)
+    class PairedComparison:  # type: ignore[no-redef]
+        claim: str
+        numerator: str
+        denominator: str
+        ratios: tuple[float, ...]
+        seeds: tuple[int, ...]
+        direction: str
+        level: float
+        center: float
+        low: float
+        high: float
+        method: str
+        n_favour: int
+        verdict: str
+
+        def summary(self) -> str:
+            return f"{self.center:.3g} [{self.low:.3g}, {self.high:.3g}] ({self.n_favour}/{len(self.ratios)} seeds)"
+
+    def paired_comparison(  # type: ignore[misc]
+        numerator: Sequence[float],
+        denominator: Sequence[float],
+        *,
+        claim: str,
+        numerator_label: str,
+        denominator_label: str,
+        seeds: Sequence[int],
+        direction: str,
+        level: float = 0.95,
+        method: str = "t",
+        min_seeds: int = 2,
+    ) -> PairedComparison:
+        if direction not in ("less", "greater"):
+            raise ValueError(f"direction must be 'less' or 'greater', got {direction!r}")
+        ratios = np.asarray(numerator, dtype=np.float64) / np.asarray(denominator, dtype=np.float64)
+        logs = np.log(ratios)
+        n = logs.size
+        center = float(np.exp(np.mean(logs))) if n else float("nan")
+        if n >= 2 and np.all(np.isfinite(logs)):
+            half = float(_stats.t.ppf(0.5 + level / 2, n - 1) * np.std(logs, ddof=1) / math.sqrt(n))
+            low, high = float(np.exp(np.mean(logs) - half)), float(np.exp(np.mean(logs) + half))
+        else:
+            low = high = float("nan")
+        favour = int(np.sum(ratios < 1)) if direction == "less" else int(np.sum(ratios > 1))
+        verdict = "inconclusive"
+        if n >= min_seeds and np.isfinite(low):
+            if (high < 1) if direction == "less" else (low > 1):
+                verdict = "supported"
+            elif (low > 1) if direction == "less" else (high < 1):
+                verdict = "contradicted"
+        return PairedComparison(
+            claim, numerator_label, denominator_label, tuple(float(r) for r in ratios), tuple(seeds),
+            direction, level, center, low, high, method, favour, verdict,
+        )  # fmt: skip
+
+
+__all__ = ["VERDICT_RULE", "PairedComparison", "paired_comparison"]
+
+
+def _num(x: float) -> str:
+    """A step size as a label: 10, 1, 0.316 (no exponent, no trailing zeros)."""
+    return f"{x:.3g}"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: a method, its step lam (None: a continuous flow) and its horizon.
+
+    Attributes
+    ----------
+    name:
+        Run label in the sweep grid and in the study's NetCDF (``gn_lam10``, ``gn_flow``, ...).
+    method:
+        ``"gn"`` or ``"gd"``.
+    lam:
+        Step size h = lam of the discrete method; None for a continuous flow.
+    n_train:
+        N, to state h/N.
+    role:
+        ``"paper"`` (the authors' lam), ``"sweep"`` (a smaller lam), ``"h/N"`` (the paper's h/N at
+        another N), ``"flow"`` (lam -> 0 limit), ``"converged flow"`` (GD to its own horizon).
+    t_end:
+        Horizon in flow time.
+    solver_method:
+        ``solver.method`` of the run.
+    """
+
+    name: str
+    method: str
+    lam: float | None
+    n_train: int
+    role: str
+    t_end: float
+    solver_method: str
+
+    @property
+    def h_over_n(self) -> float:
+        """h/N of the discrete method (0 for a flow)."""
+        return 0.0 if self.lam is None else self.lam / self.n_train
+
+    @property
+    def label(self) -> str:
+        """Legend and table label: method, lam and h/N."""
+        who = "GN" if self.method == "gn" else "GD"
+        if self.lam is None:
+            return f"{who} flow ({'lam -> 0' if self.method == 'gn' else 'converged'})"
+        return f"{who} lam={_num(self.lam)} (h/N={_num(self.h_over_n)})"
+
+    @property
+    def iterations(self) -> float:
+        """Iterations of the discrete method to the horizon (NaN for a flow)."""
+        return float("nan") if self.lam is None else self.t_end / self.lam
+
+    def run_entry(self, s: dict[str, Any]) -> dict[str, Any]:
+        """The ``[[runs]]`` entry of this arm (dotted config keys)."""
+        entry: dict[str, Any] = {
+            "name": self.name,
+            "flow.kind": "gauss_newton" if self.method == "gn" else "gradient",
+            "solver.method": self.solver_method,
+            "solver.t_end": self.t_end,
+        }
+        if self.lam is not None and self.solver_method == "euler":
+            entry["solver.step_size"] = self.lam
+            entry["solver.max_steps"] = math.ceil(self.t_end / self.lam) + 10
+        else:
+            entry["solver.max_steps"] = int(s["max_steps"])
+        return entry
+
+
+def gn_arms(s: dict[str, Any], n_train: int, *, sweep: bool) -> list[Arm]:
+    """The GN arms at N = ``n_train``: the paper's lam, the sweep below it (``sweep``), the step with
+    the paper's h/N where it differs from lam, and the continuous flow.
+
+    The paper's lam and the h/N arm run to ``gn_iterations`` iterations (the authors' cap); the
+    sweep arms to the fixed budget ``sweep_iterations`` (iterations, the same for every lam).
+    """
+    lam = float(s["lam"])
+    arms = [Arm(f"gn_lam{_num(lam)}", "gn", lam, n_train, "paper", lam * float(s["gn_iterations"]), "euler")]
+    if sweep:
+        budget = float(s["sweep_iterations"])
+        for small in s["lam_sweep"]:
+            if not 0 < small < lam:
+                raise ValueError(f"lam_sweep: every step must lie in (0, lam = {lam:g}), got {small}")
+            arms.append(Arm(f"gn_lam{_num(small)}", "gn", float(small), n_train, "sweep", small * budget, "euler"))
+    h = float(s["paper_h_over_n"]) * n_train
+    if not any(a.lam is not None and math.isclose(a.lam, h, rel_tol=1e-9) for a in arms):
+        arms.append(
+            Arm(f"gn_hN{_num(s['paper_h_over_n'])}", "gn", h, n_train, "h/N", h * float(s["gn_iterations"]), "euler")
+        )
+    arms.append(Arm("gn_flow", "gn", None, n_train, "flow", float(s["gn_t_end_per_n"]) * n_train, "dopri5"))
+    return arms
+
+
+def gd_flow_method(s: dict[str, Any], tau0: float) -> str:
+    """The integrator of the gradient flow at tau0: ``kernel_exponential`` from
+    ``gd_exponential_from`` on (kernel regime: stiff A, nearly frozen Jacobian), ``gd_method`` below."""
+    return "kernel_exponential" if tau0 >= float(s.get("gd_exponential_from", math.inf)) else str(s["gd_method"])
+
+
+def gd_arm(s: dict[str, Any], n_train: int, tau0: float, *, computed_as: str) -> Arm:
+    """The paper's GD (lam, ``gd_iterations``) computed as the gradient flow (``computed_as="flow"``)
+    or by Euler iterations (``"euler"``)."""
+    lam = float(s["lam"])
+    t_end = lam * float(s["gd_iterations"])
+    if computed_as == "flow":
+        return Arm(f"gd_lam{_num(lam)}_flow", "gd", lam, n_train, "paper", t_end, gd_flow_method(s, tau0))
+    if computed_as == "euler":
+        return Arm(f"gd_lam{_num(lam)}_euler", "gd", lam, n_train, "paper", t_end, "euler")
+    raise ValueError(f"computed_as must be 'flow' or 'euler', got {computed_as!r}")
+
+
+def converged_gd_arm(s: dict[str, Any], n_train: int, tau0: float) -> Arm:
+    """The gradient flow to its own horizon ``gd_t_end`` (the converged GD, not the paper's capped GD)."""
+    return Arm("gd_flow", "gd", None, n_train, "converged flow", float(s["gd_t_end"]), gd_flow_method(s, tau0))
+
+
+def step_ratio(ds: xr.Dataset, lam: float) -> float:
+    """lam * max_t lambda_max(A(t)) / N over the saved states with a finite lambda_max (inf if none)."""
+    eig = np.asarray(ds["gram_eigmax"].values, dtype=np.float64)
+    eig = eig[np.isfinite(eig)]
+    if eig.size == 0:
+        return float("inf")
+    return float(lam * eig.max() / ds.sizes["sample"])
+
+
+def gd_needs_iterations(ratio: float, threshold: float) -> bool:
+    """True when discrete GD must be iterated: lam lambda_max / N exceeds ``threshold`` at some saved
+    state of the gradient flow (Euler's error per step is then no longer small)."""
+    return not ratio <= threshold
+
+
+def diverged(ds: xr.Dataset) -> bool:
+    """A failed run whose train loss became non-finite (discrete GD beyond its stability limit)."""
+    loss = np.asarray(ds["train_loss"].values, dtype=np.float64)
+    return dataset_result(ds).failed and (not np.all(np.isfinite(loss)) or "finite" in str(ds.attrs["gnflow_status"]))
+
+
+# --- validation / test split and the measurements of one run ------------------------------------
+
+
+def choose_time(validation: np.ndarray, allowed: np.ndarray | None = None) -> int:
+    """Index of the saved time with the lowest validation loss among ``allowed`` (bool, shape (t,));
+    -1 when no allowed time has a finite loss. The test loss is not an argument: it cannot choose."""
+    val = np.asarray(validation, dtype=np.float64).copy()
+    if allowed is not None:
+        val[~np.asarray(allowed, dtype=bool)] = np.nan
+    if not np.any(np.isfinite(val)):
+        return -1
+    return int(np.nanargmin(val))
+
+
+def refit_indices(n_times: int, points: int) -> np.ndarray:
+    """Saved-time indices where the output layer is refit: ``points`` evenly spread, first and last
+    included (all when ``points`` >= n_times)."""
+    if points >= n_times:
+        return np.arange(n_times)
+    return np.unique(np.rint(np.linspace(0, n_times - 1, max(points, 2))).astype(np.int64))
+
+
+_SPLIT_VARS = {
+    "val_loss": "loss of the network on the validation half of the test draw",
+    "test_half_loss": "loss of the network on the test half of the test draw",
+    "refit_val_loss": "validation-half loss of the output layer refit on the training set at t",
+    "refit_test_half_loss": "test-half loss of the output layer refit on the training set at t",
+}
+
+
+def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bool) -> xr.Dataset:
+    """Losses of the run on the validation half (the first ``n_val`` test points) and the test half
+    (the rest), of the network and (``refit``) of the output layer refit by minimum-norm least squares
+    on the training set, at every saved time (refit at ``refit_indices``; NaN elsewhere).
+
+    Cached next to the run (``<grid>/split/<run id>.nc``, keyed by ``n_val`` and the refit times).
+    """
+    cache = run.path.parent.parent / "split" / run.path.name
+    idx = refit_indices(run.dataset.sizes["t"], refit_points) if refit else np.zeros(0, dtype=np.int64)
+    if cache.is_file():
+        cached = read_dataset(cache)
+        if int(cached.attrs["n_val"]) == n_val and np.array_equal(cached["refit_index"].values, idx):
+            return cached
+    ds = run.dataset
+    config = run_config_of(ds)
+    x_test = torch.as_tensor(ds["x_test"].values, dtype=torch.float64)
+    y_test = torch.as_tensor(ds["y_test"].values, dtype=torch.float64)
+    if not 0 < n_val < x_test.shape[0]:
+        raise ValueError(f"n_val must lie in (0, {x_test.shape[0]}) (the test draw), got {n_val}")
+    x_train = torch.as_tensor(ds["x_train"].values, dtype=torch.float64)
+    y_train = torch.as_tensor(ds["y_train"].values, dtype=torch.float64)
+    model = ParticleModel.from_config(config, x_train.shape[1])
+    halves = ((x_test[:n_val], y_test[:n_val]), (x_test[n_val:], y_test[n_val:]))
+    n_t = ds.sizes["t"]
+    out = {name: np.full(n_t, np.nan) for name in _SPLIT_VARS}
+    weights_all = ds["weights"].values
+    refit_set = set(idx.tolist())
+    for k in range(n_t):
+        w = torch.as_tensor(weights_all[k], dtype=torch.float64)
+        if not torch.all(torch.isfinite(w)):
+            continue
+        for name, (x, y) in zip(("val_loss", "test_half_loss"), halves, strict=True):
+            out[name][k] = _loss(model, w, x, y)
+        if k in refit_set:
+            w_refit = refit_output_layer(model, w, x_train, y_train, rcond=config.observe.refit_rcond)
+            for name, (x, y) in zip(("refit_val_loss", "refit_test_half_loss"), halves, strict=True):
+                out[name][k] = _loss(model, w_refit, x, y)
+    result = xr.Dataset(
+        {name: ("t", values, {"long_name": _SPLIT_VARS[name], "units": "1"}) for name, values in out.items()},
+        coords={"t": ("t", ds["t"].values, {"long_name": "flow time", "units": "1"})},
+    )
+    result["refit_index"] = ("refit", idx, {"long_name": "saved-time indices of the refits", "units": "1"})
+    result.attrs.update(cf_attributes(f"validation/test split of {run.path.name}", "arbel2023 study", n_val=int(n_val)))
+    atomic_write(cache, lambda tmp: result.to_netcdf(tmp))
+    return result
+
+
+def _loss(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    r = model.predict(weights, x).double() - y
+    return float(r @ r) / (2 * x.shape[0])
+
+
+@dataclass(frozen=True)
+class RunMeasures:
+    """The numbers of one run that the claims and figures use.
+
+    Attributes
+    ----------
+    final_test:
+        Test-half loss at the last saved state (inf when the run diverged).
+    final_ratio:
+        Final train loss / initial train loss.
+    refit_test, refit_time:
+        Test-half loss of the refit at the saved time of lowest validation refit loss (within the
+        iteration budget when one is given), and that time; NaN without refits.
+    rf_test:
+        Test-half loss of the refit on the initial features (random features).
+    status, diverged, wall_s:
+        The run's status text, whether it diverged, its wall-clock time.
+    """
+
+    final_test: float
+    final_ratio: float
+    refit_test: float
+    refit_time: float
+    rf_test: float
+    status: str
+    diverged: bool
+    wall_s: float
+
+
+def measure(run: GridRun, split: xr.Dataset, *, t_max: float | None = None) -> RunMeasures:
+    """:class:`RunMeasures` of ``run``; the refit time is chosen on validation among t <= ``t_max``."""
+    ds = run.dataset
+    loss = np.asarray(ds["train_loss"].values, dtype=np.float64)
+    bad = diverged(ds)
+    t = np.asarray(ds["t"].values, dtype=np.float64)
+    allowed = np.ones(t.size, dtype=bool) if t_max is None else t <= t_max * (1 + 1e-12)
+    k = choose_time(split["refit_val_loss"].values, allowed)
+    refit_test = float(split["refit_test_half_loss"].values[k]) if k >= 0 else float("nan")
+    return RunMeasures(
+        final_test=float("inf") if bad else float(split["test_half_loss"].values[-1]),
+        final_ratio=float("inf") if bad else float(loss[-1] / loss[0]),
+        refit_test=refit_test,
+        refit_time=float(t[k]) if k >= 0 else float("nan"),
+        rf_test=float(split["refit_test_half_loss"].values[0]),
+        status=str(ds.attrs["gnflow_status"]),
+        diverged=bad,
+        wall_s=float(ds.attrs.get("gnflow_wall_time_s", float("nan"))),
+    )
+
+
+def budget_state(split: xr.Dataset, t_budget: float) -> float:
+    """Test-half loss of the network at the last saved time <= ``t_budget``."""
+    t = split["t"].values
+    k = int(np.nonzero(t <= t_budget * (1 + 1e-12))[0][-1])
+    return float(split["test_half_loss"].values[k])
+
+
+def study_path(out_dir: Path, name: str) -> Path:
+    """The study's summary NetCDF."""
+    return out_dir / f"{name}.nc"

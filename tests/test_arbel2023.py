@@ -1,0 +1,162 @@
+"""The arbel2023 study's own logic: its arms and labels, the rule that decides how discrete GD is
+computed, the validation-only choice of times, and two runs at a tiny size: discrete GD iterations
+against the gradient flow where lam lambda_max(A) / N is small, and divergence where it is large."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gnflow import simulate
+from gnflow.config import config_from_dict
+from gnflow.studies import load_study_settings, study_module, study_scales
+
+protocol = study_module("arbel2023").protocol
+
+
+def _settings(**over: Any) -> dict[str, Any]:
+    s = load_study_settings("arbel2023", "smoke")
+    s.update(over)
+    return s
+
+
+def test_arms_are_labeled_by_lam_and_h_over_n_and_carry_their_horizons() -> None:
+    s = _settings(lam=10.0, lam_sweep=[1.0, 0.316, 0.1], gn_iterations=1000, sweep_iterations=300, paper_h_over_n=0.02)
+    at_500 = protocol.gn_arms(s, 500, sweep=True)
+    assert [a.name for a in at_500] == ["gn_lam10", "gn_lam1", "gn_lam0.316", "gn_lam0.1", "gn_flow"]
+    assert at_500[0].label == "GN lam=10 (h/N=0.02)" and at_500[0].role == "paper"
+    assert at_500[-1].label == "GN flow (lam -> 0)" and at_500[-1].lam is None
+    # the paper's arm runs to its cap, the sweep to the same iteration budget whatever lam
+    assert at_500[0].iterations == 1000
+    assert [a.iterations for a in at_500[1:4]] == pytest.approx([300, 300, 300])
+    entry = at_500[3].run_entry(s)
+    assert entry["solver.method"] == "euler" and entry["solver.step_size"] == 0.1
+    assert entry["solver.t_end"] == pytest.approx(30.0) and entry["solver.max_steps"] >= 300
+    # at N = 200 the paper's h/N = 0.02 is h = 4, an arm of its own
+    at_200 = protocol.gn_arms(s, 200, sweep=False)
+    assert [a.name for a in at_200] == ["gn_lam10", "gn_hN0.02", "gn_flow"]
+    assert at_200[1].lam == pytest.approx(4.0) and at_200[1].label == "GN lam=4 (h/N=0.02)"
+    assert at_200[0].label == "GN lam=10 (h/N=0.05)"
+    with pytest.raises(ValueError, match=r"lam_sweep: every step must lie in \(0, lam = 10\)"):
+        protocol.gn_arms(_settings(lam=10.0, lam_sweep=[20.0]), 500, sweep=True)
+
+
+def test_gd_arm_is_the_flow_or_euler_iterations_of_the_papers_horizon() -> None:
+    s = _settings(lam=10.0, gd_iterations=2_000_000, gd_exponential_from=5.0, gd_method="dopri5", gd_t_end=1e9)
+    flow = protocol.gd_arm(s, 500, 0.1, computed_as="flow")
+    euler = protocol.gd_arm(s, 500, 10.0, computed_as="euler")
+    assert flow.t_end == euler.t_end == pytest.approx(2e7)
+    assert flow.solver_method == "dopri5"
+    assert protocol.gd_arm(s, 500, 10.0, computed_as="flow").solver_method == "kernel_exponential"
+    assert euler.run_entry(s)["solver.step_size"] == 10.0 and euler.run_entry(s)["solver.max_steps"] >= 2_000_000
+    converged = protocol.converged_gd_arm(s, 500, 1.0)
+    assert converged.t_end == 1e9 and converged.label == "GD flow (converged)"
+    with pytest.raises(ValueError, match="computed_as must be 'flow' or 'euler'"):
+        protocol.gd_arm(s, 500, 1.0, computed_as="exact")
+
+
+def test_gd_is_iterated_where_the_step_ratio_is_not_small_at_every_saved_state() -> None:
+    n = 50
+    ds = xr.Dataset({"gram_eigmax": ("t", [0.1, 0.2, np.nan, 0.4])}, coords={"sample": np.arange(n)})
+    ratio = protocol.step_ratio(ds, 10.0)
+    assert ratio == pytest.approx(10.0 * 0.4 / n)  # the largest finite lambda_max decides
+    assert not protocol.gd_needs_iterations(ratio, 0.1)
+    assert protocol.gd_needs_iterations(ratio, 0.05)
+    assert protocol.gd_needs_iterations(float("nan"), 0.1)  # unknown is not small
+    empty = xr.Dataset({"gram_eigmax": ("t", [np.nan])}, coords={"sample": np.arange(n)})
+    assert protocol.step_ratio(empty, 10.0) == math.inf
+
+
+def test_times_are_chosen_on_validation_within_the_allowed_saved_times() -> None:
+    validation = np.array([1.0, 0.5, 0.2, 0.3, 0.1])
+    assert protocol.choose_time(validation) == 4
+    allowed = np.array([True, True, True, True, False])
+    assert protocol.choose_time(validation, allowed) == 2
+    assert protocol.choose_time(np.array([np.nan, 0.4, np.nan])) == 1
+    assert protocol.choose_time(np.array([np.nan, np.nan])) == -1
+    assert list(protocol.refit_indices(10, 4)) == [0, 3, 6, 9]
+    assert list(protocol.refit_indices(3, 8)) == [0, 1, 2]
+
+
+def _gd_config(tau0: float, seed: int, method: str, lam: float, t_end: float) -> Any:
+    return config_from_dict(
+        {
+            "seed": seed,
+            "data": {"kind": "teacher", "n_train": 30, "n_test": 100},
+            "model": {"width": 80, "init_scale": tau0},
+            "flow": {"kind": "gradient"},
+            "solver": {
+                "method": method,
+                "step_size": lam,
+                "t_end": t_end,
+                "n_save": 21,
+                "save_spacing": "linear",
+                "stop_loss_ratio": 0.0,
+                "max_steps": 100_000,
+            },
+        }
+    )
+
+
+def test_discrete_gd_agrees_with_the_gradient_flow_where_the_step_ratio_is_small() -> None:
+    # tau0 = 1, N = 30, M = 80: lambda_max(A) ~ 2.5, so lam = 0.5 gives lam lambda_max / N ~ 0.04
+    lam, t_end = 0.5, 3000.0
+    flow = simulate(_gd_config(1.0, 1, "dopri5", lam, t_end))
+    euler = simulate(_gd_config(1.0, 1, "euler", lam, t_end))
+    ratio = protocol.step_ratio(flow, lam)
+    assert ratio <= 0.1
+    np.testing.assert_allclose(euler["t"].values, flow["t"].values)
+    decay = np.abs(np.log(flow["train_loss"].values / flow["train_loss"].values[0]))
+    gap = np.abs(np.log(euler["train_loss"].values / flow["train_loss"].values))
+    assert decay[-1] > 1.0  # the runs went somewhere
+    # stated tolerance: Euler's log-loss error is at most the ratio (here <= 0.1) times the log decay
+    assert np.all(gap <= ratio * decay + 1e-6), (gap, ratio * decay)
+    test_gap = abs(float(euler["test_loss"].values[-1] / flow["test_loss"].values[-1]) - 1)
+    assert test_gap <= ratio
+
+
+def test_discrete_gd_with_a_large_step_ratio_diverges_and_says_so() -> None:
+    lam = 10.0
+    flow = simulate(_gd_config(10.0, 2, "kernel_exponential", lam, 200.0))
+    assert protocol.step_ratio(flow, lam) > 2.0  # beyond Euler's stability limit for the top mode
+    euler = simulate(_gd_config(10.0, 2, "euler", lam, 2000.0))
+    status = str(euler.attrs["gnflow_status"])
+    assert status.startswith("failed") and "non-finite" in status
+    assert protocol.diverged(euler) and not protocol.diverged(flow)
+
+
+def test_the_study_has_a_medium_scale_between_small_and_paper() -> None:
+    assert study_scales("arbel2023") == ("smoke", "small", "medium", "paper")
+    medium = load_study_settings("arbel2023", "medium")
+    assert (medium["n_train"], medium["width"], medium["n_test"], len(medium["seeds"])) == (200, 2000, 5000, 5)
+    assert medium["tau0"] == [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 100.0]
+    paper = load_study_settings("arbel2023", "paper")
+    assert paper["checkpoint_every_s"] > 0 and paper["gd_iterations"] == 2_000_000 and paper["lam"] == 10.0
+    for scale in study_scales("arbel2023"):
+        s = load_study_settings("arbel2023", scale)
+        assert min(s["lam_sweep"]) <= s["lam"] / 100 + 1e-12 and len(s["lam_sweep"]) >= (2 if scale == "smoke" else 3)
+
+
+def test_rows_combine_into_a_claim_verdict_and_divergence_gives_no_ratio() -> None:
+    study = study_module("arbel2023")
+    assert study._combine(["supported", "supported"]) == "supported"
+    assert study._combine(["supported", "contradicted"]) == "contradicted"
+    assert study._combine(["supported", "inconclusive"]) == "inconclusive"
+    assert study._combine([]) == "inconclusive"
+    seeds = [1, 2, 3, 4, 5]
+    row = study._pc([0.1, 0.2, 0.1, 0.3, 0.2], [1.0, math.inf, 1.0, 1.0, 1.0], "c", "a", "b", seeds, "less")
+    assert isinstance(row, study.NoComparison) and row.verdict == "inconclusive" and "1/5 seeds" in row.summary()
+    close = study._pc([1.0, 1.02, 0.99, 1.01, 1.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    far = study._pc([3.0, 3.2, 2.9, 3.1, 3.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    noisy = study._pc([0.5, 2.0, 0.7, 1.6, 1.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    assert study._equivalence(close, 0.25) == "supported"
+    assert study._equivalence(far, 0.25) == "contradicted"
+    assert study._equivalence(noisy, 0.25) == "inconclusive"
+    assert (
+        far.verdict == "contradicted"
+        and study._pc([0.3] * 4 + [0.31], [1.0] * 5, "c", "a", "b", seeds, "less").verdict == "supported"
+    )
