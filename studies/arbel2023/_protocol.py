@@ -18,7 +18,6 @@ Arms (one labeled run per tau0 and seed; ``lam`` is the step of the discrete met
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,74 +30,7 @@ from gnflow.dataset import atomic_write, cf_attributes, dataset_result, read_dat
 from gnflow.model import ParticleModel
 from gnflow.observables import refit_output_layer
 from gnflow.studies import GridRun
-
-# --- verdicts: stand-in until gnflow.verdicts lands (delete the except branch on merge) ---------
-try:
-    from gnflow.verdicts import VERDICT_RULE, PairedComparison, paired_comparison
-except ImportError:  # STAND-IN for gnflow.verdicts (same signature and numbers); delete on merge
-    from scipy import stats as _stats
-
-    VERDICT_RULE = (
-        "per-seed paired ratios r = numerator / denominator; 95% t interval of the mean of log r over the "
-        "seeds, exponentiated; supported when the interval excludes 1 in the claimed direction, "
-        "contradicted when it excludes 1 the other way, inconclusive otherwise (and with fewer than 2 seeds)"
-    )
-
-    @dataclass(frozen=True)
-    class PairedComparison:  # type: ignore[no-redef]
-        claim: str
-        numerator: str
-        denominator: str
-        ratios: tuple[float, ...]
-        seeds: tuple[int, ...]
-        direction: str
-        level: float
-        center: float
-        low: float
-        high: float
-        method: str
-        n_favour: int
-        verdict: str
-
-        def summary(self) -> str:
-            return f"{self.center:.3g} [{self.low:.3g}, {self.high:.3g}] ({self.n_favour}/{len(self.ratios)} seeds)"
-
-    def paired_comparison(  # type: ignore[misc]
-        numerator: Sequence[float],
-        denominator: Sequence[float],
-        *,
-        claim: str,
-        numerator_label: str,
-        denominator_label: str,
-        seeds: Sequence[int],
-        direction: str,
-        level: float = 0.95,
-        method: str = "t",
-        min_seeds: int = 2,
-    ) -> PairedComparison:
-        if direction not in ("less", "greater"):
-            raise ValueError(f"direction must be 'less' or 'greater', got {direction!r}")
-        ratios = np.asarray(numerator, dtype=np.float64) / np.asarray(denominator, dtype=np.float64)
-        logs = np.log(ratios)
-        n = logs.size
-        center = float(np.exp(np.mean(logs))) if n else float("nan")
-        if n >= 2 and np.all(np.isfinite(logs)):
-            half = float(_stats.t.ppf(0.5 + level / 2, n - 1) * np.std(logs, ddof=1) / math.sqrt(n))
-            low, high = float(np.exp(np.mean(logs) - half)), float(np.exp(np.mean(logs) + half))
-        else:
-            low = high = float("nan")
-        favour = int(np.sum(ratios < 1)) if direction == "less" else int(np.sum(ratios > 1))
-        verdict = "inconclusive"
-        if n >= min_seeds and np.isfinite(low):
-            if (high < 1) if direction == "less" else (low > 1):
-                verdict = "supported"
-            elif (low > 1) if direction == "less" else (high < 1):
-                verdict = "contradicted"
-        return PairedComparison(
-            claim, numerator_label, denominator_label, tuple(float(r) for r in ratios), tuple(seeds),
-            direction, level, center, low, high, method, favour, verdict,
-        )  # fmt: skip
-
+from gnflow.verdicts import VERDICT_RULE, PairedComparison, paired_comparison
 
 __all__ = ["VERDICT_RULE", "PairedComparison", "paired_comparison"]
 
