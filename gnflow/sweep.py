@@ -158,7 +158,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
     outcome["device"] = f"cuda:{gpu}" if gpu is not None else None
     outcome["executed"] = True
     try:
-        ds, _ = run(config, path=path, progress=False, resume=checkpoint_path(path).is_file())
+        ds, _ = run(config, path=path, progress=False, resume=checkpoint_path(path).is_file(), overwrite=True)
     except Exception as exc:
         message = str(exc).splitlines()[0] if str(exc) else ""
         error = f"{type(exc).__name__}: {message}".rstrip(": ")

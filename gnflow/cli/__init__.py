@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 
 from gnflow.cli._parser import build_parser
 from gnflow.cli._paths import EXIT_ERROR, EXIT_USAGE, CommandError, default_config_text
+from gnflow.status import SignalInterrupt
 
 __all__ = ["CommandError", "build_parser", "default_config_text", "main"]
 
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return handler(args)
+    except KeyboardInterrupt as exc:  # before or after the run's own handling: nothing to write
+        if args.debug:
+            raise
+        print("gnflow: interrupted", file=sys.stderr)
+        return 128 + (exc.signum if isinstance(exc, SignalInterrupt) else signal.SIGINT)
     except CommandError as exc:
         if args.debug:
             raise

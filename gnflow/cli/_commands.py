@@ -18,7 +18,7 @@ from gnflow.cli._paths import (
     _output_path,
     default_config_text,
 )
-from gnflow.dataset import dataset_result
+from gnflow.dataset import OutputExistsError, dataset_result
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -39,9 +39,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
     out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
     progress = False if args.quiet else None
-    ds, written = run(config, path=out, progress=progress, resume=args.resume)
+    try:
+        ds, written = run(
+            config,
+            path=out,
+            progress=progress,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            # a name the command chose (not -o) moves on to a free one when taken meanwhile
+            fresh_name=args.output is None and not args.overwrite and not args.resume,
+        )
+    except OutputExistsError as exc:
+        raise CommandError(str(exc)) from None
     _print_summary(ds, written, quiet=args.quiet)
-    return EXIT_ERROR if dataset_result(ds).failed else 0
+    result = dataset_result(ds)
+    signum = result.interruption_signal
+    if signum is not None:
+        return 128 + signum  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+    return EXIT_ERROR if result.failed else 0
 
 
 def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
@@ -211,6 +226,9 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.suffix != ".nc":
             raise CommandError(f"-o {args.output}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
+    if out.exists() and not args.overwrite:
+        what = "rewriting FILE in place" if args.output is None else f"-o {args.output} exists"
+        raise CommandError(f"{out}: {what} replaces it; pass --overwrite (or write elsewhere with -o NEW.nc)")
     for name in args.names:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
@@ -223,7 +241,10 @@ def _cmd_observe(args: argparse.Namespace) -> int:
     result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
     computed = json.loads(result.attrs["gnflow_observe"])["names"]
     append_history(result, f"gnflow observe {' '.join(computed)}")
-    written = write_dataset(result, out)
+    try:  # in place: a symbolic link is written through to its target and stays a link
+        written = write_dataset(result, out, overwrite=args.overwrite)
+    except OutputExistsError as exc:
+        raise CommandError(str(exc)) from None
     if not args.quiet:
         print(f"added {', '.join(computed)}")
         if "regime" in computed:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the checkpoint beside the output file (NAME.checkpoint.pt) when there is one; "
-        "the output file is replaced",
+        "the output file is replaced only when it holds a run of the same config",
     )
     run.set_defaults(handler=_cmd_run)
 
@@ -148,15 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="add observables (regime, movement, refit, Wasserstein, ...) to a saved trajectory",
         description=(
             "Compute observables at the saved times of a trajectory file and add them as variables. "
-            "The file is rewritten atomically (or written to -o) and the command is appended to its "
+            "The file is rewritten atomically with --overwrite (or written to -o) and the command is appended to its "
             "history attribute. With no NAMES, every observable that applies to the file is computed. "
             "Options come from the file's [observe] config and --set."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  gnflow observe run.nc                                  # all applicable observables\n"
-            "  gnflow observe run.nc regime refit teacher_alignment\n"
+            "  gnflow observe run.nc --overwrite                      # all applicable observables, in place\n"
+            "  gnflow observe run.nc regime refit teacher_alignment -o run-obs.nc\n"
             "  gnflow observe run.nc wasserstein --set wasserstein_exact_max=2000 -o run-obs.nc\n"
             "  gnflow observe --list                                  # names and the variables they add\n"
         ),
@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override an [observe] option, e.g. top_k=[1,10]"
     )
     obs.add_argument("-o", "--output", metavar="OUT.nc", help="write here instead of rewriting FILE.nc")
+    obs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing -o file, or rewrite FILE.nc in place (needed without -o)",
+    )
     obs.add_argument("--device", default="cpu", help='torch device of the computations (default "cpu")')
     obs.add_argument("--list", action="store_true", help="list the observables and their variables, then exit")
     obs.set_defaults(handler=_cmd_observe)

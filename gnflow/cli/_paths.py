@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from gnflow.dataset import free_path
+
 logger = logging.getLogger("gnflow.cli")
 
 EXIT_ERROR = 1
@@ -26,18 +28,6 @@ def default_config_text() -> str:
     return resources.files("gnflow").joinpath("default_run.toml").read_text()
 
 
-def _free_path(path: Path) -> Path:
-    """``path`` if it does not exist, else the first free ``stem-K.suffix`` beside it."""
-    if not path.exists():
-        return path
-    k = 1
-    while True:
-        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        k += 1
-
-
 def _new_file_path(
     explicit: str | None, default: str | Path, overwrite: bool, suffixes: Sequence[str], what: str
 ) -> Path:
@@ -53,7 +43,7 @@ def _new_file_path(
         return path
     if overwrite:
         return path
-    free = _free_path(path)
+    free = free_path(path)
     if free != path:
         logger.info("%s exists; writing %s instead (use --overwrite to replace)", path, free)
     return free
