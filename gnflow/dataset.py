@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ __all__ = [
     "check_writable",
     "dataset_config",
     "dataset_result",
+    "file_sha256",
     "free_path",
     "read_dataset",
     "register_variable",
@@ -341,6 +343,15 @@ def write_dataset(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True, f
         overwrite=overwrite,
         fresh_name=fresh_name,
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 digest of the file ``path`` (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_dataset(path: str | Path) -> xr.Dataset:
