@@ -114,6 +114,12 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (torch's unpickling errors span many lines)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
     """The solver position stored in ``path`` for the run ``config``.
 
@@ -127,7 +133,7 @@ def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or "position" not in payload or not isinstance(payload.get("format"), int):
         raise CheckpointError(f"{path}: not a gnflow checkpoint")
     if payload["format"] != FORMAT:
@@ -148,7 +154,7 @@ def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
     try:
         position = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # a digest match makes this unlikely: the file was written so
-        raise CheckpointError(f"{path}: unreadable checkpoint position ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint position ({_first_line(exc)})") from None
     if not isinstance(position, dict):
         raise CheckpointError(f"{path}: not a gnflow checkpoint")
     return position

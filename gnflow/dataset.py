@@ -203,6 +203,23 @@ def free_path(path: str | Path) -> Path:
         k += 1
 
 
+def _os_error(number: int | None, message: str) -> OSError:
+    """An OSError whose text is ``message`` alone (one line, naming the path) and whose errno is ``number``."""
+    error = OSError(message)
+    error.errno = number
+    return error
+
+
+def _next_name(path: Path) -> Path:
+    """The first free name after ``path`` in the sequence ``stem``, ``stem-1``, ``stem-2``, ..."""
+    stem, _, number = path.stem.rpartition("-")
+    k = int(number) + 1 if stem and number.isdigit() else 1
+    stem = stem if stem and number.isdigit() else path.stem
+    while os.path.lexists(candidate := path.with_name(f"{stem}-{k}{path.suffix}")):
+        k += 1
+    return candidate
+
+
 def check_writable(folder: str | Path) -> None:
     """Make sure a file can be created in ``folder`` (created if missing) before a long computation.
 
@@ -219,7 +236,7 @@ def check_writable(folder: str | Path) -> None:
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write to {folder}: [Errno {exc.errno}] {exc.strerror}") from None
+        raise _os_error(exc.errno, f"cannot write to {folder}: [Errno {exc.errno}] {exc.strerror}") from None
 
 
 def _claim(tmp_name: str, path: Path) -> None:
@@ -239,14 +256,16 @@ def _claim(tmp_name: str, path: Path) -> None:
 def _write_error(path: Path, exc: BaseException) -> OSError:
     """A one-line OSError naming ``path`` for a failed write (ENOSPC when the disk is full)."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        return OSError(exc.errno, f"cannot write {path}: [Errno {exc.errno}] {exc.strerror}")
+        return _os_error(exc.errno, f"cannot write {path}: [Errno {exc.errno}] {exc.strerror}")
     try:
         stat = os.statvfs(path.parent)
         full = stat.f_bavail * stat.f_frsize < 1 << 20
     except OSError:
         full = False
     if full:  # the NetCDF library reports a full disk as "NetCDF: HDF error"
-        return OSError(errno.ENOSPC, f"cannot write {path}: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)} ({exc})")
+        return _os_error(
+            errno.ENOSPC, f"cannot write {path}: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)} ({exc})"
+        )
     return OSError(f"cannot write {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
@@ -315,7 +334,7 @@ def atomic_write(
                         f"{path} exists (written while this one was computed?); nothing was replaced: "
                         "pass --overwrite (overwrite=True) to replace it or choose another output"
                     ) from None
-                target = free_path(target)
+                target = _next_name(target)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
 

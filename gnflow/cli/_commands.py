@@ -227,8 +227,9 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         if out.suffix != ".nc":
             raise CommandError(f"-o {args.output}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
     if out.exists() and not args.overwrite:
-        what = "rewriting FILE in place" if args.output is None else f"-o {args.output} exists"
-        raise CommandError(f"{out}: {what} replaces it; pass --overwrite (or write elsewhere with -o NEW.nc)")
+        if args.output is None:
+            raise CommandError(f"{out}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc")
+        raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
     for name in args.names:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
