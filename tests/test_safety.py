@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -462,3 +463,36 @@ def test_a_changed_sweep_run_file_is_recomputed(tmp_path, caplog):
     assert "changed since it was written (SHA-256); computing again" in caplog.text
     with xr.open_dataset(path) as ds:
         np.testing.assert_array_equal(ds["train_loss"].values, loss)
+
+
+def test_huge_init_scale_failure_is_written_with_the_spectrum_reason(tmp_path):
+    ds, written = run(_config(tmp_path / "b.nc", model={"init_scale": 1e200}), progress=False)
+    status = xr.open_dataset(written).attrs["gnflow_status"]
+    assert status.startswith("failed: the damped Gram matrix A + eps I is not positive definite")
+    assert "; Gram spectrum not computable at 1 saved states (" in status
+    assert np.isnan(ds["gram_eigmin"].values).all()
+
+
+def test_a_real_sigterm_to_gnflow_run_writes_the_partial_run(tmp_path):
+    """What ``timeout``, Slurm and ``docker stop`` do: SIGTERM to the process."""
+    values = _values(
+        tmp_path / "long.nc",
+        solver={"t_end": 1e6, "n_save": 50, "stop_loss_ratio": 0.0, "rtol": 1e-12, "atol": 1e-14},
+        output={"checkpoint_every_steps": 1},
+    )
+    toml = _toml(tmp_path / "long.toml", values)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gnflow", "-q", "run", str(toml)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    ckpt = checkpoint_path(tmp_path / "long.nc")
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.communicate()
+    with xr.open_dataset(tmp_path / "long.nc") as ds:
+        assert ds.attrs["gnflow_status"] == "failed: interrupted (signal SIGTERM)"
+        assert float(ds["t"][-1]) < 1e6
+    assert ckpt.is_file()
