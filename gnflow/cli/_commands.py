@@ -226,10 +226,6 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if out.suffix != ".nc":
             raise CommandError(f"-o {args.output}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
-    if out.exists() and not args.overwrite:
-        if args.output is None:
-            raise CommandError(f"{out}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc")
-        raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
     for name in args.names:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
@@ -239,6 +235,11 @@ def _cmd_observe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"{path}: {exc}") from None
     options = _observe_options(stored, args.set or [])
+    # usage errors first; then, before any computation, the file that would be replaced
+    if out.exists() and not args.overwrite:
+        if args.output is None:
+            raise CommandError(f"{out}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc")
+        raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
     result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
     computed = json.loads(result.attrs["gnflow_observe"])["names"]
     append_history(result, f"gnflow observe {' '.join(computed)}")
