@@ -391,9 +391,9 @@ def test_an_accurate_run_passes_the_monotonicity_check(tmp_path):
         assert not dataset_result(ds).failed, ds.attrs["gnflow_status"]
 
 
-@pytest.mark.parametrize("rtol", [1e10, 1.0, 0.0, -1e-6])
+@pytest.mark.parametrize("rtol", [1e10, 1.0])
 def test_a_meaningless_rtol_is_refused(rtol):
-    with pytest.raises(ConfigError, match=r"solver.rtol: must lie in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"^solver.rtol: must be < 1 \(.*allowed: 0 < rtol < 1\), got "):
         _config("x.nc", solver={"rtol": rtol})
 
 

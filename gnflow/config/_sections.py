@@ -382,9 +382,12 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         _require(
-            math.isfinite(self.rtol) and 0 < self.rtol < 1,
+            math.isfinite(self.rtol) and self.rtol > 0, "solver.rtol", f"must be a finite number > 0, got {self.rtol}"
+        )
+        _require(
+            self.rtol < 1,
             "solver.rtol",
-            f"must lie in (0, 1) (a relative error of 1 or more means no accuracy at all), got {self.rtol}",
+            f"must be < 1 (a relative error of 1 or more means no accuracy; allowed: 0 < rtol < 1), got {self.rtol}",
         )
         _require(
             math.isfinite(self.atol) and self.atol > 0, "solver.atol", f"must be a finite number > 0, got {self.atol}"
