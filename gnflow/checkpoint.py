@@ -10,6 +10,8 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import time
 from pathlib import Path
@@ -25,8 +27,9 @@ __all__ = ["CheckpointError", "Checkpointer", "checkpoint_path", "load_checkpoin
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
-"""Layout of the position: 2 = ``recorder``, ``stepper`` (the stepper's own state), clocks."""
+FORMAT = 3
+"""Layout of the file: 3 = the position (``recorder``, ``stepper``, ``flow``, clocks) serialized
+to bytes, with their SHA-256 digest (``position_sha256``) verified on load."""
 
 
 class CheckpointError(ValueError):
@@ -89,12 +92,16 @@ class Checkpointer:
         return self.every_s > 0 and time.monotonic() - self._last_time >= self.every_s
 
     def write(self, position: dict[str, Any]) -> None:
-        """Write ``position`` atomically to :attr:`path`."""
+        """Write ``position`` atomically to :attr:`path`, with the SHA-256 digest of its bytes."""
+        buffer = io.BytesIO()
+        torch.save(position, buffer)
+        data = buffer.getvalue()
         payload = {
             "format": FORMAT,
             "gnflow_version": __version__,
             "config_hash": self.config_hash,
-            "position": position,
+            "position_sha256": hashlib.sha256(data).hexdigest(),
+            "position": data,
         }
         atomic_write(self.path, lambda name: torch.save(payload, name))
         self.n_written += 1
@@ -107,19 +114,26 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
 
 
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (torch's unpickling errors span many lines)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
     """The solver position stored in ``path`` for the run ``config``.
 
     Raises
     ------
     CheckpointError
-        When the file cannot be read or was written by a run with a different config.
+        When the file cannot be read, is damaged (its digest does not match) or was written by a
+        run with a different config.
     """
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or "position" not in payload or not isinstance(payload.get("format"), int):
         raise CheckpointError(f"{path}: not a gnflow checkpoint")
     if payload["format"] != FORMAT:
@@ -133,5 +147,14 @@ def load_checkpoint(path: str | Path, config: RunConfig) -> dict[str, Any]:
             f"{path}: written by a run with another config (hash {payload.get('config_hash')}, "
             f"this run {expected}); delete it or run without --resume"
         )
-    position: dict[str, Any] = payload["position"]
+    data = payload["position"]
+    digest = payload.get("position_sha256")
+    if not isinstance(data, bytes) or not isinstance(digest, str) or hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(f"{path}: damaged checkpoint (the SHA-256 digest of its position does not match)")
+    try:
+        position = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a digest match makes this unlikely: the file was written so
+        raise CheckpointError(f"{path}: unreadable checkpoint position ({_first_line(exc)})") from None
+    if not isinstance(position, dict):
+        raise CheckpointError(f"{path}: not a gnflow checkpoint")
     return position

@@ -10,6 +10,8 @@ the one place where they are written down, and later capabilities register their
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import hashlib
 import json
 import os
 import platform
@@ -29,11 +31,15 @@ from gnflow.status import RunResult
 __all__ = [
     "REFERENCES",
     "VARIABLES",
+    "OutputExistsError",
     "VariableInfo",
     "atomic_write",
     "cf_attributes",
+    "check_writable",
     "dataset_config",
     "dataset_result",
+    "file_sha256",
+    "free_path",
     "read_dataset",
     "register_variable",
     "run_config_of",
@@ -180,30 +186,157 @@ def cf_attributes(
     }
 
 
-def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+class OutputExistsError(FileExistsError):
+    """The output file exists and was not to be replaced (pass ``overwrite=True`` / ``--overwrite``)."""
+
+
+def free_path(path: str | Path) -> Path:
+    """``path`` if it does not exist, else the first free ``stem-K.suffix`` beside it."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return path
+    k = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        if not os.path.lexists(candidate):
+            return candidate
+        k += 1
+
+
+def _os_error(number: int | None, message: str) -> OSError:
+    """An OSError whose text is ``message`` alone (one line, naming the path) and whose errno is ``number``."""
+    error = OSError(message)
+    error.errno = number
+    return error
+
+
+def _next_name(path: Path) -> Path:
+    """The first free name after ``path`` in the sequence ``stem``, ``stem-1``, ``stem-2``, ..."""
+    stem, _, number = path.stem.rpartition("-")
+    k = int(number) + 1 if stem and number.isdigit() else 1
+    stem = stem if stem and number.isdigit() else path.stem
+    while os.path.lexists(candidate := path.with_name(f"{stem}-{k}{path.suffix}")):
+        k += 1
+    return candidate
+
+
+def check_writable(folder: str | Path) -> None:
+    """Make sure a file can be created in ``folder`` (created if missing) before a long computation.
+
+    Raises
+    ------
+    OSError
+        One line naming the folder and the OS error, e.g.
+        ``cannot write to data/runs: [Errno 13] Permission denied``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".gnflow-write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise _os_error(exc.errno, f"cannot write to {folder}: [Errno {exc.errno}] {exc.strerror}") from None
+
+
+def _claim(tmp_name: str, path: Path) -> None:
+    """Give ``tmp_name`` the name ``path`` unless ``path`` exists (atomically: a hard link)."""
+    try:
+        os.link(tmp_name, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # a file system without hard links: claim the name by an exclusive create, then replace it
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.replace(tmp_name, path)
+        return
+    os.unlink(tmp_name)
+
+
+def _write_error(path: Path, exc: BaseException) -> OSError:
+    """A one-line OSError naming ``path`` for a failed write (ENOSPC when the disk is full)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _os_error(exc.errno, f"cannot write {path}: [Errno {exc.errno}] {exc.strerror}")
+    try:
+        stat = os.statvfs(path.parent)
+        full = stat.f_bavail * stat.f_frsize < 1 << 20
+    except OSError:
+        full = False
+    if full:  # the NetCDF library reports a full disk as "NetCDF: HDF error"
+        return _os_error(
+            errno.ENOSPC, f"cannot write {path}: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)} ({exc})"
+        )
+    return OSError(f"cannot write {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[str], object], *, overwrite: bool = True, fresh_name: bool = False
+) -> Path:
     """Write a file so that a crash never leaves a half-written file under its final name.
 
     ``write(temporary_name)`` writes the content to a temporary file in the same folder, which is
-    then given the permissions of an ordinary new file and renamed onto ``path``. Every file that
+    then given the permissions of an ordinary new file and given its final name. Every file that
     gnflow writes (datasets, checkpoints, manifests, reports, figures) goes through here.
 
-    Returns the path written.
+    Parameters
+    ----------
+    path:
+        The final name.
+    write:
+        Writes the content to the file name it is given.
+    overwrite:
+        Replace an existing ``path`` (atomic rename; a symbolic link is written through to its
+        target, in the target's folder, and stays a link). When False the name is claimed at the end
+        with no-replace semantics (a hard link): if ``path`` exists by then, even when another
+        process wrote it during ``write``, nothing is replaced.
+    fresh_name:
+        With ``overwrite=False``: when ``path`` is taken, write to the first free ``stem-K.suffix``
+        beside it instead of raising.
+
+    Returns
+    -------
+    Path
+        The path written (``path``, or the fresh name).
+
+    Raises
+    ------
+    OutputExistsError
+        ``overwrite`` and ``fresh_name`` are False and ``path`` exists.
+    OSError
+        The write failed; one line naming the path and the OS error (ENOSPC for a full disk).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # replacing a symbolic link writes through to its target; the link stays a link
+    final = Path(os.path.realpath(path)) if overwrite and path.is_symlink() else path
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
-        write(tmp_name)
+        try:
+            write(tmp_name)
+        except (OSError, RuntimeError) as exc:
+            raise _write_error(path, exc) from exc
         # mkstemp creates the file private (0600); give it the permissions of an ordinary new file
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp_name, final)
+            return path
+        target = path
+        while True:
+            try:
+                _claim(tmp_name, target)
+                return target
+            except FileExistsError:
+                if not fresh_name:
+                    raise OutputExistsError(
+                        f"{path} exists (written while this one was computed?); nothing was replaced: "
+                        "pass --overwrite (overwrite=True) to replace it or choose another output"
+                    ) from None
+                target = _next_name(target)
+    finally:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -216,15 +349,28 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write ``ds`` to ``path`` as NetCDF-4 atomically (see :func:`atomic_write`).
+def write_dataset(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True, fresh_name: bool = False) -> Path:
+    """Write ``ds`` to ``path`` as NetCDF-4 atomically (see :func:`atomic_write` for ``overwrite``
+    and ``fresh_name``).
 
     Returns the path written.
     """
     apply_variable_attrs(ds)
     return atomic_write(
-        path, lambda name: ds.to_netcdf(name, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        path,
+        lambda name: ds.to_netcdf(name, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds)),
+        overwrite=overwrite,
+        fresh_name=fresh_name,
     )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 digest of the file ``path`` (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_dataset(path: str | Path) -> xr.Dataset:

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import xarray as xr
 
-from gnflow.checkpoint import Checkpointer, checkpoint_path, load_checkpoint
-from gnflow.config import RunConfig
+from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
+from gnflow.config import RunConfig, config_hash
 from gnflow.data import run_seeds
-from gnflow.dataset import dataset_result, write_dataset
+from gnflow.dataset import OutputExistsError, check_writable, dataset_result, run_config_of, write_dataset
 from gnflow.experiment import build_experiment
 from gnflow.observables import validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
+from gnflow.status import SignalInterrupt
 from gnflow.trajectory import trajectory_dataset
 
 __all__ = ["run", "simulate"]
@@ -83,6 +90,72 @@ def simulate(
     return trajectory_dataset(experiment, solution, progress=progress)
 
 
+class _Interruptions:
+    """SIGINT and SIGTERM alike interrupt the computation of a run (main thread only).
+
+    While :meth:`computing`, SIGTERM raises :class:`~gnflow.status.SignalInterrupt` (and SIGINT
+    a KeyboardInterrupt, as Python's own handler does), so that the loop writes the partial
+    trajectory; while the file is written the signal is only remembered, so that the write
+    finishes. The previous handlers are restored afterwards.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.received: int | None = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.writing:
+            self.received = self.received or signum
+            logger.warning("%s received: finishing the write first", signal.Signals(signum).name)
+            return
+        self.received = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SignalInterrupt(signum)
+
+    @contextmanager
+    def installed(self) -> Iterator[_Interruptions]:
+        """Install the handlers (a no-op outside the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        for signum in self.SIGNALS:
+            # a SIGINT handler of the caller's own (not Python's default) stays in place
+            if signum != signal.SIGINT or previous[signum] is signal.default_int_handler:
+                signal.signal(signum, self._handler)
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _replaceable(target: Path, config: RunConfig, *, overwrite: bool, resume: bool, fresh_name: bool) -> bool:
+    """Whether the run may replace ``target``; raises when an existing file must be kept."""
+    if overwrite or not os.path.lexists(target):
+        return overwrite
+    if fresh_name:
+        return False
+    if not resume:
+        message = f"{target} exists; pass --overwrite (overwrite=True) to replace it or choose another output"
+        raise OutputExistsError(message)
+    try:
+        with xr.open_dataset(target, engine="netcdf4") as stored:
+            stored_hash = config_hash(run_config_of(stored))
+    except Exception as exc:  # a foreign or damaged file: never replaced by a resume
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputExistsError(f"{target} exists and is not a gnflow run file ({message}); not replaced") from None
+    if stored_hash != config_hash(config):
+        raise CheckpointError(
+            f"{target} holds a run of another config (hash {stored_hash}, this run {config_hash(config)}); "
+            "resume does not replace it: choose another output or pass --overwrite"
+        )
+    return True
+
+
 def run(
     config: RunConfig,
     *,
@@ -90,6 +163,8 @@ def run(
     progress: bool | None = None,
     resume: bool = False,
     callback: Callback | None = None,
+    overwrite: bool = False,
+    fresh_name: bool = False,
 ) -> tuple[xr.Dataset, Path]:
     """Run ``config`` and write its dataset to ``path`` (default ``config.output.path``).
 
@@ -99,15 +174,34 @@ def run(
     the uninterrupted run). The checkpoint is deleted once a completed or converged run is
     written; a failed run keeps it.
 
+    An existing file is never replaced unless ``overwrite``: the run refuses to start, and the
+    name is claimed with no-replace semantics at the end (a file written meanwhile by another
+    process is kept). With ``fresh_name`` the result goes to the first free ``NAME-K.nc`` instead.
+    ``resume`` replaces the file of an earlier attempt of the same config only. The output folder
+    is checked to be writable before the computation starts.
+
+    In the main thread SIGTERM interrupts the run like Ctrl-C: the partial trajectory is written
+    with ``failed: interrupted (signal SIGTERM)`` (Ctrl-C: ``failed: interrupted by the user``)
+    and the checkpoint is kept.
+
     ``callback`` is passed to :func:`simulate`. Returns the dataset and the path written. A failed
     integration is still written, with ``gnflow_status = "failed: <reason>"``.
 
     Raises
     ------
+    gnflow.dataset.OutputExistsError
+        The output exists and ``overwrite`` is False (before the computation, or at the end when
+        another process wrote it meanwhile).
     gnflow.checkpoint.CheckpointError
-        ``resume=True`` and the checkpoint belongs to another config or cannot be read.
+        ``resume=True`` and the checkpoint or the existing output belongs to another config, or
+        the checkpoint cannot be read.
+    OSError
+        The output folder is not writable (before the computation) or the write failed (the path
+        and the OS error, e.g. ENOSPC).
     """
     target = Path(path if path is not None else config.output.path)
+    replace = _replaceable(target, config, overwrite=overwrite, resume=resume, fresh_name=fresh_name)
+    check_writable(target.parent)
     ckpt_file = checkpoint_path(target)
     position = None
     if resume and ckpt_file.is_file():
@@ -118,8 +212,13 @@ def run(
     elif ckpt_file.is_file():
         logger.info("not resuming from the existing checkpoint %s (pass resume to continue it)", ckpt_file)
     hook = Checkpointer.for_output(target, config)
-    ds = simulate(config, progress=progress, checkpoint=hook, resume=position, callback=callback)
-    write_dataset(ds, target)
+    interruptions = _Interruptions()
+    with interruptions.installed():
+        ds = simulate(config, progress=progress, checkpoint=hook, resume=position, callback=callback)
+        interruptions.writing = True
+        written = write_dataset(ds, target, overwrite=replace, fresh_name=fresh_name)
+    if written != target:
+        logger.info("%s was taken meanwhile; wrote %s", target, written)
     if not dataset_result(ds).failed:
         ckpt_file.unlink(missing_ok=True)
-    return ds, target
+    return ds, written

@@ -10,12 +10,35 @@ reads it back.
 from __future__ import annotations
 
 import enum
+import signal
 from dataclasses import dataclass
 
-__all__ = ["INTERRUPTED", "RunResult", "RunStatus"]
+__all__ = ["INTERRUPTED", "RunResult", "RunStatus", "SignalInterrupt", "interruption_reason"]
 
 INTERRUPTED = "interrupted by the user"
 """The reason of a run stopped by Ctrl-C: a sweep stops as a whole on it, not just the run."""
+
+_BY_SIGNAL = "interrupted (signal "
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """A run interrupted by a signal other than SIGINT (SIGTERM from ``timeout``, Slurm, ``docker stop``).
+
+    Raised in the main thread by the handler that :func:`gnflow.simulation.run` installs, and
+    handled like Ctrl-C: the partial trajectory is written with its reason and the checkpoint kept.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def interruption_reason(exc: KeyboardInterrupt) -> str:
+    """The failure reason of an interruption: :data:`INTERRUPTED` for Ctrl-C,
+    ``interrupted (signal SIGTERM)`` for a :class:`SignalInterrupt`."""
+    if isinstance(exc, SignalInterrupt):
+        return f"{_BY_SIGNAL}{signal.Signals(exc.signum).name})"
+    return INTERRUPTED
 
 
 class RunStatus(enum.Enum):
@@ -88,8 +111,21 @@ class RunResult:
 
     @property
     def interrupted(self) -> bool:
-        """Whether the run failed because the user interrupted it (Ctrl-C)."""
-        return self.failed and self.reason == INTERRUPTED
+        """Whether the run failed because it was interrupted (Ctrl-C, SIGTERM), during the
+        integration or the measurement of its saved states."""
+        return self.interruption_signal is not None
+
+    @property
+    def interruption_signal(self) -> int | None:
+        """The signal that interrupted the run (SIGINT for Ctrl-C), or None when it was not interrupted."""
+        if not self.failed:
+            return None
+        if self.reason.startswith(INTERRUPTED):
+            return int(signal.SIGINT)
+        if self.reason.startswith(_BY_SIGNAL):
+            name = self.reason[len(_BY_SIGNAL) :].split(")", 1)[0]
+            return int(getattr(signal.Signals, name, signal.SIGTERM))
+        return None
 
     @property
     def failed(self) -> bool:

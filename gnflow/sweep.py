@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from gnflow import __version__
 from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
-from gnflow.dataset import atomic_write_json, run_config_of, write_dataset
+from gnflow.dataset import atomic_write_json, file_sha256, run_config_of, write_dataset
 from gnflow.grid import SweepGrid, SweepRun
 from gnflow.status import RunResult
 
@@ -158,7 +158,7 @@ def execute_run(config_json: str, path: str) -> dict[str, Any]:
     outcome["device"] = f"cuda:{gpu}" if gpu is not None else None
     outcome["executed"] = True
     try:
-        ds, _ = run(config, path=path, progress=False, resume=checkpoint_path(path).is_file())
+        ds, _ = run(config, path=path, progress=False, resume=checkpoint_path(path).is_file(), overwrite=True)
     except Exception as exc:
         message = str(exc).splitlines()[0] if str(exc) else ""
         error = f"{type(exc).__name__}: {message}".rstrip(": ")
@@ -236,6 +236,9 @@ class _Manifest:
             except (OSError, ValueError):
                 logger.warning("%s is unreadable; starting a new manifest", path)
         invocations = previous.get("invocations", []) if isinstance(previous, dict) else []
+        entries = previous.get("runs", {}) if isinstance(previous, dict) else {}
+        #: run id -> SHA-256 of its file when it finished (verified on restart)
+        self.digests = {k: v.get("sha256") for k, v in entries.items() if isinstance(v, dict)} if entries else {}
         self.invocation: dict[str, Any] = {
             "started": _now(),
             "executor": executor,
@@ -268,6 +271,8 @@ class _Manifest:
         entry["status"] = outcome["status"]
         entry["error"] = outcome.get("error")
         entry["state"] = "failed" if _is_failure(outcome) else "done"
+        file = self.path.parent / entry["path"]
+        entry["sha256"] = file_sha256(file) if entry["state"] == "done" and file.is_file() else None
         for key in ("wall_time_s", "host", "pid", "device"):
             if outcome.get(key) is not None:
                 entry[key] = outcome[key]
@@ -523,6 +528,10 @@ def run_sweep(
         for run in runs:
             path = paths[run.run_id]
             status, reason = run_file_status(path, run.run_id)
+            if status is not None and manifest.digests.get(run.run_id) not in (None, file_sha256(path)):
+                logger.warning("run %s: %s changed since it was written (SHA-256); computing again", run.run_id, path)
+                path.replace(path.with_name(f"{path.name}.changed"))
+                status, reason = None, "changed"
             if status is not None:
                 outcome = {"run_id": run.run_id, "status": status, "executed": False}
                 manifest.record(outcome)

@@ -9,6 +9,8 @@ decomposed at most once, for all of them.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import xarray as xr
@@ -29,8 +31,11 @@ from gnflow.observables import (
     trajectory_from_dataset,
 )
 from gnflow.solve import Solution
+from gnflow.status import RunResult, interruption_reason
 
 __all__ = ["trajectory_dataset"]
+
+logger = logging.getLogger(__name__)
 
 
 class _BuiltinVariables(Measurement):
@@ -47,15 +52,21 @@ class _BuiltinVariables(Measurement):
         self.gram_eigmin = np.full(n_times, np.nan)
         self.gram_eigmax = np.full(n_times, np.nan)
         self.damping = np.full(n_times, np.nan)
+        self.unmeasured: list[int] = []
+        self.error = ""
 
     def update(self, state: SavedState) -> None:
         k = state.index
-        eigenvalues = state.eigenvalues
         self.train_loss[k] = state.train_loss
         self.test_loss[k] = state.test_loss
-        self.gram_eigmin[k] = float(eigenvalues[0])
-        self.gram_eigmax[k] = float(eigenvalues[-1])
-        self.damping[k] = self.flow.epsilon(state.gram, eigenvalues)
+        try:  # a non-finite or overflowing Gram matrix has no spectrum: NaN there, and a reason
+            eigenvalues = state.eigenvalues
+            self.gram_eigmin[k] = float(eigenvalues[0])
+            self.gram_eigmax[k] = float(eigenvalues[-1])
+            self.damping[k] = self.flow.epsilon(state.gram, eigenvalues)
+        except (RuntimeError, ValueError, ArithmeticError) as exc:
+            self.unmeasured.append(k)
+            self.error = self.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _run_dtype_trajectory(experiment: Experiment, solution: Solution) -> Trajectory:
@@ -75,8 +86,12 @@ def _run_dtype_trajectory(experiment: Experiment, solution: Solution) -> Traject
 
 
 def _measure(
-    experiment: Experiment, solution: Solution, inputs: xr.Dataset, progress: bool | None
-) -> tuple[_BuiltinVariables, list[Observable]]:
+    experiment: Experiment,
+    solution: Solution,
+    inputs: xr.Dataset,
+    builtins: _BuiltinVariables,
+    progress: bool | None,
+) -> list[Observable]:
     """The built-in variables and the observables of ``[observe] names``, measured.
 
     The observables always read the float64 trajectory rebuilt from ``inputs`` (what ``gnflow
@@ -85,11 +100,10 @@ def _measure(
     are measured on the solution's states in the run's dtype.
     """
     config = experiment.config
-    builtins = _BuiltinVariables(experiment.flow, len(solution.t))
     names = select_observables(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
     if not names:
         measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
-        return builtins, []
+        return []
     trajectory = trajectory_from_dataset(inputs, data=experiment.data, device=experiment.device)
     observables = make_observables(names, trajectory, config.observe)
     if experiment.dtype == torch.float64:
@@ -97,7 +111,7 @@ def _measure(
     else:
         measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
         measure(trajectory, observables, progress=progress)
-    return builtins, observables
+    return observables
 
 
 def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: bool | None = False) -> xr.Dataset:
@@ -106,6 +120,11 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
     The train loss, Gram spectrum extremes, damping and test loss are measured at every saved
     state, together with the observables of the run's ``[observe] names`` (``progress``: show a
     bar while doing so; None = only on a terminal).
+
+    Measurements never lose the integration: a state whose Gram spectrum cannot be computed
+    (non-finite or overflowing) gets NaN there and the run fails with that reason; an interruption
+    (Ctrl-C, SIGTERM) while measuring keeps the states measured so far (NaN for the rest, no
+    observables) and fails the run as interrupted.
     """
     config = experiment.config
     flow = experiment.flow
@@ -128,7 +147,19 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
     if data.teacher_weights is not None:
         stored["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
     inputs = xr.Dataset(stored, coords=coords, attrs={"gnflow_config": config_to_json(config)})
-    builtins, observables = _measure(experiment, solution, inputs, progress)
+    result = solution.result
+    builtins = _BuiltinVariables(experiment.flow, n_saved)
+    try:
+        observables = _measure(experiment, solution, inputs, builtins, progress)
+    except KeyboardInterrupt as exc:  # keep the finished integration: states measured so far, NaN for the rest
+        observables = []
+        reason = f"{interruption_reason(exc)} while measuring saved states (integration: {solution.status})"
+        result = RunResult.failure(reason)
+        logger.warning("%s; writing the states measured so far", reason)
+    if builtins.unmeasured:
+        note = f"Gram spectrum not computable at {len(builtins.unmeasured)} saved states ({builtins.error})"
+        logger.warning("%s: NaN there", note)
+        result = RunResult.failure(f"{result.reason}; {note}" if result.failed else note)
     time_dims = ("t",)
     variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
         "weights": stored["weights"],
@@ -159,7 +190,7 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         gnflow_config=config_to_json(config),
         gnflow_flow=description.flow,
         gnflow_solver=description.solver,
-        gnflow_status=solution.status,
+        gnflow_status=str(result),
         gnflow_wall_time_s=float(solution.wall_time_s),
         gnflow_nfe=int(solution.nfe[-1]),
         gnflow_steps=int(solution.n_accepted[-1]),

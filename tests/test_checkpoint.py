@@ -166,7 +166,7 @@ def test_checkpoint_of_an_older_format_says_to_rerun_without_resume(tmp_path):
     path = checkpoint_path(config.output.path)
     old = {"format": 1, "gnflow_version": "0.1", "config_hash": config_hash(config), "position": {"recorder": {}}}
     torch.save(old, path)
-    assert checkpoint_module.FORMAT == 2
+    assert checkpoint_module.FORMAT == 3
     with pytest.raises(CheckpointError, match=r"checkpoint format 1 .*; rerun without --resume$"):
         run(config, progress=False, resume=True)
 

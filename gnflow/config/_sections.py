@@ -381,9 +381,17 @@ class SolverConfig:
     first_step: float | None = None
 
     def __post_init__(self) -> None:
-        for key in ("rtol", "atol"):
-            value = getattr(self, key)
-            _require(math.isfinite(value) and value > 0, f"solver.{key}", f"must be a finite number > 0, got {value}")
+        _require(
+            math.isfinite(self.rtol) and self.rtol > 0, "solver.rtol", f"must be a finite number > 0, got {self.rtol}"
+        )
+        _require(
+            self.rtol < 1,
+            "solver.rtol",
+            f"must be < 1 (a relative error of 1 or more means no accuracy; allowed: 0 < rtol < 1), got {self.rtol}",
+        )
+        _require(
+            math.isfinite(self.atol) and self.atol > 0, "solver.atol", f"must be a finite number > 0, got {self.atol}"
+        )
         _require(
             math.isfinite(self.step_size) and self.step_size > 0,
             "solver.step_size",

@@ -30,7 +30,7 @@ from gnflow.solve._budget import Budget, ProgressBar, StopWatch
 from gnflow.solve._schedule import StepSchedule, save_times
 from gnflow.solve._solution import Recorder, Solution
 from gnflow.solve._steppers import Stepper, make_stepper
-from gnflow.status import INTERRUPTED, RunResult
+from gnflow.status import RunResult, interruption_reason
 
 __all__ = ["Callback", "CheckpointHook", "StepInfo", "integrate", "integration_loop"]
 
@@ -167,6 +167,7 @@ def integrate(
         checkpoint=checkpoint,
         callback=callback,
         resume=resume,
+        monotone_rtol=config.rtol if config.adaptive else None,
     )
     return recorder.solution(result, stats, config.method)
 
@@ -183,6 +184,7 @@ def integration_loop(
     checkpoint: CheckpointHook | None = None,
     callback: Callback | None = None,
     resume: Mapping[str, Any] | None = None,
+    monotone_rtol: float | None = None,
 ) -> tuple[Recorder, RunResult, dict[str, float | int]]:
     """Advance ``stepper`` from t = 0 (or from ``resume``) until its horizon, a stop or a failure.
 
@@ -202,6 +204,10 @@ def integration_loop(
         Stop (converged) once the train loss is <= ratio * L(0) (0 = never).
     progress, checkpoint, callback, resume:
         As for :func:`integrate`.
+    monotone_rtol:
+        Check that the train loss does not increase (both continuous flows guarantee it in exact
+        arithmetic), with a tolerance tied to this relative tolerance of the method (see
+        :class:`_MonotoneLoss`); None = no check (discrete steps, whose loss may rise).
 
     Returns
     -------
@@ -238,6 +244,7 @@ def integration_loop(
             flow.load_state_dict(resume.get("flow", {}))
             before_wall, before_cpu = float(resume["wall_time_s"]), float(resume["cpu_time_s"])
             bar.update(stepper.t, f"resumed, nfe={stepper.nfe}")
+        monotone = None if monotone_rtol is None else _MonotoneLoss(monotone_rtol, loss0, weights0.dtype)
         next_index = int(np.searchsorted(times, stepper.t, side="right"))
         ratio: float | None = None
         stop: str | None = None
@@ -261,6 +268,10 @@ def integration_loop(
             bar.update(t1, f"loss/L0={ratio if ratio is not None else math.nan:.2e}, nfe={stepper.nfe}")
             if loss is not None and not math.isfinite(loss):
                 result = RunResult.failure("non-finite train loss")
+                break
+            violation = None if monotone is None or loss is None else monotone.check(t1, loss)
+            if violation is not None:
+                result = RunResult.failure(violation)
                 break
             if loss is not None and stop_loss_ratio > 0 and loss <= threshold:
                 recorder.save(t1, stepper.weights, stepper.nfe, stepper.epoch)
@@ -311,6 +322,36 @@ def integration_loop(
     return recorder, result, stats
 
 
+class _MonotoneLoss:
+    """The loss-monotonicity invariant of the continuous flows, checked along an adaptive run.
+
+    A loss above the smallest one so far by more than the factor ``1 + max(1e-6, 100 rtol,
+    1000 eps)`` plus ``sqrt(eps) L(0)`` (eps: the machine epsilon of the run's dtype, for losses
+    at rounding level) means that the solution is not accurate.
+    """
+
+    def __init__(self, rtol: float, loss0: float, dtype: torch.dtype) -> None:
+        eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
+        self.factor = 1.0 + max(1e-6, 100.0 * rtol, 1000.0 * eps)
+        self.tiny = math.sqrt(eps) * abs(loss0) if math.isfinite(loss0) else 0.0
+        self.smallest = loss0
+        self.t_smallest = 0.0
+
+    def check(self, t: float, loss: float) -> str | None:
+        """The failure reason when ``loss`` at ``t`` violates the invariant, else None."""
+        if not math.isfinite(self.smallest):
+            return None
+        if loss > self.smallest * self.factor + self.tiny:
+            ratio = loss / self.smallest if self.smallest > 0 else math.inf
+            return (
+                f"train loss increased by a factor {ratio:.3g} between t={self.t_smallest:.6g} and t={t:.6g} "
+                "(the solution is not accurate: lower solver.rtol)"
+            )
+        if loss < self.smallest:
+            self.smallest, self.t_smallest = loss, t
+        return None
+
+
 def _check_times(times: np.ndarray) -> None:
     if times.ndim != 1 or times.size == 0 or times[0] != 0.0 or np.any(np.diff(times) <= 0):
         raise ValueError("saved times must be a strictly increasing 1-d array starting at 0")
@@ -319,7 +360,7 @@ def _check_times(times: np.ndarray) -> None:
 def _failure_reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, KeyboardInterrupt):
-        return INTERRUPTED
+        return interruption_reason(exc)
     if isinstance(exc, AssertionError) and text.startswith("underflow in dt"):
         return f"step size underflow ({text})"
     if isinstance(exc, AssertionError) and text.startswith("non-finite"):

@@ -1,0 +1,297 @@
+"""The handlers of the ``gnflow`` commands: each takes the parsed arguments and returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gnflow.cli._paths import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    CommandError,
+    _figure_path,
+    _output_path,
+    default_config_text,
+)
+from gnflow.dataset import OutputExistsError, dataset_result
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gnflow.config import apply_overrides, config_from_dict
+    from gnflow.simulation import run
+
+    if args.config is None:
+        values = tomllib.loads(default_config_text())
+    else:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CommandError(f"config file {args.config!r} does not exist", EXIT_USAGE)
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
+    config = config_from_dict(apply_overrides(values, args.set or []))
+    # A resumed run writes where the interrupted one was writing, beside its checkpoint.
+    out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
+    progress = False if args.quiet else None
+    try:
+        ds, written = run(
+            config,
+            path=out,
+            progress=progress,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            # a name the command chose (not -o) moves on to a free one when taken meanwhile
+            fresh_name=args.output is None and not args.overwrite and not args.resume,
+        )
+    except OutputExistsError as exc:
+        raise CommandError(str(exc)) from None
+    _print_summary(ds, written, quiet=args.quiet)
+    result = dataset_result(ds)
+    signum = result.interruption_signal
+    if signum is not None:
+        return 128 + signum  # the shell convention: 130 for SIGINT, 143 for SIGTERM
+    return EXIT_ERROR if result.failed else 0
+
+
+def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
+    import xarray as xr
+
+    assert isinstance(ds, xr.Dataset)
+    status = ds.attrs["gnflow_status"]
+    if quiet and not dataset_result(ds).failed:
+        return
+    loss = ds["train_loss"].values
+    lines = [
+        f"{status}: t = {float(ds['t'][-1]):.6g}, train loss {loss[0]:.4g} -> {loss[-1]:.4g} "
+        f"(ratio {loss[-1] / loss[0] if loss[0] > 0 else 0.0:.3g})",
+    ]
+    if "test_loss" in ds and np.isfinite(ds["test_loss"].values[-1]):
+        test = ds["test_loss"].values
+        lines.append(f"test loss {test[0]:.4g} -> {test[-1]:.4g}")
+    lines.append(
+        f"{ds.attrs['gnflow_nfe']} evaluations, {ds.attrs['gnflow_steps']} steps "
+        f"({ds.attrs['gnflow_rejected_steps']} rejected), {float(ds.attrs['gnflow_wall_time_s']):.2f} s"
+    )
+    lines.append(f"wrote {path}")
+    print("\n".join(lines))
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from gnflow.dataset import read_dataset
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"no such file: {args.file}")
+    try:
+        ds = read_dataset(path)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    attrs = ds.attrs
+    print(f"{path}: {attrs.get('title', 'NetCDF file')}")
+    for key in ("gnflow_status", "gnflow_flow", "gnflow_solver", "gnflow_data", "gnflow_device", "gnflow_dtype"):
+        if key in attrs:
+            print(f"  {key.removeprefix('gnflow_'):<10} {attrs[key]}")
+    if "gnflow_wall_time_s" in attrs:
+        print(
+            f"  {'cost':<10} {attrs.get('gnflow_nfe', '?')} evaluations, {attrs.get('gnflow_steps', '?')} steps "
+            f"({attrs.get('gnflow_rejected_steps', '?')} rejected), {float(attrs['gnflow_wall_time_s']):.2f} s"
+        )
+    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
+    print(f"  {'sizes':<10} {sizes}")
+    if "t" in ds.coords and ds.sizes.get("t", 0) > 0:
+        print(f"  {'flow time':<10} {float(ds['t'][0]):.6g} .. {float(ds['t'][-1]):.6g}")
+    for name in ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping"):
+        if name in ds and ds[name].size:
+            values = ds[name].values
+            print(f"  {name:<12} {values[0]:.6g} -> {values[-1]:.6g}")
+    print(f"  {'variables':<10} {', '.join(sorted(str(v) for v in ds.data_vars))}")
+    if args.config and "gnflow_config" in attrs:
+        print(json.dumps(json.loads(attrs["gnflow_config"]), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from gnflow.dataset import read_dataset
+    from gnflow.plot import differing_config_keys, load_run_curves, plot_run, plot_runs, save_figure
+
+    source = Path(args.path)
+    if args.output is not None:
+        _figure_path(args.output, source.with_suffix(".png"), args.overwrite)  # reject a bad -o before reading
+    progress = False if args.quiet else None
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))
+        if not files:
+            raise CommandError(f"{source}: no NetCDF (.nc) files in this directory")
+        runs = load_run_curves(files, progress=progress)
+        if not runs:
+            raise CommandError(f"{source}: none of the {len(files)} .nc files is a gnflow run file")
+        out = _figure_path(args.output, source / "comparison.png", args.overwrite)
+        written = save_figure(plot_runs(runs), out, dpi=args.dpi)
+        varying = ", ".join(differing_config_keys([r.config for r in runs])) or "nothing"
+        summary = f"{len(runs)} runs compared (varying: {varying})"
+    elif source.is_file():
+        try:
+            ds = read_dataset(source)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if "train_loss" not in ds or "t" not in ds.coords:
+            raise CommandError(f"{source}: not a gnflow trajectory file (no t coordinate or train_loss variable)")
+        out = _figure_path(args.output, source.with_suffix(".png"), args.overwrite)
+        written = save_figure(plot_run(ds), out, dpi=args.dpi)
+        summary = (
+            f"summary of {source.name}: {ds.attrs.get('gnflow_status', 'unknown status')}, "
+            f"{ds.sizes['t']} saved times up to t = {float(ds['t'][-1]):.6g}"
+        )
+    else:
+        raise CommandError(f"no such file or directory: {args.path}")
+    if not args.quiet:
+        print(f"{summary}\nwrote {written}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from gnflow.grid import load_grid
+    from gnflow.sweep import SweepError, run_sweep
+
+    study = load_grid(args.grid)
+    out_dir = Path(args.output) if args.output is not None else Path("data") / "sweeps" / study.name
+    if args.workers is not None and args.workers < 0:
+        raise CommandError(f"--workers {args.workers}: expected 0 (serial, in this process) or more", EXIT_USAGE)
+    executor = "serial" if args.workers == 0 else "auto"
+    try:
+        result = run_sweep(
+            study,
+            out_dir,
+            executor=executor,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            scheduler_file=args.scheduler_file,
+            retries=args.retries,
+            progress=False if args.quiet else None,
+        )
+    except SweepError as exc:
+        raise CommandError(str(exc)) from None
+    failed = result.failed
+    if not args.quiet or failed:
+        print(
+            f"{len(study.runs)} runs: {len(result.executed)} computed, "
+            f"{len(study.runs) - len(result.executed)} found done, {len(failed)} failed"
+        )
+        for run_id in failed:
+            print(f"  {run_id}: {result.outcomes[run_id]['status']}")
+        print(f"wrote {result.combined_path} (manifest: {result.manifest_path})")
+    return EXIT_ERROR if failed else 0
+
+
+def _observe_options(stored: object, overrides: Sequence[str]) -> object:
+    """The stored ``[observe]`` options with ``--set`` overrides (keys with or without ``observe.``)."""
+    from gnflow.config import RunConfig, apply_overrides, config_from_dict, config_to_dict
+
+    assert isinstance(stored, RunConfig)
+    prefixed = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "." in key and not key.startswith("observe."):
+            raise CommandError(
+                f"--set {item!r}: gnflow observe changes [observe] keys only, e.g. observe.top_k=[1,10]", EXIT_USAGE
+            )
+        prefixed.append(item if key.startswith("observe.") else f"observe.{item}")
+    return config_from_dict(apply_overrides(config_to_dict(stored), prefixed)).observe
+
+
+def _cmd_observe(args: argparse.Namespace) -> int:
+    from gnflow.dataset import read_dataset, run_config_of, write_dataset
+    from gnflow.experiment import resolve_device
+    from gnflow.observables import OBSERVABLES, append_history, observe
+
+    if args.list:
+        for name, cls in OBSERVABLES.items():
+            print(f"{name:<18} {', '.join(cls.variables) or 'global attributes gnflow_regime*'}")
+        return 0
+    if args.file is None:
+        raise CommandError("observe: FILE.nc is required (or --list)", EXIT_USAGE)
+    path = Path(args.file)
+    if not path.is_file():
+        raise CommandError(f"no such file: {args.file}")
+    out = path
+    if args.output is not None:
+        out = Path(args.output)
+        if out.suffix != ".nc":
+            raise CommandError(f"-o {args.output}: the output must be a NetCDF file ending in .nc", EXIT_USAGE)
+    for name in args.names:
+        if name not in OBSERVABLES:
+            raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
+    ds = read_dataset(path)
+    try:
+        stored = run_config_of(ds)
+    except ValueError as exc:
+        raise CommandError(f"{path}: {exc}") from None
+    options = _observe_options(stored, args.set or [])
+    # usage errors first; then, before any computation, the file that would be replaced
+    if out.exists() and not args.overwrite:
+        if args.output is None:
+            raise CommandError(f"{out}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc")
+        raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
+    result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
+    computed = json.loads(result.attrs["gnflow_observe"])["names"]
+    append_history(result, f"gnflow observe {' '.join(computed)}")
+    try:  # in place: a symbolic link is written through to its target and stays a link
+        written = write_dataset(result, out, overwrite=args.overwrite)
+    except OutputExistsError as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        print(f"added {', '.join(computed)}")
+        if "regime" in computed:
+            print(
+                f"regime {result.attrs['gnflow_regime']}: hidden weight movement "
+                f"{result.attrs['gnflow_regime_hidden_weight_movement']:.4g}, kernel movement "
+                f"{result.attrs['gnflow_regime_kernel_movement']:.4g} ({result.attrs['gnflow_regime_rule']})"
+            )
+        print(f"wrote {written}")
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from gnflow.config import ConfigError
+    from gnflow.studies import STUDIES, StudyError, claims_table, run_study, study_scales
+
+    if args.list or args.name is None:
+        if args.name is None and not args.list:
+            raise CommandError("study: NAME is required (or --list); allowed: " + ", ".join(STUDIES), EXIT_USAGE)
+        try:
+            for name, description in STUDIES.items():
+                print(f"{name:<17} {'|'.join(study_scales(name)):<27} {description}")
+        except StudyError as exc:
+            raise CommandError(str(exc)) from None
+        return 0
+    if args.name not in STUDIES:
+        raise CommandError(f"study: unknown study {args.name!r}; allowed: {', '.join(STUDIES)}", EXIT_USAGE)
+    executor = None if args.workers is None else "serial" if args.workers == 0 else "auto"
+    try:
+        if args.scale not in (scales := study_scales(args.name)):
+            raise CommandError(
+                f"study {args.name}: unknown scale {args.scale!r}; allowed: {', '.join(scales)}", EXIT_USAGE
+            )
+        report = run_study(
+            args.name,
+            args.scale,
+            args.output,
+            executor=executor,
+            workers=args.workers or None,
+            progress=False if args.quiet else None,
+        )
+    except (StudyError, ConfigError) as exc:
+        raise CommandError(str(exc)) from None
+    if not args.quiet:
+        for number, claim, _measured, verdict in claims_table(report.read_text()):
+            print(f"{number}. [{verdict}] {claim}")
+        print(f"wrote {report}")
+    return 0
