@@ -310,7 +310,7 @@ def test_observed_afterwards_equals_observed_during_run(observed_run, tmp_path):
     ):
         assert afterwards.attrs[key] == during.attrs[key]
 
-    assert main(["-q", "observe", str(path), "--overwrite"]) == 0
+    assert main(["-q", "observe", str(path)]) == 0
     rewritten = read_dataset(path)
     for name in observable_vars(during):
         np.testing.assert_array_equal(rewritten[name].values, during[name].values, err_msg=name)

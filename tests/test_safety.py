@@ -205,20 +205,27 @@ def test_observe_replaces_no_file_without_overwrite(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"gnflow: error: {other} exists; pass --overwrite to replace it, or choose another -o"
     assert other.read_text() == "keep me"
-    assert main(["-q", "observe", str(path), "weight_movement"]) == 1
-    assert capsys.readouterr().err.strip() == (
-        f"gnflow: error: {path}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc"
-    )
     assert path.read_bytes() == before
     assert main(["-q", "observe", str(path), "weight_movement", "-o", str(other), "--overwrite"]) == 0
     assert "hidden_weight_movement" in xr.open_dataset(other)
+
+
+def test_observe_in_place_adds_to_the_file_and_keeps_what_it_held(tmp_path):
+    # SPEC: `gnflow observe FILE.nc [NAMES ...]` adds observables to the saved trajectory itself
+    path = _written_run(tmp_path)
+    with xr.open_dataset(path) as before:
+        weights = before["weights"].values.copy()
+    assert main(["-q", "observe", str(path), "weight_movement"]) == 0
+    with xr.open_dataset(path) as after:
+        assert "hidden_weight_movement" in after
+        np.testing.assert_array_equal(after["weights"].values, weights)
 
 
 def test_observe_in_place_writes_through_a_symlink(tmp_path):
     path = _written_run(tmp_path)
     link = tmp_path / "link.nc"
     link.symlink_to(path.name)
-    assert main(["-q", "observe", str(link), "weight_movement", "--overwrite"]) == 0
+    assert main(["-q", "observe", str(link), "weight_movement"]) == 0
     assert link.is_symlink() and os.readlink(link) == path.name
     with xr.open_dataset(path) as ds:
         assert "hidden_weight_movement" in ds

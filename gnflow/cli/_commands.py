@@ -235,16 +235,17 @@ def _cmd_observe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"{path}: {exc}") from None
     options = _observe_options(stored, args.set or [])
-    # usage errors first; then, before any computation, the file that would be replaced
-    if out.exists() and not args.overwrite:
-        if args.output is None:
-            raise CommandError(f"{out}: observe rewrites FILE in place; pass --overwrite to allow it, or -o NEW.nc")
+    # usage errors first; then, before any computation, another file that would be replaced. Adding
+    # observables to FILE itself is what the command is for (SPEC): FILE is rewritten atomically with
+    # everything it held, so in place needs no --overwrite.
+    in_place = out.resolve() == path.resolve()
+    if out.exists() and not in_place and not args.overwrite:
         raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
     result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
     computed = json.loads(result.attrs["gnflow_observe"])["names"]
     append_history(result, f"gnflow observe {' '.join(computed)}")
     try:  # in place: a symbolic link is written through to its target and stays a link
-        written = write_dataset(result, out, overwrite=args.overwrite)
+        written = write_dataset(result, out, overwrite=args.overwrite or in_place)
     except OutputExistsError as exc:
         raise CommandError(str(exc)) from None
     if not args.quiet:
