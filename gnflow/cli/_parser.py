@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("name", nargs="?", metavar="NAME", help="a study of gnflow study --list")
     study.add_argument(
-        "--scale", default="smoke", help="a scale of the study: smoke|small|paper, or a benchmark's (default: smoke)"
+        "--scale",
+        default="smoke",
+        help="a scale the study's TOML defines (gnflow study --list shows them; default: smoke)",
     )
     study.add_argument("-o", "--output", metavar="DIR", help="output folder (default: data/studies/NAME/SCALE)")
     study.add_argument(
