@@ -9,8 +9,7 @@ messages and in the generated documentation are the ones the code checks. ``_key
 here: the private modules may move.
 """
 
-import inspect
-
+from gnflow._exports import present_under
 from gnflow.config._keys import (
     apply_overrides,
     flatten_dotted,
@@ -94,11 +93,5 @@ __all__ = [
     "split_key",
 ]
 
-# The public objects say they live here (documentation, tracebacks, pickles): the private modules
-# are an implementation detail. The section annotations are evaluated objects, so type hints do not
-# depend on the module namespace.
-for _name in __all__:
-    _obj = globals()[_name]
-    if (inspect.isclass(_obj) or inspect.isfunction(_obj)) and _obj.__module__.startswith(f"{__name__}._"):
-        _obj.__module__ = __name__
-del _name, _obj
+# the public objects are documented, shown and pickled as gnflow.config.NAME, where users import them
+present_under(__name__, globals(), __all__)

@@ -32,6 +32,7 @@ Adding an observable: one :class:`Observable` subclass, one entry in :data:`OBSE
 The definitions, units and costs are in docs/observables.md.
 """
 
+from gnflow._exports import present_under
 from gnflow.observables._builtin import OBSERVABLES
 from gnflow.observables._measures import (
     centered_kernel_alignment,
@@ -79,9 +80,5 @@ __all__ = [
     "validate_observable_names",
 ]
 
-# the public objects are documented, and referred to, as gnflow.observables.NAME
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        _obj.__module__ = __name__
-del _name, _obj
+# the public objects are documented, shown and pickled as gnflow.observables.NAME, where users import them
+present_under(__name__, globals(), __all__)

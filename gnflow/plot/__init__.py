@@ -12,6 +12,7 @@ plotting works without a display and never changes a global backend. Colours are
 palette (colorblind-safe) for unordered categories and ``cividis`` for ordered values.
 """
 
+from gnflow._exports import present_under
 from gnflow.plot._quantities import differing_config_keys, flatten_config, teacher_plane, weight_movement
 from gnflow.plot._run import plot_run
 from gnflow.plot._runs import RunCurves, load_run_curves, plot_runs
@@ -32,9 +33,5 @@ __all__ = [
     "weight_movement",
 ]
 
-# the public objects are documented, and referred to, as gnflow.plot.NAME
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        _obj.__module__ = __name__
-del _name, _obj
+# the public objects are documented, shown and pickled as gnflow.plot.NAME, where users import them
+present_under(__name__, globals(), __all__)

@@ -27,8 +27,7 @@ to a :class:`CheckpointHook` every so often and later continue from it (``resume
 exactly the steps the uninterrupted run takes.
 """
 
-import inspect
-
+from gnflow._exports import present_under
 from gnflow.solve._budget import Budget, ProgressBar, StopWatch
 from gnflow.solve._loop import Callback, CheckpointHook, StepInfo, integrate, integration_loop
 from gnflow.solve._schedule import StepSchedule, save_times
@@ -52,9 +51,5 @@ __all__ = [
     "save_times",
 ]
 
-# the public objects are documented, pickled and shown as gnflow.solve.<name>, where users import them
-for _name in __all__:
-    _obj = globals()[_name]
-    if inspect.isclass(_obj) or inspect.isfunction(_obj):
-        _obj.__module__ = __name__
-del _name, _obj
+# the public objects are documented, shown and pickled as gnflow.solve.NAME, where users import them
+present_under(__name__, globals(), __all__)
