@@ -12,9 +12,9 @@ Each flow kind is a :class:`Flow` subclass registered under its ``flow.kind`` na
 as a schedule of Euler steps (:meth:`Flow.schedule`) and how a trajectory file describes it
 (:meth:`Flow.describe`). A new flow is one more decorated class.
 
-The fields count their own evaluations (``nfe``) and remember the residual of the last state they
-saw, so that the solver loop can read the train loss of an accepted state without another
-forward pass.
+The fields remember the residual of the last state they saw, so that the solver loop can read the
+train loss of an accepted state without another forward pass. Evaluations are counted by the
+integration (:mod:`gnflow.solve`), once per run, not by the fields.
 
 Host synchronisation: the Gauss--Newton field synchronises anyway (its Cholesky status, Lanczos and
 CG stopping tests are read on the host), and checks the residual for non-finite values at no extra
@@ -102,7 +102,7 @@ class FlowDescription:
 
 
 class Flow(ABC):
-    """Common part of the particle flows: data, model, evaluation count, residual cache.
+    """Common part of the particle flows: data, model, residual cache.
 
     Parameters
     ----------
@@ -134,7 +134,6 @@ class Flow(ABC):
         self.x = x
         self.y = y
         self.allow_tf32 = allow_tf32
-        self.nfe = 0
         self._last_state: torch.Tensor | None = None
         self._last_residual: torch.Tensor | None = None
 
@@ -240,13 +239,12 @@ class Flow(ABC):
         -------
         Flow
             A flow of the same kind and parameters (damping rule included) whose data are
-            ``x[index]``, ``y[index]``, so that N becomes the batch size b. Its evaluation count
-            starts at zero. Subclasses that keep data-dependent state must override this.
+            ``x[index]``, ``y[index]``, so that N becomes the batch size b. Subclasses that keep
+            data-dependent state must override this.
         """
         batch = copy.copy(self)
         batch.x = self.x[index]
         batch.y = self.y[index]
-        batch.nfe = 0
         batch._last_state = None
         batch._last_residual = None
         return batch
@@ -264,7 +262,6 @@ class Flow(ABC):
 
     def __call__(self, t: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """d weights / dt at flow time t; weights and result have shape (particle, component)."""
-        self.nfe += 1
         with _tf32(self.allow_tf32 and weights.is_cuda):
             lin, residual = self._linearize(weights)
             return -lin.vjp(self.function_space_direction(lin, residual)).to(weights.dtype)
