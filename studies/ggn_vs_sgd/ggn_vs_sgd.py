@@ -5,11 +5,12 @@ Usage::
     gnflow study ggn_vs_sgd --scale small               # writes data/studies/ggn_vs_sgd/small/
     python studies/ggn_vs_sgd/ggn_vs_sgd.py --scale small --epochs 5 -o /tmp/quick
 
-Every optimizer trains the same initial network on the same shuffled batches. SGD and Adam run
-for every learning rate of their grid; the one with the lowest final training loss is reported.
-Each history is written as a NetCDF file; ``summary.json`` holds every run, and ``report.md``
-the loss per epoch of the best runs, the mean optimizer time per epoch with ratios against SGD
-measured in the same run, and the two claims of Cai et al. (2019) they test. The option
+For each seed (train/test split, initial network, batch order) every optimizer trains the same
+initial network on the same shuffled batches. SGD and Adam run for every learning rate of their
+grid; the one with the lowest final training loss is kept. Each history is written as a NetCDF
+file; ``summary.json`` holds every run of every seed, and ``report.md`` the two claims of Cai et
+al. (2019) decided on per-seed paired ratios (:mod:`gnflow.verdicts`), with the loss per epoch and
+the optimizer time per epoch of the first seed. The option
 ``epochs`` (the script's ``--epochs``) replaces the scale's number of epochs.
 """
 
@@ -46,6 +47,7 @@ from gnflow.studies import (
     table,
 )
 from gnflow.training import history_dataset, mlp, train_module
+from gnflow.verdicts import paired_comparison
 
 logger = logging.getLogger("ggn_vs_sgd")
 
@@ -54,7 +56,7 @@ OPTIONS = ("epochs",)
 
 
 def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
-    """Train GGN, SGD (every learning rate) and Adam (every learning rate) from one network."""
+    """Train GGN, SGD (every learning rate) and Adam (every learning rate) from one network per seed."""
     unknown = sorted(set(context.options) - set(OPTIONS))
     if unknown:
         raise StudyError(f"ggn_vs_sgd: unknown option {unknown[0]!r}; allowed: {', '.join(OPTIONS)}")
@@ -63,9 +65,52 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs}: must be at least 1")
     out = context.out_dir
-    data = make_data(DataConfig(kind=s["data"], test_fraction=s["test_fraction"]), activation="tanh", seed=s["seed"])
-    net0 = mlp(data.input_dim, s["hidden"], s["activation"], s["seed"])
-    common = {"epochs": epochs, "batch_size": s["batch_size"], "batch_order": s["batch_order"], "seed": s["seed"]}
+    seeds = [int(seed) for seed in s["seeds"]]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"ggn_vs_sgd: seeds must be at least two distinct seeds, got {seeds}")
+    per_seed = {seed: _train_all(s, epochs, seed, out) for seed in seeds}
+    first = per_seed[seeds[0]]
+    chosen, ratios, data, net0, common = first["chosen"], first["ratios"], first["data"], first["net0"], first["common"]
+    g = s["ggn"]
+    network = f"{data.input_dim}-{'-'.join(map(str, s['hidden']))}-1 {s['activation']}, float64"
+    summary = {
+        "data": data.name,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "network": network,
+        "n_parameters": sum(p.numel() for p in net0.parameters()),
+        "torch_threads": torch.get_num_threads(),
+        **{k: v for k, v in common.items() if k != "seed"},
+        "seeds": seeds,
+        "per_seed": {
+            str(seed): {"best": r["chosen"], **r["ratios"], "all_runs": r["results"]} for seed, r in per_seed.items()
+        },
+    }
+    atomic_write_json(out / "summary.json", summary)
+    setup = [
+        f"{data.name}: N = {data.n_train} train / {data.n_test} test; network {network} "
+        f"({summary['n_parameters']} parameters); loss ||f(X) - y||^2 / (2N) on standardized targets",
+        f"batch {common['batch_size']} ({common['batch_order']}), {epochs} epochs, seeds {seeds} (each seed "
+        "draws the train/test split, the initial network and the batch order; every optimizer of a seed starts "
+        f"from the same network on the same batches), "
+        f"{summary['torch_threads']} torch thread(s)",
+        f"GGN lam = {g['lam']:g}, alpha = {g['alpha']:g}; SGD momentum {s['sgd']['momentum']:g}, lr in "
+        f"{s['sgd']['lr']}; Adam lr in {s['adam']['lr']}; the best final training loss of each grid is reported",
+    ]
+    return StudyReport(
+        title=TITLE,
+        setup=setup,
+        claims=_claims(per_seed, seeds, float(s["overhead_limit"])),
+        figures=_figures(chosen, ratios, context, seeds[0]),
+        sections={f"Loss per epoch and time (seed {seeds[0]})": _tables(chosen, ratios, epochs)},
+    )
+
+
+def _train_all(s: dict[str, Any], epochs: int, seed: int, out: Path) -> dict[str, Any]:
+    """GGN, SGD (every learning rate) and Adam (every learning rate) from one network of ``seed``."""
+    data = make_data(DataConfig(kind=s["data"], test_fraction=s["test_fraction"]), activation="tanh", seed=seed)
+    net0 = mlp(data.input_dim, s["hidden"], s["activation"], seed)
+    common = {"epochs": epochs, "batch_size": s["batch_size"], "batch_order": s["batch_order"], "seed": seed}
 
     def train(label: str, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]) -> dict[str, Any]:
         net = copy.deepcopy(net0)
@@ -78,7 +123,7 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
             data=data,
             **{k: common[k] for k in ("batch_size", "batch_order", "seed")},
         )
-        write_dataset(ds, out / f"{label.replace(' ', '_').replace('=', '')}.nc")
+        write_dataset(ds, out / f"seed{seed}_{label.replace(' ', '_').replace('=', '')}.nc")
         epoch_times = np.diff(history.wall_time_s)
         cpu_times = np.diff(history.cpu_time_s)
         result = {
@@ -91,7 +136,8 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
             "cpu_seconds_per_epoch": float(np.mean(cpu_times)) if cpu_times.size else float("nan"),
         }
         logger.info(
-            "%s: final train %.4g, test %.4g, %.3f s/epoch (min %.3f, CPU %.3f) (%s)",
+            "seed %d %s: final train %.4g, test %.4g, %.3f s/epoch (min %.3f, CPU %.3f) (%s)",
+            seed,
             label,
             history.train_loss[-1],
             history.test_loss[-1],
@@ -123,6 +169,7 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
     ]
 
     def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        # chosen on the training loss the claims are about (never on the test set)
         finite = [r for r in runs if np.isfinite(r["train_loss"][-1])]
         return min(finite, key=lambda r: r["train_loss"][-1]) if finite else runs[0]
 
@@ -135,57 +182,52 @@ def run(settings: dict[str, Any], context: StudyContext) -> StudyReport:
             ("cpu_time_ratio_to_sgd", "cpu_seconds_per_epoch"),
         )
     }
-    network = f"{data.input_dim}-{'-'.join(map(str, s['hidden']))}-1 {s['activation']}, float64"
-    summary = {
-        "data": data.name,
-        "n_train": data.n_train,
-        "n_test": data.n_test,
-        "network": network,
-        "n_parameters": sum(p.numel() for p in net0.parameters()),
-        "torch_threads": torch.get_num_threads(),
-        **common,
-        "best": chosen,
-        **ratios,
-        "all_runs": results,
-    }
-    atomic_write_json(out / "summary.json", summary)
-    setup = [
-        f"{data.name}: N = {data.n_train} train / {data.n_test} test; network {network} "
-        f"({summary['n_parameters']} parameters); loss ||f(X) - y||^2 / (2N) on standardized targets",
-        f"batch {common['batch_size']} ({common['batch_order']}), {epochs} epochs, seed {s['seed']}, "
-        f"{summary['torch_threads']} torch thread(s)",
-        f"GGN lam = {g['lam']:g}, alpha = {g['alpha']:g}; SGD momentum {s['sgd']['momentum']:g}, lr in "
-        f"{s['sgd']['lr']}; Adam lr in {s['adam']['lr']}; the best final training loss of each grid is reported",
-    ]
-    return StudyReport(
-        title=TITLE,
-        setup=setup,
-        claims=_claims(chosen, ratios, epochs, float(s["overhead_limit"])),
-        figures=_figures(chosen, ratios, context),
-        sections={"Loss per epoch and time": _tables(chosen, ratios, epochs)},
+    return {"data": data, "net0": net0, "common": common, "results": results, "chosen": chosen, "ratios": ratios}
+
+
+def _claims(per_seed: dict[int, dict[str, Any]], seeds: list[int], limit: float) -> list[Claim]:
+    """Both claims decided on per-seed paired ratios (gnflow.verdicts), one value per seed."""
+
+    def final(seed: int, arm: str) -> float:
+        loss = per_seed[seed]["chosen"][arm]["train_loss"][-1]
+        return float(loss) if np.isfinite(loss) else float("inf")  # a diverged run never reached a loss
+
+    def cpu(seed: int, arm: str) -> float:
+        return float(per_seed[seed]["chosen"][arm]["cpu_seconds_per_epoch"])
+
+    sgd_label = per_seed[seeds[0]]["chosen"]["sgd"]["optimizer"].split(" lr=")[0]
+    loss = paired_comparison(
+        [final(seed, "ggn") for seed in seeds],
+        [final(seed, "sgd") for seed in seeds],
+        claim="final training loss GGN / best SGD",
+        numerator_label="GGN",
+        denominator_label=f"best {sgd_label}",
+        seeds=seeds,
+        direction="less",
     )
-
-
-def _claims(
-    chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], epochs: int, limit: float
-) -> list[Claim]:
-    ggn, sgd = np.asarray(chosen["ggn"]["train_loss"]), np.asarray(chosen["sgd"]["train_loss"])
-    both = min(ggn.size, sgd.size)  # a run that failed stopped early
-    lower = int(np.sum(ggn[1:both] < sgd[1:both]))
-    per_epoch = ggn[-1] < sgd[-1] and lower * 2 >= epochs
-    cpu = ratios["cpu_time_ratio_to_sgd"]["ggn"]
+    overhead = paired_comparison(
+        [cpu(seed, "ggn") for seed in seeds],
+        [limit * cpu(seed, "sgd") for seed in seeds],
+        claim=f"CPU time per epoch GGN / ({limit:g} x SGD)",
+        numerator_label="GGN",
+        denominator_label=f"{limit:g} x SGD",
+        seeds=seeds,
+        direction="less",
+    )
     return [
         Claim(
             "Mini-batch GGN reaches a lower training loss than SGD with momentum in the same number of epochs.",
-            f"final train loss GGN {fmt(ggn[-1], 4)} vs {chosen['sgd']['optimizer']} {fmt(sgd[-1], 4)} after "
-            f"{epochs} epochs; GGN lower at {lower} of {epochs} epochs",
-            "supported" if per_epoch else "not supported",
+            "",
+            loss.verdict,
+            "SGD's learning rate is the best of its grid per seed, chosen on the training loss",
+            comparison=loss,
         ),
         Claim(
             "GGN's cost per epoch is a small overhead over SGD's (so it also wins per second).",
-            f"CPU time per epoch GGN / SGD = {fmt(cpu)} (wall-clock mean {fmt(ratios['time_ratio_to_sgd']['ggn'])})",
-            "supported" if cpu <= limit else "not supported",
-            f"small overhead: at most {limit:g} times SGD's CPU time per epoch",
+            "",
+            overhead.verdict,
+            f"small overhead: at most {limit:g} times SGD's CPU time per epoch, on this machine's CPU",
+            comparison=overhead,
         ),
     ]
 
@@ -213,7 +255,7 @@ def _tables(chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float
 
 
 def _figures(
-    chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], context: StudyContext
+    chosen: dict[str, dict[str, Any]], ratios: dict[str, dict[str, float]], context: StudyContext, seed: int
 ) -> list[tuple[Path, str]]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for v in chosen.values():
@@ -235,8 +277,8 @@ def _figures(
     ax.legend(fontsize=8)
     times = save_study_figure(fig, context, "time_per_epoch")
     return [
-        (losses, "training loss per epoch of GGN and of the best SGD and Adam runs"),
-        (times, "optimizer seconds per epoch, wall clock and CPU"),
+        (losses, f"training loss per epoch of GGN and of the best SGD and Adam runs (seed {seed})"),
+        (times, f"optimizer seconds per epoch, wall clock and CPU (seed {seed})"),
     ]
 
 
