@@ -51,9 +51,11 @@ __all__ = [
     "FrozenKernel",
     "KernelExponentialSolver",
     "StepSizeUnderflow",
+    "error_ratio",
     "exponential_factor",
     "freeze_kernel",
     "phi1",
+    "power_factor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,49 @@ def exponential_factor(eigenvalues: torch.Tensor, multiplier: torch.Tensor, h: f
     return (h / n_samples) * multiplier * phi1(-h * rate)
 
 
+def power_factor(
+    eigenvalues: torch.Tensor, multiplier: torch.Tensor, lam: float, iterations: int, n_samples: int
+) -> torch.Tensor:
+    """psi_k = (lam / N) beta_k S_K(x_k): K Euler steps of size lam on the linearized model.
+
+    With x_k = lam mu_k / N (mu_k = lambda_k beta_k) the residual mode k is multiplied by
+    (1 - x_k) per step, and the weights move by -J^T Q diag(psi) Q^T r0 after K steps, where
+    S_K(x) = sum_{j<K} (1 - x)^j = (1 - (1 - x)^K) / x. So psi_k = (1 - (1 - x_k)^K) / lambda_k,
+    the discrete counterpart of :func:`exponential_factor` (which it becomes as lam -> 0 at
+    K lam = h). For 0 < x < 1, S_K = -expm1(K log1p(-x)) / x (accurate for small x); S_K(0) = K;
+    for x >= 1 (steps beyond the mode's monotone range) the power is taken directly, and for
+    x > 2 it grows: the linearized iteration diverges.
+
+    Parameters
+    ----------
+    eigenvalues:
+        lambda_k of A, shape (sample,), float64, >= 0.
+    multiplier:
+        beta_k of B(A), shape (sample,), float64.
+    lam:
+        Step size of the Euler iterations (flow time).
+    iterations:
+        K >= 1, the number of iterations.
+    n_samples:
+        N.
+
+    Returns
+    -------
+    torch.Tensor
+        psi_k, shape (sample,), float64.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    x = lam * eigenvalues * multiplier / n_samples
+    below = x < 1.0
+    x_below = torch.where(below & (x > 0), x, torch.full_like(x, 0.5))
+    s_below = -torch.expm1(iterations * torch.log1p(-x_below)) / x_below
+    s_below = torch.where(x > 0, s_below, torch.full_like(x, float(iterations)))
+    x_above = torch.where(below, torch.full_like(x, 2.0), x)
+    s_above = (1.0 - torch.pow(1.0 - x_above, iterations)) / x_above
+    return (lam / n_samples) * multiplier * torch.where(below, s_below, s_above)
+
+
 @dataclass(frozen=True, eq=False)
 class FrozenKernel:
     """The linearized model at one state: what a kernel-exponential step from it needs.
@@ -153,8 +198,20 @@ class FrozenKernel:
 
         Returns the state, shape (particle, component), in the dtype of ``weights``.
         """
-        coefficients = self.eigenvectors.T @ self.residual
         factor = exponential_factor(self.eigenvalues, self.multiplier, h, self.n_samples)
+        return self._move(factor)
+
+    def iterate(self, lam: float, iterations: int) -> torch.Tensor:
+        """w0 - J^T Q diag(psi) Q^T r0: ``iterations`` Euler steps of size ``lam`` of the
+        linearized model (:func:`power_factor`); for one iteration, exactly one Euler step of the
+        flow (up to rounding).
+
+        Returns the state, shape (particle, component), in the dtype of ``weights``.
+        """
+        return self._move(power_factor(self.eigenvalues, self.multiplier, lam, iterations, self.n_samples))
+
+    def _move(self, factor: torch.Tensor) -> torch.Tensor:
+        coefficients = self.eigenvectors.T @ self.residual
         direction = self.eigenvectors @ (factor * coefficients)
         return self.weights - self.linearization.vjp(direction).to(self.weights.dtype)
 
@@ -229,7 +286,7 @@ class ExponentialStep:
         return self.start.step(s) + theta * theta * (self.weights - self.one_step)
 
 
-def _error_ratio(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, rtol: float, atol: float) -> float:
+def error_ratio(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, rtol: float, atol: float) -> float:
     """RMS((w2 - w1) / (atol + rtol max(abs(w0), abs(w2)))), torchdiffeq's norm, in float64."""
     w0, w1, w2 = w0.double(), w1.double(), w2.double()
     scale = atol + rtol * torch.maximum(w0.abs(), w2.abs())
@@ -303,7 +360,7 @@ class KernelExponentialSolver:
         one_step = start.step(h)
         midpoint = self._freeze(start.step(0.5 * h))
         two_steps = midpoint.step(0.5 * h)
-        error = _error_ratio(start.weights, one_step, two_steps, self.rtol, self.atol)
+        error = error_ratio(start.weights, one_step, two_steps, self.rtol, self.atol)
         if math.isfinite(error):
             growth = MAX_GROWTH if error == 0.0 else SAFETY * error ** (-ERROR_EXPONENT)
             growth = min(MAX_GROWTH, max(MIN_SHRINK, growth))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 import numpy as np
 import torch
 
-from gnflow.config import ConfigError, FlowConfig, RunConfig
+from gnflow.config import KERNEL_EULER_METHODS, ConfigError, FlowConfig, RunConfig
 from gnflow.damping import DampedGramSolver, DampedSolveStats, Damping, GramSolveError, make_damping
 from gnflow.model import Linearization, ParticleModel
 from gnflow.registry import FLOW_KINDS
@@ -189,11 +189,13 @@ class Flow(ABC):
             N, the number of training samples of the run.
         """
         solver = config.solver
-        solver_text = (
-            f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
-            if solver.adaptive
-            else f"{solver.method} (step_size={solver.step_size:g})"
-        )
+        if solver.adaptive:
+            solver_text = f"{solver.method} (rtol={solver.rtol:g}, atol={solver.atol:g})"
+        elif solver.method in KERNEL_EULER_METHODS:
+            tolerances = f"rtol={solver.rtol:g}, atol={solver.atol:g}"
+            solver_text = f"{solver.method} (step_size={solver.step_size:g}, {tolerances})"
+        else:
+            solver_text = f"{solver.method} (step_size={solver.step_size:g})"
         title = f"gnflow {cls.name} flow of a two-layer network of {config.model.width} particles"
         return FlowDescription(flow=cls.name, solver=solver_text, title=title)
 
@@ -297,7 +299,7 @@ class Flow(ABC):
             beta_k, shape (sample,), float64.
         """
         raise ConfigError(
-            "solver.method: 'kernel_exponential' needs a flow whose direction is a function of "
+            "solver.method: 'kernel_exponential' and 'kernel_euler' need a flow whose direction is a function of "
             f"the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
         )
 

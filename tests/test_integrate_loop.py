@@ -25,7 +25,7 @@ from gnflow.damping import ConstantDamping
 from gnflow.flows import GaussNewtonFlow
 from gnflow.ggn import ggn_schedule
 from gnflow.solve import STEPPERS, StepSchedule, integrate
-from gnflow.solve._steppers import FixedStepper, KernelExponentialStepper, RungeKuttaStepper
+from gnflow.solve._steppers import FixedStepper, KernelEulerStepper, KernelExponentialStepper, RungeKuttaStepper
 from gnflow.status import RunStatus
 
 N_TRAIN, WIDTH = 10, 30
@@ -56,6 +56,7 @@ def _cases() -> list[Case]:
         Case("euler", replace(base, method="euler", step_size=0.5)),
         Case("rk4", replace(base, method="rk4", step_size=1.0)),
         Case("kernel_exponential", replace(base, method="kernel_exponential", rtol=1e-5, atol=1e-8)),
+        Case("kernel_euler", replace(base, method="kernel_euler", step_size=0.5, rtol=1e-5, atol=1e-8)),
         Case("ggn", replace(base, method="euler"), ggn_schedule(ggn, N_TRAIN, 11)),
     ]
 
@@ -217,6 +218,11 @@ def test_stats_agree_with_the_per_time_arrays(case) -> None:
     assert reference.wall_time_s == stats["wall_time_s"] > 0 and stats["cpu_time_s"] > 0
     assert stats["max_steps"] == case_.config.max_steps
     n_acc, n_rej = stats["n_accepted"], stats["n_rejected"]
+    if case_.name == "kernel_euler":
+        # one linearization per single iteration, two per longer block, one per rejected block
+        assert 1 + n_acc + n_rej <= stats["nfe"] <= 1 + 2 * n_acc + n_rej
+        assert n_acc < 60  # fewer blocks than the 60 iterations
+        return
     expected_nfe = {
         "dopri5": 2 + 6 * (n_acc + n_rej),  # f0 and the first-step estimate, six per attempt (FSAL)
         "bosh3": 2 + 3 * (n_acc + n_rej),
@@ -234,6 +240,7 @@ def test_stats_agree_with_the_per_time_arrays(case) -> None:
 def test_every_configured_method_has_its_stepper() -> None:
     kinds = {"euler": FixedStepper, "midpoint": FixedStepper, "rk4": FixedStepper}
     kinds["kernel_exponential"] = KernelExponentialStepper
+    kinds["kernel_euler"] = KernelEulerStepper
     assert set(STEPPERS) == set(get_args(SolverMethod))
     for method, stepper in STEPPERS.items():
         assert stepper is kinds.get(method, RungeKuttaStepper), method

@@ -19,6 +19,7 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "EXPONENTIAL_METHODS",
     "FIXED_METHODS",
+    "KERNEL_EULER_METHODS",
     "SECTIONS",
     "ComputeConfig",
     "DataConfig",
@@ -40,6 +41,7 @@ GGNSave = Literal["epoch", "iteration"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
 ExponentialMethod = Literal["kernel_exponential"]
+KernelEulerMethod = Literal["kernel_euler"]
 SolverMethod = Literal[
     "dopri5",
     "bosh3",
@@ -50,6 +52,7 @@ SolverMethod = Literal[
     "midpoint",
     "rk4",
     "kernel_exponential",
+    "kernel_euler",
 ]
 SaveSpacing = Literal["log", "linear"]
 DType = Literal["float64", "float32"]
@@ -57,6 +60,7 @@ DType = Literal["float64", "float32"]
 ADAPTIVE_METHODS: tuple[str, ...] = get_args(AdaptiveMethod)
 FIXED_METHODS: tuple[str, ...] = get_args(FixedMethod)
 EXPONENTIAL_METHODS: tuple[str, ...] = get_args(ExponentialMethod)
+KERNEL_EULER_METHODS: tuple[str, ...] = get_args(KernelEulerMethod)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,13 +335,16 @@ class SolverConfig:
     ----------
     method:
         Adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2) or fixed-step (euler,
-        midpoint, rk4) torchdiffeq method, or ``"kernel_exponential"``: adaptive steps that are
+        midpoint, rk4) torchdiffeq method, ``"kernel_exponential"``: adaptive steps that are
         exact for the linearized (kernel) model, for long-horizon gradient flows
-        (:mod:`gnflow.exponential`).
+        (:mod:`gnflow.exponential`), or ``"kernel_euler"``: the Euler iterations of step
+        ``step_size``, taken in adaptive blocks that are exact for the linearized model, for
+        long runs of the discrete methods (:mod:`gnflow.kernel_euler`).
     rtol, atol:
-        Relative and absolute tolerances of the adaptive methods (kernel_exponential included).
+        Relative and absolute tolerances of the adaptive methods (kernel_exponential included)
+        and of kernel_euler's blocks.
     step_size:
-        Step size h of the fixed-step methods (flow time).
+        Step size h of the fixed-step methods and of kernel_euler (flow time).
     t_end:
         Final flow time.
     n_save:

@@ -11,7 +11,9 @@ every stepper the same way.
 - :class:`FixedStepper`: torchdiffeq's fixed-step methods on the steps of a
   :class:`~gnflow.solve.StepSchedule` (uniform steps, or GGN's per-step sizes and mini-batches
   through :meth:`Flow.restrict <gnflow.flows.Flow.restrict>`);
-- :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`.
+- :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`;
+- :class:`KernelEulerStepper`: :class:`gnflow.kernel_euler.KernelEulerSolver` (the Euler
+  iterations of a uniform schedule, taken in blocks).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Any, Protocol
 
 import torch
 
-from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, SolverConfig
+from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, KERNEL_EULER_METHODS, SolverConfig
 from gnflow.exponential import ExponentialStep, KernelExponentialSolver
 from gnflow.flows import Flow
+from gnflow.kernel_euler import KernelEulerBlock, KernelEulerSolver
 from gnflow.solve._schedule import StepSchedule
 from gnflow.solve._torchdiffeq import FixedGridMethod, RungeKuttaMethod
 
@@ -32,6 +35,7 @@ __all__ = [
     "STEPPERS",
     "CountedField",
     "FixedStepper",
+    "KernelEulerStepper",
     "KernelExponentialStepper",
     "RungeKuttaStepper",
     "Stepper",
@@ -359,6 +363,114 @@ class KernelExponentialStepper:
         self._solver = solver
 
 
+class KernelEulerStepper:
+    """:class:`~gnflow.kernel_euler.KernelEulerSolver`: the Euler iterations of a uniform schedule
+    (all samples), many at a time, exact for the linearized model.
+
+    Saved states (grid points of the schedule) come from the block's interpolant and the train
+    loss from the frozen kernel of the accepted state, so neither costs an evaluation. One
+    evaluation is one linearization.
+    """
+
+    loss_every_step = True
+
+    def __init__(
+        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: StepSchedule
+    ) -> None:
+        if schedule.batches is not None:
+            raise ValueError("solver.method = 'kernel_euler' iterates on all samples; it cannot take mini-batches")
+        sizes = schedule.step_sizes
+        if not bool((sizes == sizes[0]).all()):
+            raise ValueError("solver.method = 'kernel_euler' needs steps of one size")
+        self.method: str = config.method
+        self.flow = flow
+        self.lam = float(sizes[0])
+        self.iterations = schedule.n_steps
+        self.horizon = float(schedule.times()[-1])
+        self._weights0 = weights0
+        self._config = config
+        self._solver: KernelEulerSolver | None = None
+        self._block: KernelEulerBlock | None = None
+
+    @property
+    def solver(self) -> KernelEulerSolver:
+        """The solver (after :meth:`start` or :meth:`load_state_dict`)."""
+        if self._solver is None:
+            raise RuntimeError("the kernel-Euler stepper has not started")
+        return self._solver
+
+    @property
+    def t(self) -> float:
+        return self.solver.t
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.solver.kernel.weights
+
+    @property
+    def finished(self) -> bool:
+        return self.solver.finished
+
+    @property
+    def nfe(self) -> int:
+        return 0 if self._solver is None else self._solver.nfe
+
+    @property
+    def epoch(self) -> float:
+        return math.nan  # as for Euler steps on all samples: epochs are counted for mini-batch schedules
+
+    def _new_solver(self, weights: torch.Tensor, first_block: int) -> KernelEulerSolver:
+        config = self._config
+        return KernelEulerSolver(
+            self.flow,
+            weights,
+            lam=self.lam,
+            iterations=self.iterations,
+            rtol=config.rtol,
+            atol=config.atol,
+            first_block=first_block,
+            stop_loss=self._stop_loss(),
+        )
+
+    def _stop_loss(self) -> float:
+        # the loop's threshold (ratio x L at the initial state), the same on a resumed run
+        ratio = self._config.stop_loss_ratio
+        return ratio * self.flow.train_loss(self._weights0) if ratio > 0 else 0.0
+
+    def start(self) -> None:
+        first = self._config.first_step
+        self._solver = self._new_solver(self._weights0, 1 if first is None else max(1, math.floor(first / self.lam)))
+
+    def attempt(self) -> bool:
+        block = self.solver.attempt()
+        if block is None:
+            return False
+        self._block = block
+        return True
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        if self._block is None:
+            raise RuntimeError("no accepted block to interpolate in")
+        return self._block.interpolate(t)
+
+    def train_loss(self) -> float:
+        return self.solver.kernel.train_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        # the state after the last accepted block and the length proposed for the next one; the
+        # frozen kernel there is recomputed on resume (deterministic, so not counted again)
+        solver = self.solver
+        return {"y": solver.kernel.weights.cpu(), "k": solver.k, "block": solver.block, "nfe": solver.nfe}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        solver = self._new_solver(state["y"].to(self._weights0.device), int(state["block"]))
+        solver.k = int(state["k"])
+        if not 0 <= solver.k <= self.iterations:
+            raise ValueError(f"cannot resume: iteration {solver.k} is not in the {self.iterations} iterations")
+        solver.nfe = int(state["nfe"])
+        self._solver = solver
+
+
 StepperFactory = Callable[..., Stepper]
 """``factory(flow, weights0, config, *, horizon, schedule)``: a stepper for ``config.method``."""
 
@@ -366,6 +478,7 @@ STEPPERS: Mapping[str, StepperFactory] = {
     **dict.fromkeys(ADAPTIVE_METHODS, RungeKuttaStepper),
     **dict.fromkeys(FIXED_METHODS, FixedStepper),
     **dict.fromkeys(EXPONENTIAL_METHODS, KernelExponentialStepper),
+    **dict.fromkeys(KERNEL_EULER_METHODS, KernelEulerStepper),
 }
 """The stepper of every ``solver.method``: the one place that maps method names to steppers."""
 
@@ -388,8 +501,9 @@ def make_stepper(
     if config.method not in STEPPERS:
         raise ValueError(f"solver.method: no stepper for {config.method!r}; allowed: {', '.join(STEPPERS)}")
     factory = STEPPERS[config.method]
-    if factory is FixedStepper and schedule is None:
+    scheduled = factory is FixedStepper or factory is KernelEulerStepper
+    if scheduled and schedule is None:
         raise ValueError(f"solver.method = {config.method!r} needs a step schedule")
-    if factory is not FixedStepper and schedule is not None:
+    if not scheduled and schedule is not None:
         raise ValueError(f"a step schedule needs a fixed-step method, got solver.method = {config.method!r}")
     return factory(flow, weights0, config, horizon=horizon, schedule=schedule)
