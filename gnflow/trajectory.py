@@ -192,6 +192,7 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         gnflow_solver=description.solver,
         gnflow_status=str(result),
         gnflow_wall_time_s=float(solution.wall_time_s),
+        gnflow_cpu_time_s=float(solution.stats["cpu_time_s"]),
         gnflow_nfe=int(solution.nfe[-1]),
         gnflow_steps=int(solution.n_accepted[-1]),
         gnflow_rejected_steps=int(solution.n_rejected[-1]),

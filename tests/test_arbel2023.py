@@ -1,6 +1,7 @@
-"""The arbel2023 study's own logic: its arms and labels, the rule that decides how discrete GD is
-computed, the validation-only choice of times, and two runs at a tiny size: discrete GD iterations
-against the gradient flow where lam lambda_max(A) / N is small, and divergence where it is large."""
+"""The arbel2023 study's own logic: its arms and labels, how the discrete methods are computed and
+checked, the validation-only choice of times, and runs at a tiny size: discrete GD iterations
+against the gradient flow where lam lambda_max(A) / N is small, divergence where it is large, and
+the paper's 2e6-iteration GD by kernel_euler against its plain iterations."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def test_arms_are_labeled_by_lam_and_h_over_n_and_carry_their_horizons() -> None
     # the paper's arm runs to its cap, the sweep to the same iteration budget whatever lam
     assert at_500[0].iterations == 1000
     assert [a.iterations for a in at_500[1:4]] == pytest.approx([300, 300, 300])
+    assert at_500[0].solver_method == "euler"  # the paper's GN: its plain iterations
     entry = at_500[3].run_entry(s)
-    assert entry["solver.method"] == "euler" and entry["solver.step_size"] == 0.1
+    assert entry["solver.method"] == "kernel_euler" and entry["solver.step_size"] == 0.1
     assert entry["solver.t_end"] == pytest.approx(30.0) and entry["solver.max_steps"] >= 300
     # at N = 200 the paper's h/N = 0.02 is h = 4, an arm of its own
     at_200 = protocol.gn_arms(s, 200, sweep=False)
@@ -45,28 +47,47 @@ def test_arms_are_labeled_by_lam_and_h_over_n_and_carry_their_horizons() -> None
         protocol.gn_arms(_settings(lam=10.0, lam_sweep=[20.0]), 500, sweep=True)
 
 
-def test_gd_arm_is_the_flow_or_euler_iterations_of_the_papers_horizon() -> None:
+def test_gd_arm_is_the_papers_discrete_gd_and_its_method_is_a_setting() -> None:
     s = _settings(lam=10.0, gd_iterations=2_000_000, gd_exponential_from=5.0, gd_method="dopri5", gd_t_end=1e9)
-    flow = protocol.gd_arm(s, 500, 0.1, computed_as="flow")
-    euler = protocol.gd_arm(s, 500, 10.0, computed_as="euler")
-    assert flow.t_end == euler.t_end == pytest.approx(2e7)
-    assert flow.solver_method == "dopri5"
-    assert protocol.gd_arm(s, 500, 10.0, computed_as="flow").solver_method == "kernel_exponential"
-    assert euler.run_entry(s)["solver.step_size"] == 10.0 and euler.run_entry(s)["solver.max_steps"] >= 2_000_000
+    gd = protocol.gd_arm(s, 500)
+    assert gd.t_end == pytest.approx(2e7) and gd.lam == 10.0 and gd.label == "GD lam=10 (h/N=0.02)"
+    assert gd.solver_method == "kernel_euler"
+    entry = gd.run_entry(s)
+    assert entry["solver.step_size"] == 10.0 and entry["solver.max_steps"] >= 2_000_000
+    assert entry["solver.rtol"] == s["discrete_rtol"]
+    assert entry["solver.atol"] == pytest.approx(1e-3 * s["discrete_rtol"])
+    plain = protocol.gd_arm({**s, "gd_discrete_method": "euler"}, 500)
+    assert plain.solver_method == "euler" and "solver.rtol" not in plain.run_entry(s)
+    with pytest.raises(ValueError, match="gd_discrete_method must be one of euler, kernel_euler"):
+        protocol.gd_arm({**s, "gd_discrete_method": "dopri5"}, 500)
     converged = protocol.converged_gd_arm(s, 500, 1.0)
     assert converged.t_end == 1e9 and converged.label == "GD flow (converged)"
-    with pytest.raises(ValueError, match="computed_as must be 'flow' or 'euler'"):
-        protocol.gd_arm(s, 500, 1.0, computed_as="exact")
+    assert converged.solver_method == "dopri5"
+    assert protocol.converged_gd_arm(s, 500, 10.0).solver_method == "kernel_exponential"
 
 
-def test_gd_is_iterated_where_the_step_ratio_is_not_small_at_every_saved_state() -> None:
+def test_the_agreement_check_runs_each_discrete_method_both_ways_over_the_same_iterations() -> None:
+    s = _settings(lam=10.0, lam_sweep=[1.0, 0.1], agreement_iterations=500, sweep_iterations=300)
+    arms = {a.name: a for a in protocol.check_arms(s, 40)}
+    assert set(arms) == {"check_gd_euler", "check_gd_blocks", "check_gn_euler", "check_gn_blocks"}
+    for method, lam, k in (("gd", 10.0, 500), ("gn", 0.1, 300)):
+        plain, blocks = arms[f"check_{method}_euler"], arms[f"check_{method}_blocks"]
+        assert (plain.solver_method, blocks.solver_method) == ("euler", "kernel_euler")
+        assert plain.lam == blocks.lam == lam and plain.t_end == blocks.t_end == pytest.approx(lam * k)
+    t = np.array([0.0, 1.0, 2.0])
+    a = xr.Dataset({"train_loss": ("t", [1.0, 0.5, 1e-9]), "test_loss": ("t", [2.0, 1.0, 0.5])}, coords={"t": t})
+    b = xr.Dataset({"train_loss": ("t", [1.0, 0.55, 2e-9]), "test_loss": ("t", [2.0, 1.0, 0.6])}, coords={"t": t})
+    train, test = protocol.agreement(a, b)
+    # 0.05 / 0.5 = 0.1 at t = 1; at t = 2 the difference 1e-9 counts against the floor 1e-6 L0
+    assert train == pytest.approx(0.1) and test == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="do not share their saved times"):
+        protocol.agreement(a, b.assign_coords(t=t + 1))
+
+
+def test_step_ratio_is_the_largest_finite_one() -> None:
     n = 50
     ds = xr.Dataset({"gram_eigmax": ("t", [0.1, 0.2, np.nan, 0.4])}, coords={"sample": np.arange(n)})
-    ratio = protocol.step_ratio(ds, 10.0)
-    assert ratio == pytest.approx(10.0 * 0.4 / n)  # the largest finite lambda_max decides
-    assert not protocol.gd_needs_iterations(ratio, 0.1)
-    assert protocol.gd_needs_iterations(ratio, 0.05)
-    assert protocol.gd_needs_iterations(float("nan"), 0.1)  # unknown is not small
+    assert protocol.step_ratio(ds, 10.0) == pytest.approx(10.0 * 0.4 / n)
     empty = xr.Dataset({"gram_eigmax": ("t", [np.nan])}, coords={"sample": np.arange(n)})
     assert protocol.step_ratio(empty, 10.0) == math.inf
 

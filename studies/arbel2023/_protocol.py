@@ -5,14 +5,20 @@ the measurements of one run.
 Arms (one labeled run per tau0 and seed; ``lam`` is the step of the discrete method, h = lam):
 
 - ``gn_lam<lam>``: discrete Gauss-Newton, Euler steps h = lam of the GN flow (eigmin damping);
-  t = lam x iterations. The paper's GN is lam = 10 (h/N = 0.02 at N = 500).
+  t = lam x iterations. The paper's GN is lam = 10 (h/N = 0.02 at N = 500), by plain iterations
+  (``gn_method``); the sweep arms below it by ``sweep_method``.
 - ``gn_hN<r>``: the step with h/N = r (the paper's h/N = 0.02) at N other than 500.
 - ``gn_flow``: the continuous GN flow (dopri5), the limit lam -> 0.
-- ``gd_lam<lam>``: discrete GD at lam = 10 up to ``gd_iterations`` iterations. It is computed as the
-  gradient flow (``gd_lam<lam>_flow``) when lam * lambda_max(A(t)) / N <= ``gd_flow_ratio_max``
-  at every saved state of that flow, and by Euler iterations (``gd_lam<lam>_euler``) otherwise.
-- ``gd_flow``: the converged gradient flow, its own horizon ``gd_t_end`` (only run where the capped
-  flow did not converge; otherwise the capped flow is the converged one).
+- ``gd``: discrete GD at lam = 10 up to ``gd_iterations`` iterations, by ``gd_discrete_method``
+  (``kernel_euler``: the Euler iterations in blocks exact for the linearized model, within
+  ``discrete_rtol`` of the plain iterations; ``euler``: the plain iterations).
+- ``gd_flow``: the converged gradient flow, its own horizon ``gd_t_end``.
+- ``check_*``: the agreement check, the same discrete method by plain iterations and by
+  ``kernel_euler`` over ``agreement_iterations`` iterations at ``agreement_tau0``.
+
+Every discrete method is the object the paper ran (its iterations); the flows are labeled as
+limits. The step ratio lam lambda_max(A(t)) / N of every GD run is recorded (above 2 the top mode
+of the iterations is unstable).
 """
 
 from __future__ import annotations
@@ -97,12 +103,26 @@ class Arm:
             "solver.method": self.solver_method,
             "solver.t_end": self.t_end,
         }
-        if self.lam is not None and self.solver_method == "euler":
+        if self.lam is not None and self.solver_method in DISCRETE_METHODS:
             entry["solver.step_size"] = self.lam
             entry["solver.max_steps"] = math.ceil(self.t_end / self.lam) + 10
+            if self.solver_method == "kernel_euler":
+                entry["solver.rtol"] = float(s["discrete_rtol"])
+                entry["solver.atol"] = float(s["discrete_rtol"]) * 1e-3
         else:
             entry["solver.max_steps"] = int(s["max_steps"])
         return entry
+
+
+DISCRETE_METHODS = ("euler", "kernel_euler")
+"""The two ways of computing a discrete method: its plain iterations, or kernel_euler's blocks."""
+
+
+def _discrete(s: dict[str, Any], key: str) -> str:
+    method = str(s[key])
+    if method not in DISCRETE_METHODS:
+        raise ValueError(f"{key} must be one of {', '.join(DISCRETE_METHODS)}, got {method!r}")
+    return method
 
 
 def gn_arms(s: dict[str, Any], n_train: int, *, sweep: bool) -> list[Arm]:
@@ -113,17 +133,18 @@ def gn_arms(s: dict[str, Any], n_train: int, *, sweep: bool) -> list[Arm]:
     sweep arms to the fixed budget ``sweep_iterations`` (iterations, the same for every lam).
     """
     lam = float(s["lam"])
-    arms = [Arm(f"gn_lam{_num(lam)}", "gn", lam, n_train, "paper", lam * float(s["gn_iterations"]), "euler")]
+    paper, sweep_method = _discrete(s, "gn_method"), _discrete(s, "sweep_method")
+    arms = [Arm(f"gn_lam{_num(lam)}", "gn", lam, n_train, "paper", lam * float(s["gn_iterations"]), paper)]
     if sweep:
         budget = float(s["sweep_iterations"])
         for small in s["lam_sweep"]:
             if not 0 < small < lam:
                 raise ValueError(f"lam_sweep: every step must lie in (0, lam = {lam:g}), got {small}")
-            arms.append(Arm(f"gn_lam{_num(small)}", "gn", float(small), n_train, "sweep", small * budget, "euler"))
+            arms.append(Arm(f"gn_lam{_num(small)}", "gn", float(small), n_train, "sweep", small * budget, sweep_method))
     h = float(s["paper_h_over_n"]) * n_train
     if not any(a.lam is not None and math.isclose(a.lam, h, rel_tol=1e-9) for a in arms):
         arms.append(
-            Arm(f"gn_hN{_num(s['paper_h_over_n'])}", "gn", h, n_train, "h/N", h * float(s["gn_iterations"]), "euler")
+            Arm(f"gn_hN{_num(s['paper_h_over_n'])}", "gn", h, n_train, "h/N", h * float(s["gn_iterations"]), paper)
         )
     arms.append(Arm("gn_flow", "gn", None, n_train, "flow", float(s["gn_t_end_per_n"]) * n_train, "dopri5"))
     return arms
@@ -135,16 +156,38 @@ def gd_flow_method(s: dict[str, Any], tau0: float) -> str:
     return "kernel_exponential" if tau0 >= float(s.get("gd_exponential_from", math.inf)) else str(s["gd_method"])
 
 
-def gd_arm(s: dict[str, Any], n_train: int, tau0: float, *, computed_as: str) -> Arm:
-    """The paper's GD (lam, ``gd_iterations``) computed as the gradient flow (``computed_as="flow"``)
-    or by Euler iterations (``"euler"``)."""
+def gd_arm(s: dict[str, Any], n_train: int) -> Arm:
+    """The paper's GD: lam up to ``gd_iterations`` iterations, by ``gd_discrete_method``."""
     lam = float(s["lam"])
     t_end = lam * float(s["gd_iterations"])
-    if computed_as == "flow":
-        return Arm(f"gd_lam{_num(lam)}_flow", "gd", lam, n_train, "paper", t_end, gd_flow_method(s, tau0))
-    if computed_as == "euler":
-        return Arm(f"gd_lam{_num(lam)}_euler", "gd", lam, n_train, "paper", t_end, "euler")
-    raise ValueError(f"computed_as must be 'flow' or 'euler', got {computed_as!r}")
+    return Arm("gd", "gd", lam, n_train, "paper", t_end, _discrete(s, "gd_discrete_method"))
+
+
+def check_arms(s: dict[str, Any], n_train: int) -> list[Arm]:
+    """The agreement check, by plain iterations (``*_euler``) and by kernel_euler (``*_blocks``):
+    GD at lam over ``agreement_iterations`` iterations, and GN at the smallest swept lam over the
+    sweep's budget ``sweep_iterations``."""
+    lam, small = float(s["lam"]), float(min(s["lam_sweep"]))
+    arms = []
+    for method, step, k in (("gd", lam, s["agreement_iterations"]), ("gn", small, s["sweep_iterations"])):
+        for how, solver in (("euler", "euler"), ("blocks", "kernel_euler")):
+            arms.append(Arm(f"check_{method}_{how}", method, step, n_train, "check", step * float(k), solver))
+    return arms
+
+
+def agreement(plain: xr.Dataset, blocks: xr.Dataset) -> tuple[float, float]:
+    """Largest relative difference over the common saved times of the train loss (relative to
+    itself down to 1e-6 L0) and of the test loss, between the plain iterations and the blocks."""
+    n = min(plain.sizes["t"], blocks.sizes["t"])
+    if not np.array_equal(plain["t"].values[:n], blocks["t"].values[:n]):
+        raise ValueError("the two runs of an agreement check do not share their saved times")
+    a, b = (np.asarray(d["train_loss"].values[:n], dtype=np.float64) for d in (plain, blocks))
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.any():
+        return math.nan, math.nan
+    train = np.abs(b[ok] - a[ok]) / np.maximum(a[ok], 1e-6 * a[0])
+    ta, tb = (np.asarray(d["test_loss"].values[:n], dtype=np.float64)[ok] for d in (plain, blocks))
+    return float(train.max()), float((np.abs(tb - ta) / ta).max())
 
 
 def converged_gd_arm(s: dict[str, Any], n_train: int, tau0: float) -> Arm:
@@ -159,12 +202,6 @@ def step_ratio(ds: xr.Dataset, lam: float) -> float:
     if eig.size == 0:
         return float("inf")
     return float(lam * eig.max() / ds.sizes["sample"])
-
-
-def gd_needs_iterations(ratio: float, threshold: float) -> bool:
-    """True when discrete GD must be iterated: lam lambda_max / N exceeds ``threshold`` at some saved
-    state of the gradient flow (Euler's error per step is then no longer small)."""
-    return not ratio <= threshold
 
 
 def diverged(ds: xr.Dataset) -> bool:
@@ -270,8 +307,9 @@ class RunMeasures:
         iteration budget when one is given), and that time; NaN without refits.
     rf_test:
         Test-half loss of the refit on the initial features (random features).
-    status, diverged, wall_s:
-        The run's status text, whether it diverged, its wall-clock time.
+    status, diverged, wall_s, cpu_s:
+        The run's status text, whether it diverged, its wall-clock and processor time (NaN in
+        files without ``gnflow_cpu_time_s``).
     """
 
     final_test: float
@@ -282,6 +320,7 @@ class RunMeasures:
     status: str
     diverged: bool
     wall_s: float
+    cpu_s: float
 
 
 def measure(run: GridRun, split: xr.Dataset, *, t_max: float | None = None) -> RunMeasures:
@@ -302,6 +341,7 @@ def measure(run: GridRun, split: xr.Dataset, *, t_max: float | None = None) -> R
         status=str(ds.attrs["gnflow_status"]),
         diverged=bad,
         wall_s=float(ds.attrs.get("gnflow_wall_time_s", float("nan"))),
+        cpu_s=float(ds.attrs.get("gnflow_cpu_time_s", float("nan"))),
     )
 
 

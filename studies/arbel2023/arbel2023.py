@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gnflow.studies import Claim, GridRun, StudyContext, StudyError, StudyReport, fmt, run_grid, table, time_to_level
+from gnflow.studies import Claim, GridRun, StudyContext, StudyReport, fmt, run_grid, table, time_to_level
 
 
 def _sibling(name: str) -> Any:
@@ -91,47 +91,22 @@ class Protocol:
         grid = [(a, t, seed) for a in self.gn_arms for t in taus for seed in self.seeds]
         self.runs = _grid(context, f"{prefix}_gn", s, n, grid)
         lam = float(s["lam"])
-        flow_points = [(protocol.gd_arm(s, n, t, computed_as="flow"), t, seed) for t in taus for seed in self.seeds]
-        capped = _grid(context, f"{prefix}_gd_flow", s, n, flow_points)
-        self.ratio_flow = {
-            (t, seed): protocol.step_ratio(capped[(a.name, t, seed)].dataset, lam) for a, t, seed in flow_points
-        }
-        threshold = float(s["gd_flow_ratio_max"])
-        euler_points = [
-            (protocol.gd_arm(s, n, t, computed_as="euler"), t, seed)
-            for _, t, seed in flow_points
-            if protocol.gd_needs_iterations(self.ratio_flow[(t, seed)], threshold)
-        ]
-        euler: dict[Key, GridRun] = {}
-        self.overflowed: set[tuple[float, int]] = set()
-        for arm, t, seed in euler_points:
-            # one folder per run: a diverging run whose last finite state overflows the Gram matrix
-            # raises in gnflow's measurement pass and writes no file; it is recorded as divergence
-            try:
-                euler.update(_grid(context, f"{prefix}_gd_euler/tau0={t:g}_seed={seed}", s, n, [(arm, t, seed)]))
-            except StudyError as exc:
-                logger.warning("GD Euler iterations at tau0 = %g, seed %d overflowed: %s", t, seed, exc)
-                self.overflowed.add((t, seed))
-        self.gd_computed = {}
-        for a, t, seed in flow_points:
-            key = (t, seed)
-            iterated = (f"gd_lam{lam:.3g}_euler", t, seed) in euler or key in self.overflowed
-            self.gd_computed[key] = "euler" if iterated else "flow"
-            run = euler.get((f"gd_lam{lam:.3g}_euler", t, seed), capped[(a.name, t, seed)])
-            self.runs[("gd", t, seed)] = run
-            self.arms.setdefault("gd", protocol.Arm("gd", "gd", lam, n, "paper", a.t_end, a.solver_method))
-        open_points = [
-            (protocol.converged_gd_arm(s, n, t), t, seed)
-            for a, t, seed in flow_points
-            if str(capped[(a.name, t, seed)].dataset.attrs["gnflow_status"]) != "converged"
-        ]
-        converged = _grid(context, f"{prefix}_gd_converged", s, n, open_points)
-        for a, t, seed in flow_points:
-            self.runs[("gd_flow", t, seed)] = converged.get(("gd_flow", t, seed), capped[(a.name, t, seed)])
+        gd = protocol.gd_arm(s, n)
+        self.arms["gd"] = gd
+        self.runs.update(_grid(context, f"{prefix}_gd", s, n, [(gd, t, seed) for t in taus for seed in self.seeds]))
+        converged = [(protocol.converged_gd_arm(s, n, t), t, seed) for t in taus for seed in self.seeds]
+        self.runs.update(_grid(context, f"{prefix}_gd_converged", s, n, converged))
         self.arms["gd_flow"] = protocol.converged_gd_arm(s, n, taus[0])
         self.ratio_run = {
             key[1:]: protocol.step_ratio(r.dataset, lam) for key, r in self.runs.items() if key[0] == "gd"
         }
+        self.checks: dict[Key, GridRun] = {}
+        check_taus = [float(t) for t in s.get("agreement_tau0", []) if float(t) in taus] if sweep else []
+        if check_taus:
+            self.check_arms = protocol.check_arms(s, n)
+            points = [(a, t, self.seeds[0]) for a in self.check_arms for t in check_taus]
+            self.checks = _grid(context, f"{prefix}_check", s, n, points)
+        self.check_taus = check_taus
         self.measures: dict[Key, Any] = {}
         self.splits: dict[Key, Any] = {}
         for key, r in self.runs.items():
@@ -141,11 +116,20 @@ class Protocol:
             )
             self.splits[key] = split
             self.measures[key] = protocol.measure(r, split)
-            if key[0] == "gd" and key[1:] in self.overflowed:
-                m = self.measures[key]
-                self.measures[key] = protocol.RunMeasures(
-                    math.inf, math.inf, math.nan, math.nan, m.rf_test, "failed: overflow (no file)", True, math.nan
-                )
+
+    def agreement(self) -> list[tuple[str, float, float, float, float, float]]:
+        """Per checked method and tau0: (method, tau0, train and test differences between the plain
+        iterations and kernel_euler, CPU s of each)."""
+        out = []
+        for method in ("gd", "gn"):
+            for t in self.check_taus:
+                seed = self.seeds[0]
+                plain = self.checks[(f"check_{method}_euler", t, seed)].dataset
+                blocks = self.checks[(f"check_{method}_blocks", t, seed)].dataset
+                train, test = protocol.agreement(plain, blocks)
+                cpu = [float(d.attrs.get("gnflow_cpu_time_s", math.nan)) for d in (plain, blocks)]
+                out.append((method, t, train, test, cpu[0], cpu[1]))
+        return out
 
     def hidden(self, arm: str, tau: float) -> tuple[list[float], list[float]]:
         """Per seed: the refit test loss at the validation-chosen time within the iteration budget
@@ -402,33 +386,65 @@ def _arm_table(p: Protocol) -> list[str]:
             finite = [x for x in tests if math.isfinite(x) and x > 0]
             geo = float(np.exp(np.mean(np.log(finite)))) if finite else float("nan")
             status = sorted({str(p.measures[(name, t, k)].status).split(":")[0] for k in p.seeds})
-            extra = ""
+            ratio = ""
             if name == "gd":
-                extra = ", ".join(
-                    f"{p.gd_computed[(t, k)]} (flow ratio {fmt(p.ratio_flow[(t, k)], 2)})" for k in p.seeds
-                )
+                at0 = [protocol.step_ratio(p.runs[("gd", t, k)].dataset.isel(t=[0]), p.arms["gd"].lam) for k in p.seeds]
+                ratio = f"{fmt(max(at0), 2)} / {fmt(max(p.ratio_run[(t, k)] for k in p.seeds), 2)}"
             rows.append(
                 [
                     arm.label,
+                    arm.solver_method,
                     f"{t:g}",
                     fmt(geo),
                     fmt(float(np.max(p.values(name, t, "final_ratio"))), 2),
                     "/".join(status),
                     str(sum(p.measures[(name, t, k)].diverged for k in p.seeds)),
-                    fmt(sum(p.values(name, t, "wall_s")), 3),
-                    extra,
+                    fmt(sum(p.values(name, t, "cpu_s")), 3),
+                    ratio,
                 ]
             )
     return table(
         [
             "arm",
+            "computed by",
             "tau0",
             "test loss (geo. mean)",
             "max final L/L0",
             "status",
             "diverged",
-            "wall s (all seeds)",
-            "GD computed as",
+            "CPU s (all seeds)",
+            "GD: lam lambda_max(A) / N at t = 0 / max over t (max over seeds)",
+        ],
+        rows,
+    )
+
+
+def _agreement_table(s: dict[str, Any], p: Protocol) -> list[str]:
+    tol = float(s["agreement_tolerance"])
+    rows = []
+    for method, t, train, test, cpu_plain, cpu_blocks in p.agreement():
+        step = float(s["lam"]) if method == "gd" else float(min(s["lam_sweep"]))
+        verdict = "agree" if max(train, test) <= tol else "DIFFER"
+        rows.append(
+            [
+                f"{method.upper()} lam={step:.3g}",
+                f"{t:g}",
+                fmt(train, 2),
+                fmt(test, 2),
+                fmt(cpu_plain, 3),
+                fmt(cpu_blocks, 3),
+                f"{verdict} (tolerance {tol:g})",
+            ]
+        )
+    return table(
+        [
+            "method",
+            "tau0",
+            "max rel. diff. train loss",
+            "max rel. diff. test loss",
+            "CPU s iterations",
+            "CPU s kernel_euler",
+            "",
         ],
         rows,
     )
@@ -458,22 +474,28 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         f"{float(s.get('epsilon', 1e-7)):g} (h/N = {lam / n_main:.3g}); at most {s['gn_iterations']:g} iterations. "
         f"Step sweep lam in {list(s['lam_sweep'])} at a fixed budget of {s['sweep_iterations']:g} iterations; the "
         f"paper's h/N = {s['paper_h_over_n']:g} as its own arm where it differs from lam; the GN flow (dopri5, "
-        f"t_end = {s['gn_t_end_per_n']:g} N) as the lam -> 0 limit.",
+        f"t_end = {s['gn_t_end_per_n']:g} N) as the lam -> 0 limit. GN lam = {lam:g} by {s['gn_method']}, the "
+        f"sweep by {s['sweep_method']}.",
         f"GD (the paper's): lam = {lam:g} up to {s['gd_iterations']:g} iterations "
-        f"(t = {lam * float(s['gd_iterations']):g}), computed as the gradient flow where lam lambda_max(A) / N <= "
-        f"{s['gd_flow_ratio_max']:g} at every saved state, by Euler iterations elsewhere (a non-finite loss is "
-        "reported as divergence). The converged gradient "
-        f"flow (t_end = {s['gd_t_end']:g}) is a separate arm.",
+        f"(t = {lam * float(s['gd_iterations']):g}), computed by {s['gd_discrete_method']} (kernel_euler: the Euler "
+        f"iterations in blocks exact for the linearized model, local tolerance rtol = {s['discrete_rtol']:g}; its "
+        "agreement with the plain iterations is the table 'Agreement' below); a non-finite loss is reported as "
+        f"divergence. The converged gradient flow (t_end = {s['gd_t_end']:g}) is a separate arm.",
         f"All runs stop at {s['stop_loss_ratio']:g} x the initial train loss. Refit: minimum-norm least squares of the "
         f"output layer on the training set at {s['refit_points']} saved times; at t = 0 it is the random-features "
         "baseline.",
         "Remaining differences from the authors' code: float64 throughout (they use float32 with a float64 "
         "Gram solve); lambda_min(A) by Lanczos (they use a full SVD); the refit time is chosen on a validation "
         "half (they have no validation set, and never call their refit); the step-size grid and the "
-        "budget of the sweep are ours (the paper's are not recoverable); GD is computed as the flow where "
-        "the ratio above is small.",
+        "budget of the sweep are ours (the paper's are not recoverable); the long discrete runs (GD, the GN "
+        "sweep) are computed in kernel_euler blocks, not one iteration at a time.",
     ]
     sections = {"Arms (test half, over seeds)": _arm_table(main)}
+    if main.check_taus:
+        sections[
+            f"Agreement: plain iterations against kernel_euler ({s['agreement_iterations']:g} iterations, seed "
+            f"{main.seeds[0]})"
+        ] = _agreement_table(s, main)
     for n, q in by_n.items():
         if q is not main:
             sections[f"Arms at N = {n}"] = _arm_table(q)
