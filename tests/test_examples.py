@@ -69,7 +69,7 @@ def test_checkpointed_example_resumes_to_the_uninterrupted_run(tmp_path: Path) -
     np.testing.assert_array_equal(resumed["weights"].values, reference["weights"].values)
 
 
-def test_grid_example_sweeps_at_reduced_size(tmp_path: Path) -> None:
+def test_grid_example_sweeps_at_reduced_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     definition = tomllib.loads((EXAMPLES / "grid.toml").read_text())
     base = definition["base"]
     base.update(device="cpu")
@@ -85,6 +85,13 @@ def test_grid_example_sweeps_at_reduced_size(tmp_path: Path) -> None:
     assert list(combined["model_init_scale"].values) == definition["grid"]["model.init_scale"]
     assert sorted(str(v) for v in combined["run"].values) == sorted(r["name"] for r in definition["runs"])
     assert int(combined.attrs["gnflow_failed_runs"]) == 0 and combined.attrs["gnflow_runs"] == len(expected.runs)
+    # gnflow info reads the sweep file: its grid, its runs and their final losses
+    assert main(["info", str(tmp_path / "sweep" / "sweep.nc")]) == 0
+    info = capsys.readouterr().out
+    assert "model.init_scale = " + ", ".join(f"{v:g}" for v in definition["grid"]["model.init_scale"]) in info
+    assert f"{len(expected.runs)} (0 failed)" in info
+    finals = combined["train_loss_final"].values
+    assert f"final {np.nanmin(finals):.6g} .. {np.nanmax(finals):.6g} over {finals.size} runs" in info
 
 
 def _to_toml(definition: dict) -> str:
