@@ -115,6 +115,9 @@ def open_runs(paths: Sequence[str | Path], variables: Sequence[str] | None = Non
         with xr.open_dataset(path, engine="netcdf4") as ds:
             if "t" not in ds.coords or "gnflow_config" not in ds.attrs:
                 raise ValueError(f"{path}: not a gnflow trajectory file (no t coordinate or gnflow_config)")
+            for name in variables or ():
+                if name not in ds or "t" not in ds[name].dims:
+                    raise ValueError(f"{path}: no variable {name!r} over t; allowed: those every run holds over t")
             wanted = (
                 list(variables) if variables is not None else [n for n, v in ds.data_vars.items() if v.dims == ("t",)]
             )
@@ -129,9 +132,6 @@ def open_runs(paths: Sequence[str | Path], variables: Sequence[str] | None = Non
         t = ds["t"].values
         if t.size and np.any(np.diff(t) <= 0):
             raise ValueError(f"{path}: saved times do not increase; open_runs aligns runs on t")
-        for name in variables or ():
-            if name not in ds or "t" not in ds[name].dims:
-                raise ValueError(f"{path}: no variable {name!r} over t; allowed: those every run holds over t")
     times = np.unique(np.concatenate([ds["t"].values for ds in loaded]))
     data_vars: dict[str, Any] = {}
     for name in names:
