@@ -129,7 +129,7 @@ def _help_texts() -> dict[str, str]:
 
 
 def _documents() -> dict[str, str]:
-    texts = {"README.md": (ROOT / "README.md").read_text()}
+    texts = {name: (ROOT / name).read_text() for name in ("README.md", "examples/README.md")}
     texts.update({f"docs/{p.name}": p.read_text() for p in (ROOT / "docs").glob("*.md")})
     texts.update({f"examples/{p.name}": p.read_text() for p in EXAMPLES.glob("*.toml")})
     texts.update(_help_texts())
