@@ -19,7 +19,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 import importlib as _importlib
 
-from gnflow import realdata  # noqa: F401  (registers data.kind "diabetes" and "concrete")
+from gnflow import accessor, realdata  # noqa: F401  (the ds.gnflow accessor; data.kind "diabetes" and "concrete")
 from gnflow.config import ConfigError, RunConfig, load_config
 from gnflow.damping import ConstantDamping, EigminDamping, RelativeDamping
 from gnflow.data import RegressionData, make_data
@@ -29,6 +29,7 @@ from gnflow.flows import Flow, GaussNewtonFlow, GradientFlow
 from gnflow.ggn import GGN
 from gnflow.model import ParticleModel
 from gnflow.observables import observe
+from gnflow.runs import open_runs
 from gnflow.simulation import run, simulate
 from gnflow.solve import Solution, StepInfo, StepSchedule, integrate
 from gnflow.status import RunResult, RunStatus
@@ -58,6 +59,7 @@ __all__ = [
     "load_config",
     "make_data",
     "observe",
+    "open_runs",
     "read_dataset",
     "run",
     "simulate",

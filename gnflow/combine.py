@@ -101,7 +101,9 @@ def combine_runs(grid: SweepGrid, paths: Mapping[str, Path], outcomes: Mapping[s
         for name in _time_series(ds):
             if name not in names:
                 names.append(name)
-                attrs[name] = {k: v for k, v in ds[name].attrs.items() if k in ("long_name", "units", "comment")}
+                attrs[name] = {
+                    k: v for k, v in ds[name].attrs.items() if k in ("long_name", "units", "description", "comment")
+                }
     series = {name: np.full((*shape, times.size), np.nan) for name in names}
     finals = {name: np.full(shape, np.nan) for name in names}
     t_final = np.full(shape, np.nan)

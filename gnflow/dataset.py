@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write",
     "cf_attributes",
     "check_writable",
+    "component_labels",
     "dataset_config",
     "dataset_result",
     "file_sha256",
@@ -57,42 +58,64 @@ REFERENCES = (
 
 @dataclass(frozen=True)
 class VariableInfo:
-    """Documentation of one dataset variable: its long name, units and (optional) comment."""
+    """Documentation of one dataset variable.
+
+    ``long_name`` is short, for axis labels and legends ("train loss"); ``description`` holds the
+    definition or formula ("L = ||f(X) - y||^2 / (2N) on the N training points"); ``comment`` a
+    remark on how values are made. Each becomes the variable attribute of that name.
+    """
 
     long_name: str
     units: str = "1"
     comment: str = ""
+    description: str = ""
 
     def attrs(self) -> dict[str, str]:
         """The CF attributes of the variable."""
         out = {"long_name": self.long_name, "units": self.units}
+        if self.description:
+            out["description"] = self.description
         if self.comment:
             out["comment"] = self.comment
         return out
 
 
+COMPONENT_DESCRIPTION = "u0..u{d-1}: input weights, b: bias, v: output weight"
+
 VARIABLES: dict[str, VariableInfo] = {
     "t": VariableInfo(
         "flow time", "1", "dimensionless time of the continuous flow; Euler steps of size h advance it by h"
     ),
-    "particle": VariableInfo("particle (hidden neuron) index"),
+    "particle": VariableInfo("particle", description="index of the particle (hidden neuron)"),
+    "component": VariableInfo("component", "1", description=COMPONENT_DESCRIPTION),
     "component_name": VariableInfo(
-        "particle component label", "1", "u0..u{d-1}: input weights, b: bias, v: output weight"
+        "component label",
+        "1",
+        "the labels of the component coordinate as a character array (files of gnflow 0.1.0 have only this)",
+        COMPONENT_DESCRIPTION,
     ),
-    "weights": VariableInfo("particle positions (u, b, v) of the hidden neurons"),
-    "train_loss": VariableInfo("training loss L = ||f(X) - y||^2 / (2N)"),
-    "test_loss": VariableInfo("test loss ||f(X_test) - y_test||^2 / (2 N_test)"),
-    "gram_eigmin": VariableInfo("smallest eigenvalue of the Gram matrix A = J J^T"),
-    "gram_eigmax": VariableInfo("largest eigenvalue of the Gram matrix A = J J^T"),
-    "damping": VariableInfo("Gauss-Newton damping eps(w)"),
-    "nfe": VariableInfo("cumulative number of vector-field evaluations"),
-    "n_steps": VariableInfo("cumulative number of accepted solver steps"),
-    "n_rejected": VariableInfo("cumulative number of rejected solver steps"),
-    "x_train": VariableInfo("training inputs"),
-    "y_train": VariableInfo("training labels"),
-    "x_test": VariableInfo("test inputs"),
-    "y_test": VariableInfo("test labels"),
-    "teacher_weights": VariableInfo("teacher network particles (u, b, v)"),
+    "weights": VariableInfo(
+        "particle position", description="w_i = (u_i, b_i, v_i) of hidden neuron i, components as in component"
+    ),
+    "train_loss": VariableInfo("train loss", description="L = ||f(X) - y||^2 / (2N) on the N training points"),
+    "test_loss": VariableInfo("test loss", description="||f(X_test) - y_test||^2 / (2 N_test) on the test points"),
+    "gram_eigmin": VariableInfo(
+        "smallest Gram eigenvalue", description="lambda_min(A) of the Gram matrix A = J J^T on the training points"
+    ),
+    "gram_eigmax": VariableInfo(
+        "largest Gram eigenvalue", description="lambda_max(A) of the Gram matrix A = J J^T on the training points"
+    ),
+    "damping": VariableInfo("damping", description="eps(w) of the Gauss-Newton direction J^T (A + eps I)^-1 g"),
+    "nfe": VariableInfo("field evaluations", description="cumulative number of vector-field evaluations"),
+    "n_steps": VariableInfo("accepted steps", description="cumulative number of accepted solver steps"),
+    "n_rejected": VariableInfo("rejected steps", description="cumulative number of rejected solver steps"),
+    "x_train": VariableInfo("training input"),
+    "y_train": VariableInfo("training label"),
+    "x_test": VariableInfo("test input"),
+    "y_test": VariableInfo("test label"),
+    "teacher_weights": VariableInfo(
+        "teacher particle position", description="(u, b, v) of the hidden units of the teacher network"
+    ),
 }
 
 
@@ -373,15 +396,34 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def component_labels(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the indexed coordinate ``component`` (labels ``u0 .. u{d-1}, b, v``), so that
+    ``ds.weights.sel(component="v")`` works.
+
+    Files written since the coordinate exists hold it; in files of gnflow 0.1.0 the labels are only
+    in ``component_name``, from which it is made here. Datasets without a ``component`` dimension,
+    or with the coordinate already, are returned as they are.
+    """
+    if "component" not in ds.dims or "component" in ds.coords or "component_name" not in ds.variables:
+        return ds
+    labels = np.asarray([str(label) for label in ds["component_name"].values], dtype=object)
+    return ds.assign_coords(component=("component", labels, VARIABLES["component"].attrs()))
+
+
 def read_dataset(path: str | Path) -> xr.Dataset:
-    """Read a gnflow NetCDF file fully into memory (the file is closed afterwards)."""
+    """Read a gnflow NetCDF file fully into memory (the file is closed afterwards).
+
+    The components of the particles are an indexed coordinate (``sel(component="v")``), in files of
+    gnflow 0.1.0 too (see :func:`component_labels`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        return xr.load_dataset(path, engine="netcdf4")
+        ds = xr.load_dataset(path, engine="netcdf4")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable NetCDF file ({exc})") from None
+    return component_labels(ds)
 
 
 def dataset_config(ds: xr.Dataset) -> Mapping[str, Any]:

@@ -22,7 +22,14 @@ import xarray as xr
 from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
 from gnflow.config import RunConfig, config_hash
 from gnflow.data import run_seeds
-from gnflow.dataset import OutputExistsError, check_writable, dataset_result, run_config_of, write_dataset
+from gnflow.dataset import (
+    OutputExistsError,
+    check_writable,
+    dataset_result,
+    run_config_of,
+    utc_now,
+    write_dataset,
+)
 from gnflow.experiment import build_experiment
 from gnflow.observables import validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
@@ -52,20 +59,21 @@ def simulate(
     """
     experiment = build_experiment(config)
     validate_observable_names(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
-    logger.info(
-        "%s flow, N=%d, M=%d, d=%d, %s on %s (%s)",
-        experiment.flow.name,
-        experiment.data.n_train,
-        config.model.width,
-        experiment.data.input_dim,
-        config.solver.method,
-        experiment.device,
-        config.dtype,
-    )
     flow = experiment.flow
     schedule = flow.schedule(config.flow, experiment.data.n_train, run_seeds(config).batches)
     # a flow that runs as a step schedule (GGN) is integrated by Euler steps on it
     solver = config.solver if schedule is None else dataclasses.replace(config.solver, method="euler")
+    description = flow.describe(config, experiment.data.n_train)
+    logger.info(
+        "%s; %s; N=%d, M=%d, d=%d on %s (%s)",
+        description.flow,
+        description.solver,
+        experiment.data.n_train,
+        config.model.width,
+        experiment.data.input_dim,
+        experiment.device,
+        config.dtype,
+    )
     solution = integrate(
         flow,
         experiment.weights0,
@@ -76,7 +84,8 @@ def simulate(
         resume=resume,
         callback=callback,
     )
-    logger.info(
+    # the command line prints its own summary of the run: at INFO this line would repeat it
+    logger.debug(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
         solution.status,
         solution.t[-1],
@@ -85,8 +94,17 @@ def simulate(
         solution.n_accepted[-1],
         solution.n_rejected[-1],
     )
-    if flow.solve_stats is not None:
-        logger.info("damped Gram solves: %s", flow.solve_stats)
+    stats = flow.solve_stats
+    if stats is not None and stats.calls:
+        logger.debug(
+            "damped Gram solves: %d solves, %d Cholesky factorizations, %d Lanczos steps, %d CG steps, "
+            "%d eigvalsh fallbacks",
+            stats.calls,
+            stats.factorizations,
+            stats.lanczos_steps,
+            stats.cg_steps,
+            stats.eigvalsh_fallbacks,
+        )
     return trajectory_dataset(experiment, solution, progress=progress)
 
 
@@ -165,6 +183,7 @@ def run(
     callback: Callback | None = None,
     overwrite: bool = False,
     fresh_name: bool = False,
+    history: str | None = None,
 ) -> tuple[xr.Dataset, Path]:
     """Run ``config`` and write its dataset to ``path`` (default ``config.output.path``).
 
@@ -183,6 +202,9 @@ def run(
     In the main thread SIGTERM interrupts the run like Ctrl-C: the partial trajectory is written
     with ``failed: interrupted (signal SIGTERM)`` (Ctrl-C: ``failed: interrupted by the user``)
     and the checkpoint is kept.
+
+    ``history`` is the command that made the file (``gnflow run CONFIG --set ...``), recorded with
+    the time in the file's ``history`` attribute (default: what :func:`simulate` records).
 
     ``callback`` is passed to :func:`simulate`. Returns the dataset and the path written. A failed
     integration is still written, with ``gnflow_status = "failed: <reason>"``.
@@ -215,6 +237,8 @@ def run(
     interruptions = _Interruptions()
     with interruptions.installed():
         ds = simulate(config, progress=progress, checkpoint=hook, resume=position, callback=callback)
+        if history is not None:
+            ds.attrs["history"] = f"{utc_now()} {history}"
         interruptions.writing = True
         written = write_dataset(ds, target, overwrite=replace, fresh_name=fresh_name)
     if written != target:

@@ -134,6 +134,7 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
     coords = {
         "t": ("t", solution.t[:n_saved]),
         "particle": ("particle", np.arange(config.model.width, dtype=np.int32)),
+        "component": ("component", np.asarray(experiment.model.component_names, dtype=object)),
         "component_name": ("component", np.asarray(experiment.model.component_names, dtype=object)),
     }
     stored: dict[str, tuple[tuple[str, ...], np.ndarray]] = {

@@ -315,7 +315,7 @@ def test_observed_afterwards_equals_observed_during_run(observed_run, tmp_path):
     for name in observable_vars(during):
         np.testing.assert_array_equal(rewritten[name].values, during[name].values, err_msg=name)
     history = rewritten.attrs["history"].splitlines()
-    assert len(history) == 2 and "gnflow observe" in history[1]
+    assert len(history) == 2 and f"gnflow -q observe {path}" in history[1]
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic rewrite left no temporary file
 
 

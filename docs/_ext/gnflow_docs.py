@@ -197,19 +197,21 @@ def dataset_reference(ds: Any) -> dict[str, str]:
 
     from gnflow.dataset import VARIABLES
 
-    rows = ["| variable | dimensions | long_name | units | comment |", "|---|---|---|---|---|"]
+    rows = ["| variable | dimensions | long_name | units | description, comment |", "|---|---|---|---|---|"]
     for name, info in VARIABLES.items():
         if name in ds.variables:
             dims = ", ".join(f"`{d}`" for d in ds[name].dims)
         else:
             dims = "(depends on the option that adds it)"
-        rows.append(f"| `{name}` | {dims} | {_cell(info.long_name)} | `{info.units}` | {_cell(info.comment) or '—'} |")
+        notes = "; ".join(text for text in (info.description, info.comment) if text)
+        rows.append(f"| `{name}` | {dims} | {_cell(info.long_name)} | `{info.units}` | {_cell(notes) or '—'} |")
     undocumented = sorted(str(n) for n in ds.variables if str(n) not in VARIABLES)
     for name in undocumented:
         attrs = ds[name].attrs
+        notes = "; ".join(str(attrs[key]) for key in ("description", "comment") if attrs.get(key))
         rows.append(
             f"| `{name}` | {', '.join(f'`{d}`' for d in ds[name].dims)} | {_cell(attrs.get('long_name', ''))} "
-            f"| `{attrs.get('units', '')}` | {_cell(attrs.get('comment', '')) or '—'} |"
+            f"| `{attrs.get('units', '')}` | {_cell(notes) or '—'} |"
         )
     attributes = ["| attribute | meaning | example |", "|---|---|---|"]
     for key, value in ds.attrs.items():

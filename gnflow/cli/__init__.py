@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gnflow``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for the files' history
     if args.quiet and args.verbose:
         parser.error("--quiet and --verbose exclude each other")
     _configure_logging(args)

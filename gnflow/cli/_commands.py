@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,28 +16,18 @@ from gnflow.cli._paths import (
     CommandError,
     _figure_path,
     _output_path,
-    default_config_text,
 )
 from gnflow.dataset import OutputExistsError, dataset_result
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gnflow.config import apply_overrides, config_from_dict
+    from gnflow.cli._config_command import override_output_path, resolve_config
     from gnflow.simulation import run
 
-    if args.config is None:
-        values = tomllib.loads(default_config_text())
-    else:
-        path = Path(args.config)
-        if not path.is_file():
-            raise CommandError(f"config file {args.config!r} does not exist", EXIT_USAGE)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
-    config = config_from_dict(apply_overrides(values, args.set or []))
+    config, base = resolve_config(args.config, args.set or [])
+    configured = override_output_path(config, base) if args.set else Path(config.output.path)
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
-    out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
+    out = _output_path(args.output, str(configured), args.overwrite or args.resume)
     progress = False if args.quiet else None
     try:
         ds, written = run(
@@ -48,6 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             # a name the command chose (not -o) moves on to a free one when taken meanwhile
             fresh_name=args.output is None and not args.overwrite and not args.resume,
+            history=shlex.join(["gnflow", *getattr(args, "argv", ["run"])]),
         )
     except OutputExistsError as exc:
         raise CommandError(str(exc)) from None
@@ -83,8 +74,7 @@ def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import json
-
+    from gnflow.cli._info import info_text
     from gnflow.dataset import read_dataset
 
     path = Path(args.file)
@@ -94,27 +84,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ds = read_dataset(path)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    attrs = ds.attrs
-    print(f"{path}: {attrs.get('title', 'NetCDF file')}")
-    for key in ("gnflow_status", "gnflow_flow", "gnflow_solver", "gnflow_data", "gnflow_device", "gnflow_dtype"):
-        if key in attrs:
-            print(f"  {key.removeprefix('gnflow_'):<10} {attrs[key]}")
-    if "gnflow_wall_time_s" in attrs:
-        print(
-            f"  {'cost':<10} {attrs.get('gnflow_nfe', '?')} evaluations, {attrs.get('gnflow_steps', '?')} steps "
-            f"({attrs.get('gnflow_rejected_steps', '?')} rejected), {float(attrs['gnflow_wall_time_s']):.2f} s"
-        )
-    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
-    print(f"  {'sizes':<10} {sizes}")
-    if "t" in ds.coords and ds.sizes.get("t", 0) > 0:
-        print(f"  {'flow time':<10} {float(ds['t'][0]):.6g} .. {float(ds['t'][-1]):.6g}")
-    for name in ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping"):
-        if name in ds and ds[name].size:
-            values = ds[name].values
-            print(f"  {name:<12} {values[0]:.6g} -> {values[-1]:.6g}")
-    print(f"  {'variables':<10} {', '.join(sorted(str(v) for v in ds.data_vars))}")
-    if args.config and "gnflow_config" in attrs:
-        print(json.dumps(json.loads(attrs["gnflow_config"]), indent=2, sort_keys=True))
+    print(info_text(ds, path, show_config=args.config), end="")
     return 0
 
 
@@ -243,7 +213,8 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} exists; pass --overwrite to replace it, or choose another -o")
     result = observe(ds, args.names or None, options=options, device=resolve_device(args.device))  # type: ignore[arg-type]
     computed = json.loads(result.attrs["gnflow_observe"])["names"]
-    append_history(result, f"gnflow observe {' '.join(computed)}")
+    command = shlex.join(["gnflow", *getattr(args, "argv", ["observe"])])
+    append_history(result, f"{command} (added {', '.join(computed) or 'nothing'})")
     try:  # in place: a symbolic link is written through to its target and stays a link
         written = write_dataset(result, out, overwrite=args.overwrite or in_place)
     except OutputExistsError as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 from gnflow import __version__
 from gnflow.cli._commands import _cmd_info, _cmd_observe, _cmd_plot, _cmd_run, _cmd_study, _cmd_sweep
+from gnflow.cli._config_command import _cmd_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  gnflow run                          # the embedded default run -> data/runs/default.nc\n"
             "  gnflow info data/runs/default.nc    # what the file holds\n"
             "  gnflow plot data/runs/default.nc    # summary figure -> data/runs/default.png\n"
+            "  gnflow config > my.toml             # the default run's config, every key, to edit\n"
+            "  gnflow run examples/gn.toml         # an example config (examples/ of the source tree)\n"
             "\nRun 'gnflow COMMAND --help' for the options and examples of each command."
         ),
     )
@@ -41,10 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  gnflow run                                   # the embedded default run\n"
-            "  gnflow run config.toml -o data/runs/gn.nc\n"
-            "  gnflow run config.toml --set model.init_scale=0.1 --set flow.kind=gradient\n"
-            "  gnflow run long.toml --set output.checkpoint_every_s=600   # checkpoint every 10 min\n"
-            "  gnflow run long.toml --set output.checkpoint_every_s=600 --resume  # after a crash\n"
+            "  gnflow run examples/gn.toml -o data/runs/gn.nc\n"
+            "  gnflow run examples/gn.toml --set model.init_scale=0.1 --set flow.kind=gradient\n"
+            "  gnflow run examples/ggn.toml                 # discrete Gram-Gauss-Newton\n"
+            "  gnflow run examples/checkpointed.toml        # writes a checkpoint every 10 min\n"
+            "  gnflow run examples/checkpointed.toml --resume   # continue it after a crash\n"
+            "\n"
+            "Without -o, a run with --set overrides is named by what they change (the config hash when\n"
+            "that is long): gnflow run --set model.init_scale=0.1 writes data/runs/default-init_scale=0.1.nc.\n"
+            "The config files are in examples/ of the gnflow source tree; gnflow config prints any of them\n"
+            "resolved, with every key.\n"
         ),
     )
     run.add_argument("config", nargs="?", help="TOML run config (default: the embedded default run)")
@@ -59,13 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
+    config = sub.add_parser(
+        "config",
+        parents=[common],
+        help="print the fully resolved run config as TOML",
+        description=(
+            "Print the run config CONFIG (default: the embedded default run) with its --set overrides\n"
+            "applied, resolved: every key with its value, defaults included, and the config hash. Saved\n"
+            "as a file, the output is a run config that computes the same run (same hash)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  gnflow config                                # the embedded default run\n"
+            "  gnflow config examples/gd.toml --set model.init_scale=1.0\n"
+            "  gnflow config --set flow.kind=gradient > gd.toml && gnflow run gd.toml\n"
+        ),
+    )
+    config.add_argument("config", nargs="?", help="TOML run config (default: the embedded default run)")
+    config.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. solver.rtol=1e-8"
+    )
+    config.set_defaults(handler=_cmd_config)
+
     info = sub.add_parser(
         "info",
         parents=[common],
         help="summarize a gnflow NetCDF file",
         description="Print what a file holds: status, flow and solver, sizes, first and last losses.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  gnflow info data/runs/default.nc\n  gnflow info run.nc --config\n",
+        epilog="examples:\n  gnflow info data/runs/default.nc\n  gnflow info data/runs/default.nc --config\n",
     )
     info.add_argument("file", help="a NetCDF file written by gnflow")
     info.add_argument("--config", action="store_true", help="also print the stored run config as JSON")
@@ -115,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  gnflow sweep grid.toml -o data/sweeps/tau0          # local dask cluster, one worker per core\n"
-            "  gnflow sweep grid.toml --workers 4\n"
-            "  gnflow sweep grid.toml --workers 0                  # serially, in this process\n"
-            "  gnflow sweep grid.toml --scheduler tcp://10.0.0.5:8786\n"
-            "  gnflow sweep grid.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
+            "  gnflow sweep examples/grid.toml -o data/sweeps/tau0   # local dask cluster, one worker per core\n"
+            "  gnflow sweep examples/grid.toml --workers 4\n"
+            "  gnflow sweep examples/grid.toml --workers 0           # serially, in this process\n"
+            "  gnflow sweep examples/grid.toml --scheduler tcp://10.0.0.5:8786\n"
+            "  gnflow sweep examples/grid.toml --scheduler-file ~/scheduler.json   # e.g. a Slurm allocation\n"
         ),
     )
     sweep.add_argument("grid", metavar="GRID.toml", help="sweep grid file (TOML)")
@@ -155,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  gnflow observe run.nc --overwrite                      # all applicable observables, in place\n"
-            "  gnflow observe run.nc regime refit teacher_alignment -o run-obs.nc\n"
-            "  gnflow observe run.nc wasserstein --set wasserstein_exact_max=2000 -o run-obs.nc\n"
+            "  gnflow observe data/runs/default.nc              # all applicable observables, in place\n"
+            "  gnflow observe data/runs/default.nc regime refit teacher_alignment -o data/runs/default-obs.nc\n"
+            "  gnflow observe data/runs/default.nc wasserstein --set wasserstein_exact_max=2000 -o w.nc\n"
             "  gnflow observe --list                                  # names and the variables they add\n"
         ),
     )
