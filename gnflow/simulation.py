@@ -34,6 +34,7 @@ from gnflow.experiment import build_experiment
 from gnflow.observables import validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
 from gnflow.status import SignalInterrupt
+from gnflow.threads import resolve_threads, torch_threads
 from gnflow.trajectory import trajectory_dataset
 
 __all__ = ["run", "simulate"]
@@ -56,7 +57,25 @@ def simulate(
     :func:`gnflow.solve.integrate`. The observables of
     ``config.observe.names`` are measured after integration in the same pass as the built-in
     variables, giving the numbers ``gnflow observe`` computes on the saved file.
+
+    The run uses ``config.compute.threads`` torch threads (0: the free cores, see
+    :mod:`gnflow.threads`); torch's setting is restored afterwards, and the number used is the
+    dataset's ``gnflow_threads``.
     """
+    with torch_threads(resolve_threads(config.compute.threads)) as threads:
+        ds = _simulate(config, progress=progress, checkpoint=checkpoint, resume=resume, callback=callback)
+    ds.attrs["gnflow_threads"] = threads
+    return ds
+
+
+def _simulate(
+    config: RunConfig,
+    *,
+    progress: bool | None,
+    checkpoint: CheckpointHook | None,
+    resume: dict[str, object] | None,
+    callback: Callback | None,
+) -> xr.Dataset:
     experiment = build_experiment(config)
     validate_observable_names(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
     flow = experiment.flow

@@ -57,6 +57,7 @@ ATTRIBUTE_DOCS = {
     "gnflow_solver": "the ODE method and its tolerances or step size",
     "gnflow_status": "`completed` (reached t_end), `converged` (stopped on the loss ratio) or `failed: <reason>`",
     "gnflow_wall_time_s": "wall-clock time of the integration, seconds",
+    "gnflow_threads": "torch CPU threads the run used (compute.threads, or the free cores)",
     "gnflow_cpu_time_s": "processor time of the integration (this process, all threads), seconds",
     "gnflow_nfe": "total number of vector-field evaluations",
     "gnflow_steps": "total number of accepted solver steps",

@@ -24,8 +24,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from gnflow.cli._config_command import override_output_path, resolve_config
     from gnflow.simulation import run
 
-    config, base = resolve_config(args.config, args.set or [])
-    configured = override_output_path(config, base) if args.set else Path(config.output.path)
+    sets = list(args.set or [])
+    if args.threads is not None:
+        sets.append(f"compute.threads={args.threads}")
+    config, base = resolve_config(args.config, sets)
+    configured = override_output_path(config, base) if sets else Path(config.output.path)
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
     out = _output_path(args.output, str(configured), args.overwrite or args.resume)
     progress = False if args.quiet else None

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", metavar="OUT.nc", help="output file (default: output.path of the config)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     run.add_argument(
+        "--threads",
+        type=int,
+        metavar="K",
+        help="torch CPU threads of the run (compute.threads; default 0: the free cores, at most torch's default)",
+    )
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue from the checkpoint beside the output file (NAME.checkpoint.pt) when there is one; "

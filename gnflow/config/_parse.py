@@ -150,6 +150,7 @@ LOCATION_KEYS: tuple[str, ...] = (
     "output.checkpoint_every_steps",
     "solver.max_wall_time_s",
     "solver.max_cpu_time_s",
+    "compute.threads",
 )
 
 

@@ -470,15 +470,22 @@ class ComputeConfig:
     allow_tf32:
         On CUDA with ``dtype = "float32"``, let the float32 products (activations, J^T c) use TF32
         tensor cores (about 3 significant digits fewer). Gram matrices and solves stay float64.
+    threads:
+        torch CPU threads of the run (``gnflow run --threads``); 0 (default): the free cores, at
+        most torch's current setting, so that a loaded machine is not oversubscribed
+        (:mod:`gnflow.threads`). Results agree to rounding between thread counts; left out of the
+        config hash. The number used is the file's ``gnflow_threads``.
     """
 
     chunk_size: int = 0
     block_entries: int = 1 << 24
     allow_tf32: bool = False
+    threads: int = 0
 
     def __post_init__(self) -> None:
         _require(self.chunk_size >= 0, "compute.chunk_size", f"must be >= 0 (0 = automatic), got {self.chunk_size}")
         _require(self.block_entries >= 1, "compute.block_entries", f"must be >= 1, got {self.block_entries}")
+        _require(self.threads >= 0, "compute.threads", f"must be >= 0 (0 = the free cores), got {self.threads}")
 
 
 @dataclass(frozen=True, kw_only=True)
