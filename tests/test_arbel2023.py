@@ -151,7 +151,7 @@ def test_discrete_gd_with_a_large_step_ratio_diverges_and_says_so() -> None:
 
 
 def test_the_study_has_a_medium_scale_between_small_and_paper() -> None:
-    assert study_scales("arbel2023") == ("smoke", "small", "medium", "paper")
+    assert study_scales("arbel2023") == ("smoke", "small", "medium", "paper", "paper_rows")
     medium = load_study_settings("arbel2023", "medium")
     assert (medium["n_train"], medium["width"], medium["n_test"], len(medium["seeds"])) == (200, 2000, 5000, 5)
     assert medium["tau0"] == [0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 100.0]
