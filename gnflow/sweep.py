@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import xarray as xr
-from tqdm.auto import tqdm
 
 from gnflow import __version__
+from gnflow._progress import progress_bar
 from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
 from gnflow.dataset import atomic_write_json, file_sha256, run_config_of, write_dataset
@@ -345,13 +345,7 @@ def dask_available() -> bool:
 
 class _Progress:
     def __init__(self, total: int, counts: Mapping[str, int], enabled: bool | None) -> None:
-        self.bar = tqdm(
-            total=total,
-            desc="sweep",
-            unit="run",
-            file=sys.stderr,
-            disable=None if enabled is None else not enabled,
-        )
+        self.bar = progress_bar(total=total, enabled=enabled, desc="sweep", unit="run", file=sys.stderr)
         self.bar.update(total - counts["pending"])
         self.show(counts)
 

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import ot
 from scipy.spatial.distance import cdist
 
 __all__ = ["TransportResult", "wasserstein2"]
@@ -79,6 +78,8 @@ def wasserstein2(
         raise ValueError(f"points must be (n, D) arrays of the same D, got {a.shape} and {b.shape}")
     if a.shape[0] == 0 or b.shape[0] == 0:
         raise ValueError("both measures need at least one particle")
+    import ot  # POT, and scikit-learn under it, take about a second to import: only when a distance is asked
+
     n_a, n_b = a.shape[0], b.shape[0]
     if n_a * n_b <= exact_max * exact_max:
         # coordinate differences, not ||a||^2 + ||b||^2 - 2 a.b, so that coincident points cost 0

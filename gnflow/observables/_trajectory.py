@@ -18,8 +18,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
+from gnflow._progress import progress_bar
 from gnflow.config import RunConfig
 from gnflow.data import RegressionData, make_run_data
 from gnflow.dataset import run_config_of
@@ -205,12 +205,12 @@ def measure(
         Show a progress bar: True, False, or None (only on a terminal).
     """
     eigenvectors = any(m.needs_eigenvectors for m in measurements)
-    times = tqdm(
+    times = progress_bar(
         range(trajectory.n_times),
+        enabled=progress,
         desc="measuring saved states",
         unit="state",
         leave=False,
-        disable=None if progress is None else not progress,
     )
     with torch.no_grad():
         for index in times:

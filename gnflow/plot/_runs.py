@@ -85,10 +85,10 @@ def load_run_curves(paths: Sequence[str | Path], *, progress: bool | None = None
     progress:
         Show a progress bar: True, False, or None (only when stderr is a terminal).
     """
-    from tqdm.auto import tqdm
+    from gnflow._progress import progress_bar
 
     runs: list[RunCurves] = []
-    bar = tqdm(paths, desc="reading runs", unit="file", disable=None if progress is None else not progress, leave=False)
+    bar = progress_bar(paths, enabled=progress, desc="reading runs", unit="file", leave=False)
     for path in bar:
         path = Path(path)
         try:

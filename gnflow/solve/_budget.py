@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
-
+from gnflow._progress import progress_bar
 from gnflow.config import SolverConfig
 
 __all__ = ["Budget", "ProgressBar", "StopWatch"]
@@ -111,18 +110,17 @@ class ProgressBar:
     name:
         Label in front of the bar.
     enabled:
-        True, False, or None (only when stderr is a terminal).
+        True, False, or None (when stderr is a terminal or in a notebook: :mod:`gnflow._progress`).
     label:
         Name of the position shown (``t`` for flow time).
     """
 
     def __init__(self, total: float, name: str, enabled: bool | None, *, label: str = "t") -> None:
-        disable = None if enabled is None else not enabled
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=total,
+            enabled=enabled,
             desc=name,
             unit="",
-            disable=disable,
             bar_format=f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {label}={{n:.4g}}/{{total:.4g}} "
             "[{elapsed}<{remaining}{postfix}]",
             leave=False,
