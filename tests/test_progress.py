@@ -37,7 +37,8 @@ def test_in_a_kernel_the_bar_shows_by_default_and_without_widgets_is_text(monkey
 
 
 def test_import_gnflow_leaves_pot_and_tqdm_auto_unloaded():
-    code = "import sys, gnflow; print(sorted(m for m in ('ot', 'sklearn', 'tqdm.auto', 'matplotlib') if m in sys.modules))"
+    names = "('ot', 'sklearn', 'tqdm.auto', 'matplotlib')"
+    code = f"import sys, gnflow; print(sorted(m for m in {names} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     assert "IProgress" not in out.stderr
