@@ -201,5 +201,11 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         gnflow_dtype=config.dtype,
         gnflow_data=data.name,
     )
+    if experiment.start is not None:
+        ds.attrs.update(
+            gnflow_init_from=experiment.start.source,
+            gnflow_init_from_t=experiment.start.t,
+            gnflow_init_from_sha256=experiment.start.sha256,
+        )
     ds = apply_variable_attrs(ds)
     return add_observables(ds, observables, config.observe) if observables else ds

@@ -7,6 +7,7 @@ import json
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,15 +20,39 @@ from gnflow.cli._paths import (
 )
 from gnflow.dataset import OutputExistsError, dataset_result
 
+if TYPE_CHECKING:
+    from gnflow.config import RunConfig
+
+
+def _config_of_source(init_from: str, sets: list[str]) -> tuple[RunConfig, RunConfig]:
+    """``gnflow run --from FILE`` without CONFIG: FILE's own run config, with the overrides."""
+    from gnflow.config import apply_overrides, config_from_dict, config_to_dict
+    from gnflow.dataset import read_dataset, run_config_of
+
+    path = Path(init_from.rsplit("@", 1)[0] if "@" in init_from else init_from)
+    if not path.is_file():
+        raise CommandError(f"--from: {path} is not a file (allowed: a gnflow run file, FILE.nc or FILE.nc@T)")
+    try:
+        values = config_to_dict(run_config_of(read_dataset(path)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"--from: {path} holds no gnflow run config: {str(exc).splitlines()[0]}") from None
+    values["model"].pop("init_from", None)
+    return config_from_dict(apply_overrides(values, sets)), config_from_dict(values)
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from gnflow.cli._config_command import override_output_path, resolve_config
     from gnflow.simulation import run
 
     sets = list(args.set or [])
+    if args.init_from is not None:
+        sets.append(f"model.init_from={args.init_from}")
     if args.threads is not None:
         sets.append(f"compute.threads={args.threads}")
-    config, base = resolve_config(args.config, sets)
+    if args.config is None and args.init_from is not None:
+        config, base = _config_of_source(args.init_from, sets)
+    else:
+        config, base = resolve_config(args.config, sets)
     configured = override_output_path(config, base) if sets else Path(config.output.path)
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
     out = _output_path(args.output, str(configured), args.overwrite or args.resume)

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", metavar="OUT.nc", help="output file (default: output.path of the config)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     run.add_argument(
+        "--from",
+        dest="init_from",
+        metavar="FILE.nc[@T]",
+        help="start from the last saved state of FILE.nc (or the one at flow time T) instead of a random draw "
+        "(model.init_from); without CONFIG, FILE.nc's own config is used: continue a run with --set solver.t_end=...",
+    )
+    run.add_argument(
         "--threads",
         type=int,
         metavar="K",

@@ -145,6 +145,13 @@ class ModelConfig:
     train:
         Which components move: ``"all"``, ``"hidden"`` (u and b) or ``"output"`` (v: random
         features).
+    init_from:
+        Start from a saved state of a gnflow trajectory file instead of a random draw
+        (``gnflow run --from``): ``"PATH"`` (its last saved state) or ``"PATH@T"`` (its saved
+        state at flow time T). The file's particles must match ``width`` and the input dimension,
+        and its training data this run's; ``init_scale`` and ``output_init`` are then unused for
+        the state. The new run's flow time starts at 0; the file records the source, its t and
+        its SHA-256 (``gnflow_init_from*``). Empty (default): the random draw.
     """
 
     width: int = 5000
@@ -153,9 +160,23 @@ class ModelConfig:
     init_scale: float = 1.0
     output_init: OutputInit = "zero"
     train: Trainable = "all"
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        if self.init_from:
+            path, _, at = self.init_from.rpartition("@") if "@" in self.init_from else (self.init_from, "", "")
+            _require(bool(path), "model.init_from", f'must be "PATH" or "PATH@T", got {self.init_from!r}')
+            if at:
+                try:
+                    t = float(at)
+                except ValueError:
+                    t = math.nan
+                _require(
+                    math.isfinite(t) and t >= 0,
+                    "model.init_from",
+                    f'the time after "@" must be a flow time >= 0, got {at!r} (allowed: "PATH" or "PATH@T")',
+                )
         _require(
             math.isfinite(self.init_scale) and self.init_scale > 0,
             "model.init_scale",
