@@ -447,7 +447,10 @@ def neural_tangent_kernel(
         k1 = derivative_kernel(
             a, other, activation=activation, init_scale=init_scale, rule=rule, closed_form=closed_form
         )
-        total += second_moment * k1 * (a @ b.T + 1.0)
+        inner = a @ b.T + 1.0
+        if x2 is None:
+            inner = (inner + inner.T) / 2  # the product is symmetric only up to rounding
+        total += second_moment * k1 * inner
     factor = 1.0 if width is None or scaling == "ntk" else 1.0 / width
     return total.mul_(factor)
 
