@@ -4,7 +4,7 @@ At initialization gnflow draws the hidden weights and biases of every particle i
 N(0, tau0^2) (``model.init_scale``), so the pre-activations z = u.x + b and z' = u.x' + b of two
 inputs are jointly Gaussian with covariance
 
-    Sigma(x, x') = tau0^2 [[|x|^2 + 1, x.x' + 1], [x.x' + 1, |x'|^2 + 1]].
+    Sigma(x, x') = tau0^2 [[x.x + 1, x.x' + 1], [x.x' + 1, x'.x' + 1]].
 
 Every kernel of the infinite-width network is an expectation over this 2 x 2 Gaussian:
 
@@ -23,7 +23,7 @@ and use them; the other activations use a two-dimensional Gaussian quadrature in
 coordinates (:class:`QuadratureRule`). ``erf`` is not an activation of :class:`gnflow.model.ParticleModel`:
 it is offered here as the smooth activation whose kernels are known in closed form, to validate
 the quadrature. :func:`kernel_regression` is the kernel-regression predictor (minimum-norm
-interpolant or ridge) with gnflow's loss L = |r|^2 / (2 n).
+interpolant or ridge) with gnflow's loss L = ||r||^2 / (2 n).
 
 The mathematics and the measured accuracy are in ``docs/infinite_width.md``.
 """
@@ -168,7 +168,7 @@ def pre_activation_covariance(
     Returns
     -------
     tuple of torch.Tensor
-        Variances tau0^2 (|x|^2 + 1), shape (n,), tau0^2 (|x'|^2 + 1), shape (m,), and the
+        Variances tau0^2 (x.x + 1), shape (n,), tau0^2 (x'.x' + 1), shape (m,), and the
         covariances tau0^2 (x.x' + 1), shape (n, m); float64.
     """
     if not (math.isfinite(init_scale) and init_scale > 0):
@@ -466,9 +466,9 @@ class KernelPrediction:
     coefficients:
         alpha = (K + (ridge + jitter) I)^{-1} y, shape (sample,).
     train_loss:
-        |K alpha - y|^2 / (2 n) on the training points (0 up to rounding for the interpolant).
+        ||K alpha - y||^2 / (2 n) on the training points (0 up to rounding for the interpolant).
     test_loss:
-        |f(X*) - y*|^2 / (2 n*), NaN when no test labels were given.
+        ||f(X*) - y*||^2 / (2 n*), NaN when no test labels were given.
     ridge, jitter:
         What was added to the diagonal of the Gram matrix: the ridge asked for, and the jitter
         that made the Cholesky factorization succeed (0 unless asked for).
@@ -495,7 +495,7 @@ def kernel_regression(
 
     With ridge = 0 this is the minimum-norm interpolant of the kernel (the limit of gradient
     flow on the random features from v = 0, and of the linearized network under the NTK); with
-    ridge > 0 it minimizes |f(X) - y|^2 / (2 n) + ridge |f|_K^2 / (2 n). The Gram matrix is
+    ridge > 0 it minimizes ||f(X) - y||^2 / (2 n) + ridge ||f||_K^2 / (2 n). The Gram matrix is
     factorized by Cholesky in float64.
 
     Parameters
