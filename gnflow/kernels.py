@@ -146,8 +146,8 @@ def _activation(name: str, derivative: bool) -> Function:
     return lambda z: activation_and_derivative(name, z)[index]
 
 
-def _as_inputs(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-    out = torch.as_tensor(x, dtype=torch.float64)
+def _as_inputs(x: torch.Tensor | np.ndarray, name: str, device: torch.device | None = None) -> torch.Tensor:
+    out = torch.as_tensor(x, dtype=torch.float64, device=device)
     if out.ndim != 2:
         raise ValueError(f"{name} must have shape (sample, input_dim), got {tuple(out.shape)}")
     return out
@@ -173,7 +173,8 @@ def pre_activation_covariance(
     """
     if not (math.isfinite(init_scale) and init_scale > 0):
         raise ValueError(f"init_scale must be a finite number > 0, got {init_scale}")
-    a, b = _as_inputs(x, "x"), _as_inputs(x2, "x2")
+    a = _as_inputs(x, "x")
+    b = _as_inputs(x2, "x2", a.device)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"x and x2 must have the same input_dim, got {a.shape[1]} and {b.shape[1]}")
     tau2 = init_scale * init_scale
@@ -232,8 +233,8 @@ def gaussian_expectation(
         raise ValueError("var1 and var2 must be > 0")
     s1, s2 = torch.sqrt(var1), torch.sqrt(var2)
     theta = _angle(var1, var2, cov)
-    nodes, weights = rule.angular()
-    radial = torch.arange(rule.radial_nodes, dtype=torch.float64)
+    nodes, weights = (t.to(var1.device) for t in rule.angular())
+    radial = torch.arange(rule.radial_nodes, dtype=torch.float64, device=var1.device)
     out = torch.empty_like(var1)
     per_pair = rule.nodes_per_pair
     block = max(1, _BLOCK_ENTRIES // per_pair)
@@ -270,7 +271,7 @@ def _pairs(
     var1, var2, cov = pre_activation_covariance(x, x if x2 is None else x2, init_scale)
     n, m = cov.shape
     if symmetric:
-        rows, cols = torch.triu_indices(n, n)
+        rows, cols = torch.triu_indices(n, n, device=cov.device)
         return var1[rows], var2[cols], cov[rows, cols], (rows, cols), (n, m)
     return var1[:, None].expand(n, m).flatten(), var2[None, :].expand(n, m).flatten(), cov.flatten(), None, (n, m)
 
@@ -303,7 +304,7 @@ def _kernel(
         )
     if triangle is None:
         return values.reshape(shape)
-    out = torch.empty(shape, dtype=torch.float64)
+    out = values.new_empty(shape)
     rows, cols = triangle
     out[rows, cols] = values
     out[cols, rows] = values
@@ -436,9 +437,9 @@ def neural_tangent_kernel(
         raise ValueError("scaling 'mean_field': the tangent kernel is of order 1/M; give width = M")
     second_moment = output_second_moment(output_init)
     a = _as_inputs(x, "x")
-    b = a if x2 is None else _as_inputs(x2, "x2")
+    b = a if x2 is None else _as_inputs(x2, "x2", a.device)
     other = None if x2 is None else b
-    total = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64)
+    total = a.new_zeros(a.shape[0], b.shape[0])
     if train in ("all", "output"):
         total += random_features_kernel(
             a, other, activation=activation, init_scale=init_scale, rule=rule, closed_form=closed_form
@@ -519,8 +520,8 @@ def kernel_regression(
     KernelPrediction
     """
     k = torch.as_tensor(gram, dtype=torch.float64)
-    kx = torch.as_tensor(cross, dtype=torch.float64)
-    labels = torch.as_tensor(y, dtype=torch.float64)
+    kx = torch.as_tensor(cross, dtype=torch.float64, device=k.device)
+    labels = torch.as_tensor(y, dtype=torch.float64, device=k.device)
     n = labels.shape[0]
     if k.shape != (n, n):
         raise ValueError(f"gram must have shape ({n}, {n}) for {n} labels, got {tuple(k.shape)}")
@@ -530,7 +531,7 @@ def kernel_regression(
         raise ValueError(f"ridge and jitter must be >= 0, got ridge={ridge}, jitter={jitter}")
     if jitter > 0:
         logger.info("kernel regression: jitter %.3g added to the diagonal of the Gram matrix", jitter)
-    shifted = k + (ridge + jitter) * torch.eye(n, dtype=torch.float64)
+    shifted = k + (ridge + jitter) * torch.eye(n, dtype=torch.float64, device=k.device)
     factor, info = torch.linalg.cholesky_ex(shifted)
     if int(info) != 0:
         raise ValueError(
@@ -542,7 +543,7 @@ def kernel_regression(
     predictions = kx @ alpha
     test_loss = float("nan")
     if y_test is not None:
-        targets = torch.as_tensor(y_test, dtype=torch.float64)
+        targets = torch.as_tensor(y_test, dtype=torch.float64, device=k.device)
         if targets.shape != predictions.shape:
             raise ValueError(f"y_test must have shape {tuple(predictions.shape)}, got {tuple(targets.shape)}")
         test_loss = float(((predictions - targets) ** 2).sum()) / (2 * targets.shape[0])
