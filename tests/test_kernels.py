@@ -259,3 +259,25 @@ def test_random_features_refit_approaches_the_kernel_predictor_at_the_first_orde
         assert abs(gap) < tolerance, (width, gap, tolerance)
     # the tolerance is meaningful: at the largest width it is a small part of the loss
     assert 4.0 * math.sqrt(q_variance / 32_000) < 0.05 * limit.test_loss
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernels_on_cuda_equal_the_cpu_kernels() -> None:
+    x, xt = _points(20, 6, seed=14), _points(9, 6, seed=15)
+    y = np.sin(x.sum(1))
+    for activation in ("silu", "relu"):
+        cpu = neural_tangent_kernel(x, activation=activation, output_init="normal")
+        cuda = neural_tangent_kernel(torch.as_tensor(x, device="cuda"), activation=activation, output_init="normal")
+        assert cuda.device.type == "cuda"
+        torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-12, atol=1e-12)
+        cross = random_features_kernel(torch.as_tensor(xt, device="cuda"), x, activation=activation)
+        gram = random_features_kernel(torch.as_tensor(x, device="cuda"), activation=activation)
+        result = kernel_regression(gram, cross, y, ridge=0.1)
+        expected = kernel_regression(
+            random_features_kernel(x, activation=activation),
+            random_features_kernel(xt, x, activation=activation),
+            y,
+            ridge=0.1,
+        )
+        torch.testing.assert_close(result.predictions.cpu(), expected.predictions, rtol=1e-10, atol=1e-12)
