@@ -281,3 +281,14 @@ def test_kernels_on_cuda_equal_the_cpu_kernels() -> None:
             ridge=0.1,
         )
         torch.testing.assert_close(result.predictions.cpu(), expected.predictions, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_activations_are_the_model_activations() -> None:
+    from gnflow.kernels import _activation
+    from gnflow.model import activation_and_derivative
+
+    z = torch.linspace(-30.0, 30.0, 2001, dtype=torch.float64)
+    for name in ACTIVATIONS:
+        value, derivative = activation_and_derivative(name, z)
+        torch.testing.assert_close(_activation(name, False)(z), value, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(_activation(name, True)(z), derivative, rtol=1e-15, atol=1e-15)
