@@ -555,6 +555,8 @@ def kernel_regression(
         raise ValueError(f"gram must have shape ({n}, {n}) for {n} labels, got {tuple(k.shape)}")
     if kx.ndim != 2 or kx.shape[1] != n:
         raise ValueError(f"cross must have shape (test_sample, {n}), got {tuple(kx.shape)}")
+    if float(torch.linalg.matrix_norm(k - k.T)) > 1e-12 * float(torch.linalg.matrix_norm(k)):
+        raise ValueError("gram must be symmetric (K(X, X)); got a matrix that differs from its transpose")
     if not (ridge >= 0 and jitter >= 0):
         raise ValueError(f"ridge and jitter must be >= 0, got ridge={ridge}, jitter={jitter}")
     if jitter > 0:

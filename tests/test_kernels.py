@@ -292,3 +292,10 @@ def test_kernel_activations_are_the_model_activations() -> None:
         value, derivative = activation_and_derivative(name, z)
         torch.testing.assert_close(_activation(name, False)(z), value, rtol=1e-15, atol=1e-15)
         torch.testing.assert_close(_activation(name, True)(z), derivative, rtol=1e-15, atol=1e-15)
+
+
+def test_kernel_regression_refuses_a_gram_matrix_that_is_not_symmetric() -> None:
+    gram = random_features_kernel(_points(4, 2, seed=16), activation="relu")
+    gram[0, 1] += 1e-3
+    with pytest.raises(ValueError, match="gram must be symmetric"):
+        kernel_regression(gram, gram[:1], np.ones(4))
