@@ -25,6 +25,7 @@ RUNS = {
     "gn.toml": ["solver.t_end=50.0"],
     "gd.toml": ["solver.t_end=50.0"],
     "long_gd.toml": ["solver.t_end=50.0", "solver.save_decades=2.0"],
+    "discrete_gd.toml": ["solver.t_end=500.0", "solver.save_decades=2.0"],
     "ggn.toml": ["flow.batch_size=8", "flow.epochs=2"],
     "checkpointed.toml": ["solver.t_end=50.0"],
 }
