@@ -153,10 +153,18 @@ LOCATION_KEYS: tuple[str, ...] = (
     "compute.threads",
 )
 
+# Keys added after runs were first written, left out of the hash while at this value (their
+# default, which computes what runs without the key computed): runs written before the key existed
+# keep their ids, and sweeps still find them.
+LATER_KEYS: dict[str, Any] = {
+    "model.init_from": "",
+}
+
 
 def config_hash(config: RunConfig, length: int = 16) -> str:
     """A stable identifier of what ``config`` computes: the first ``length`` hex digits of the
-    SHA-256 of :func:`config_to_json` with the :data:`LOCATION_KEYS` left out.
+    SHA-256 of :func:`config_to_json` with the :data:`LOCATION_KEYS` left out, and the
+    :data:`LATER_KEYS` while at their default.
 
     Two configs with the same hash give the same trajectory wherever their files go.
     """
@@ -164,6 +172,10 @@ def config_hash(config: RunConfig, length: int = 16) -> str:
     for key in LOCATION_KEYS:
         section, name = key.split(".")
         values.get(section, {}).pop(name, None)
+    for key, default in LATER_KEYS.items():
+        section, name = key.split(".")
+        if values.get(section, {}).get(name, default) == default:
+            values.get(section, {}).pop(name, None)
     text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
