@@ -83,10 +83,34 @@ def test_weight_movement_of_a_scaled_trajectory() -> None:
     factors = np.array([1.0, 1.5, 3.0])
     weights = factors[:, None, None] * w0  # W(t) - W(0) = (factor - 1) W(0)
     np.testing.assert_allclose(weight_movement(weights), factors - 1.0, rtol=1e-14)
-    # components restrict the norm; a part that starts at 0 gives the RMS change per particle
+    # components restrict the norm; a part that starts at 0 is divided by the norm of all of W(0),
+    # as the weight_movement observable does (one definition)
     weights[:, :, -1] = np.array([0.0, 2.0, 4.0])[:, None]
-    np.testing.assert_allclose(weight_movement(weights, slice(3, 4)), [0.0, 2.0, 4.0], rtol=1e-14)
+    whole0 = np.linalg.norm(weights[0])
+    np.testing.assert_allclose(weight_movement(weights, slice(3, 4)), np.array([0.0, 2.0, 4.0]) * np.sqrt(5) / whole0)
     np.testing.assert_allclose(weight_movement(weights, slice(0, 3)), factors - 1.0, rtol=1e-14)
+    assert np.isnan(weight_movement(np.zeros((2, 3, 4)))).all()
+
+
+def test_figure_movement_equals_the_weight_movement_observable(tmp_path) -> None:
+    from gnflow.config import config_from_dict
+    from gnflow.observables import observe
+    from gnflow.plot._run import _movement_series
+    from gnflow.simulation import simulate
+
+    config = config_from_dict(
+        {"data": {"n_train": 10, "n_test": 10}, "model": {"width": 12}, "solver": {"t_end": 20.0, "n_save": 5}}
+    )
+    ds = simulate(config, progress=False)  # v(0) = 0: the output part is divided by ||W(0)||
+    computed = dict(_movement_series(ds))
+    observed = observe(ds, ["weight_movement"])
+    labels = {"hidden_weight_movement": "hidden layer", "output_weight_movement": "output layer"}
+    for name, prefix in labels.items():
+        (label,) = [k for k in computed if k.startswith(prefix)]
+        np.testing.assert_allclose(computed[label], observed[name].values, rtol=1e-12)
+    assert "‖W(0)‖" in next(k for k in computed if k.startswith("output"))
+    stored = dict(_movement_series(observed))
+    assert any("||W_0||" in k and "output" in k for k in stored)
 
 
 def test_teacher_plane_is_orthonormal_and_spans_the_first_two_directions() -> None:
@@ -160,6 +184,13 @@ def test_comparison_png_has_final_loss_against_tau0(sweep_dir: Path, tmp_path: P
     assert xs == {0.1, 2.0}
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "flow = gradient, τ0 = 0.1" in labels and len(labels) == 4
+    # one meaning of colour: each final-loss point has the colour of its run's curves
+    from matplotlib.colors import to_rgba
+
+    curve = {line.get_label(): to_rgba(line.get_color()) for line in fig.axes[0].get_lines()}
+    points = [tuple(c) for coll in final.collections for c in coll.get_facecolors()]
+    points += [tuple(c) for coll in final.collections for c in coll.get_edgecolors()]
+    assert points and {p for p in points if p[3] > 0} <= set(curve.values())
     _check_png(save_figure(fig, tmp_path / "compare.png", dpi=60), min_height=250)
 
 
@@ -218,3 +249,37 @@ def test_a_run_with_only_its_initial_state_still_plots(run_file: Path, tmp_path:
     assert [ax.get_visible() for ax in fig.axes[3:]] == [True, False, False]
     # no curve has a point at t > 0 and every output weight is 0 (grey particles): no colour
     _check_png(save_figure(fig, tmp_path / "first.png", dpi=60), colour=False)
+
+
+def test_the_loss_panel_clips_refit_curves_at_rounding_level_and_keeps_every_particle(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gnflow.config import config_from_dict
+    from gnflow.observables import observe
+    from gnflow.plot._run import _plot_losses, _plot_particles, loss_floor
+    from gnflow.simulation import simulate
+
+    config = config_from_dict(
+        {"data": {"n_train": 10, "n_test": 10}, "model": {"width": 400}, "solver": {"t_end": 50.0, "n_save": 6}}
+    )
+    ds = observe(simulate(config, progress=False), ["refit"])
+    assert float(np.nanmin(ds["refit_train_loss"].values)) < 1e-20  # M > N: the refit interpolates
+    fig, ax = plt.subplots()
+    _plot_losses(ax, ds)
+    low, _ = ax.get_ylim()
+    own = min(float(ds["train_loss"].values.min()), float(ds["test_loss"].values.min()))
+    assert low == loss_floor(ds) == 0.01 * own
+    weights = ds["weights"].values.copy()
+    weights[-1, 0, :-2] *= 20.0  # one far particle at the end: it must stay on the panel too
+    fig, axes = plt.subplots(1, 3)
+    _plot_particles(axes, ds.assign(weights=(ds["weights"].dims, weights)))
+    for a in axes:
+        for collection in a.collections:
+            xy = collection.get_offsets()
+            x0, x1 = a.get_xlim()
+            y0, y1 = a.get_ylim()
+            assert np.all((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+    plt.close("all")

@@ -11,7 +11,8 @@ import numpy as np
 
 
 def weight_movement(weights: np.ndarray, components: slice | Sequence[int] = slice(None)) -> np.ndarray:
-    """Relative weight movement ||W(t) - W(0)||_F / ||W(0)||_F at every saved time.
+    """Relative weight movement ||W(t) - W(0)||_F / ||W(0)||_F at every saved time, the definition of
+    the ``weight_movement`` observable (one definition for the figures and the files).
 
     Parameters
     ----------
@@ -23,16 +24,26 @@ def weight_movement(weights: np.ndarray, components: slice | Sequence[int] = sli
     Returns
     -------
     numpy.ndarray
-        Shape (t,), dimensionless; 0 at t = 0. When W(0) restricted to ``components`` is zero
-        (e.g. output weights that start at 0) the root-mean-square change per particle,
-        ||W(t) - W(0)||_F / sqrt(particle), is returned instead.
+        Shape (t,), dimensionless; 0 at t = 0. The change of the ``components`` is divided by
+        their norm at t = 0; when that is zero (output weights that start at 0) by the norm of all
+        of W(0) instead (:func:`movement_normalization` says which), and NaN when W(0) = 0.
     """
-    w = np.asarray(weights, dtype=np.float64)[:, :, components]
+    whole = np.asarray(weights, dtype=np.float64)
+    w = whole[:, :, components]
     if w.ndim != 3:
         raise ValueError(f"weights must have shape (t, particle, component), got {w.shape}")
     change = np.sqrt(((w - w[:1]) ** 2).sum(axis=(1, 2)))
     norm0 = float(np.sqrt((w[0] ** 2).sum()))
-    return change / norm0 if norm0 > 0 else change / math.sqrt(w.shape[1])
+    if norm0 > 0:
+        return change / norm0
+    total0 = float(np.sqrt((whole[0] ** 2).sum()))
+    return change / total0 if total0 > 0 else np.full(change.shape, math.nan)
+
+
+def movement_normalization(weights: np.ndarray, components: slice | Sequence[int], part: str) -> str:
+    """What :func:`weight_movement` divided by: ``"‖part(0)‖"``, or ``"‖W(0)‖"`` when the part is 0."""
+    w0 = np.asarray(weights, dtype=np.float64)[0]
+    return f"‖{part}(0)‖" if np.any(w0[:, components]) else "‖W(0)‖ (v(0) = 0)"
 
 
 def teacher_plane(directions: np.ndarray) -> np.ndarray:

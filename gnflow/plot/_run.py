@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gnflow.plot._quantities import teacher_plane, weight_movement
+from gnflow.plot._quantities import movement_normalization, teacher_plane, weight_movement
 from gnflow.plot._style import (
     OKABE_ITO,
     finite_series,
@@ -55,7 +55,23 @@ def _plot_losses(ax: Axes, ds: xr.Dataset) -> None:
     ax.set_title("losses")
     scale_axis(ax, "x", t)
     scale_axis(ax, "y", plotted)
+    floor = loss_floor(ds)
+    if floor is not None and ax.get_yscale() == "log" and min(v for v in plotted if v > 0) < floor:
+        # a refit that interpolates the training set has a train loss at rounding level (~1e-28):
+        # it would squash the run's own curves into the top of the panel
+        top = max(v for v in plotted if np.isfinite(v))
+        ax.set_ylim(floor, top * 2.0)
+        ax.text(0.01, 0.01, f"curves below {floor:.1e} are clipped", transform=ax.transAxes, fontsize="x-small")
     ax.legend(loc="best", fontsize="small")
+
+
+def loss_floor(ds: xr.Dataset) -> float | None:
+    """The lowest loss the loss panel shows: a hundredth of the lowest positive train or test loss of
+    the network itself (refit curves may go below and are clipped); None without losses."""
+    own = [finite_series(ds, name) for name in ("train_loss", "test_loss")]
+    positive = [v[np.isfinite(v) & (v > 0)] for v in own if v is not None]
+    lowest = [float(v.min()) for v in positive if v.size]
+    return 0.01 * min(lowest) if lowest else None
 
 
 def _plot_spectrum(ax: Axes, ds: xr.Dataset) -> None:
@@ -87,17 +103,28 @@ def _movement_series(ds: xr.Dataset) -> list[tuple[str, np.ndarray]]:
         for name in ds.data_vars
         if "movement" in str(name) and (values := finite_series(ds, str(name))) is not None
     ]
-    series = [(str(ds[name].attrs.get("long_name", name)), values) for name, values in stored]
+    series = [(_stored_label(ds, name), values) for name, values in stored]
     has_weight_movement = any(name.startswith("weight_movement") for name, _ in stored)
     if not has_weight_movement and "weights" in ds and "component" in ds["weights"].dims:
         weights = ds["weights"].transpose("t", "particle", "component").values
         d = weights.shape[2] - 2
-        series.insert(0, ("hidden layer (u, b): ‖Δ‖ / ‖(u, b)(0)‖", weight_movement(weights, slice(0, d + 1))))
-        output_label = "output layer v: ‖Δv‖ / ‖v(0)‖"
-        if not np.any(weights[0, :, d + 1]):
-            output_label = "output layer v: RMS of Δv (v(0) = 0)"
-        series.insert(1, (output_label, weight_movement(weights, slice(d + 1, d + 2))))
+        hidden, output = slice(0, d + 1), slice(d + 1, d + 2)
+        hidden_label = f"hidden layer (u, b): ‖Δ(u, b)‖ / {movement_normalization(weights, hidden, '(u, b)')}"
+        series.insert(0, (hidden_label, weight_movement(weights, hidden)))
+        output_label = f"output layer v: ‖Δv‖ / {movement_normalization(weights, output, 'v')}"
+        series.insert(1, (output_label, weight_movement(weights, output)))
     return series
+
+
+def _stored_label(ds: xr.Dataset, name: str) -> str:
+    """Legend of a stored movement variable: its long name, with the normalization the file records
+    (the output weights' movement is divided by ||W_0|| when v_0 = 0, whatever the long name says)."""
+    attrs = ds[name].attrs
+    label = str(attrs.get("long_name", name))
+    norm = attrs.get("normalization")
+    if norm and " / " in label:
+        label = f"{label.rsplit(' / ', 1)[0]} / {norm}"
+    return label
 
 
 def _plot_movement(ax: Axes, ds: xr.Dataset) -> None:
@@ -168,7 +195,7 @@ def _plot_particles(axes: Sequence[Axes], ds: xr.Dataset) -> None:
     vmax = float(v.max()) if v.size else 0.0
     sizes = 3.0 + (25.0 * v / vmax if vmax > 0 else 0.0 * v)
     finite = coordinates[np.isfinite(coordinates).all(axis=-1)]
-    extent = float(np.quantile(np.abs(finite), 0.995)) * 1.15 if finite.size else 1.0
+    extent = float(np.abs(finite).max()) * 1.05 if finite.size else 1.0  # every particle on the panel
     extent = extent if extent > 0 else 1.0
     signs = np.sign(snapshots[:, :, -1])
     groups = (

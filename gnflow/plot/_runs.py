@@ -157,8 +157,16 @@ def _sort_key(run: RunCurves, keys: Sequence[str]) -> tuple[Any, ...]:
     return (*parts, run.name)
 
 
-def _plot_final(ax: Axes, runs: Sequence[RunCurves], key: str, keys: Sequence[str]) -> None:
-    """Final test (and train) loss against the value of ``key``; one line per other grid point."""
+_GROUP_STYLES = ("-", "--", "-.", ":")
+
+
+def _plot_final(ax: Axes, runs: Sequence[RunCurves], key: str, keys: Sequence[str], colours: Sequence[Any]) -> None:
+    """Final test (and train) loss against the value of ``key``; one line per other grid point.
+
+    Each point has its run's colour, as in the curve panels (one meaning of colour per figure);
+    the lines joining a group are grey, with one line style per group: solid circles test,
+    open squares train."""
+    colour_of = {id(run): colour for run, colour in zip(runs, colours, strict=True)}
     others = [k for k in keys if k != key]
     groups: dict[str, list[RunCurves]] = {}
     for run in runs:
@@ -170,12 +178,15 @@ def _plot_final(ax: Axes, runs: Sequence[RunCurves], key: str, keys: Sequence[st
         xs = [float(flatten_config(r.config)[key]) for r in members]
         test = [float(r.test_loss[-1]) for r in members]
         train = [float(r.train_loss[-1]) for r in members]
-        color = OKABE_ITO[k % len(OKABE_ITO)]
+        point_colours = [colour_of[id(r)] for r in members]
+        style = _GROUP_STYLES[k % len(_GROUP_STYLES)]
         prefix = f"{label}: " if label else ""
         if np.isfinite(test).any():
-            ax.plot(xs, test, "o-", color=color, label=f"{prefix}test")
+            ax.plot(xs, test, style, color="#777777", lw=1, label=f"{prefix}test (filled circles)")
+            ax.scatter(xs, test, marker="o", c=point_colours, zorder=3)
             plotted.extend(test)
-        ax.plot(xs, train, "s:", color=color, markerfacecolor="none", label=f"{prefix}train")
+        ax.plot(xs, train, style, color="#bbbbbb", lw=1, label=f"{prefix}train (open squares)")
+        ax.scatter(xs, train, marker="s", facecolors="none", edgecolors=point_colours, zorder=3)
         plotted.extend(train)
         xs_all.extend(xs)
     short = _short_key(key, keys)
@@ -239,7 +250,7 @@ def plot_runs(runs: Sequence[RunCurves]) -> Figure:
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize="small")
     for ax, key in zip(axes[2:], final_keys, strict=True):
-        _plot_final(ax, runs, key, keys)
+        _plot_final(ax, runs, key, keys, colours)
     varying = ", ".join(_short_key(k, keys) for k in keys) or "nothing"
     fig.suptitle(f"{len(runs)} runs (varying: {varying})")
     return fig
