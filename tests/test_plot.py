@@ -267,14 +267,14 @@ def test_the_loss_panel_clips_refit_curves_at_rounding_level_and_keeps_every_par
     )
     ds = observe(simulate(config, progress=False), ["refit"])
     assert float(np.nanmin(ds["refit_train_loss"].values)) < 1e-20  # M > N: the refit interpolates
-    fig, ax = plt.subplots()
+    _, ax = plt.subplots()
     _plot_losses(ax, ds)
     low, _ = ax.get_ylim()
     own = min(float(ds["train_loss"].values.min()), float(ds["test_loss"].values.min()))
     assert low == loss_floor(ds) == 0.01 * own
     weights = ds["weights"].values.copy()
     weights[-1, 0, :-2] *= 20.0  # one far particle at the end: it must stay on the panel too
-    fig, axes = plt.subplots(1, 3)
+    _, axes = plt.subplots(1, 3)
     _plot_particles(axes, ds.assign(weights=(ds["weights"].dims, weights)))
     for a in axes:
         for collection in a.collections:
