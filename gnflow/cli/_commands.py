@@ -7,6 +7,7 @@ import json
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,24 +18,19 @@ from gnflow.cli._paths import (
     _figure_path,
     _output_path,
     default_config_text,
+    logger,
 )
 from gnflow.dataset import OutputExistsError, dataset_result
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gnflow.config import apply_overrides, config_from_dict
+    from gnflow.config import apply_overrides, config_from_dict, read_toml
     from gnflow.simulation import run
 
-    if args.config is None:
-        values = tomllib.loads(default_config_text())
-    else:
-        path = Path(args.config)
-        if not path.is_file():
-            raise CommandError(f"config file {args.config!r} does not exist", EXIT_USAGE)
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
+    values = tomllib.loads(default_config_text()) if args.config is None else read_toml(args.config, "config file")
     config = config_from_dict(apply_overrides(values, args.set or []))
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
     out = _output_path(args.output, config.output.path, args.overwrite or args.resume)
@@ -82,40 +78,114 @@ def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
     print("\n".join(lines))
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
-    import json
+def printable(value: object) -> str:
+    """Text from a file as it may reach a terminal: control characters (ANSI escapes, bells,
+    carriage returns, bidirectional overrides) written as escapes such as ``\\x1b``."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
 
-    from gnflow.dataset import read_dataset
+
+def _open_lazily(path: Path) -> xr.Dataset:
+    """The dataset of ``path`` without reading its arrays (no indexes either: they would load)."""
+    import xarray as xr
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory; give one NetCDF file")
+    if not path.is_file():
+        raise CommandError(f"no such file: {path}")
+    try:
+        return xr.open_dataset(path, engine="netcdf4", create_default_indexes=False)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: not a readable NetCDF file ({str(exc).splitlines()[0]})") from None
+
+
+def _readable(var: object) -> bool:
+    """Whether reading one element of ``var`` stays small: a numeric variable whose storage chunk
+    (read whole to get at one element) fits easily in memory."""
+    import xarray as xr
+
+    from gnflow.config import available_memory
+
+    assert isinstance(var, xr.DataArray)
+    if var.dtype.kind not in "fiu" or var.size == 0:
+        return False
+    chunk = var.encoding.get("chunksizes") or ()
+    chunk_bytes = float(np.prod(chunk, dtype=np.float64)) * var.dtype.itemsize
+    if chunk_bytes <= 64 << 20:
+        return True
+    available = available_memory()
+    return available is not None and chunk_bytes <= available / 4
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _series_summary(ds: xr.Dataset, name: str) -> str | None:
+    """``first -> last`` of a time series, or ``final min .. max over K runs`` of a sweep's."""
+    var = ds[name]
+    if var.dims == ("t",) and _readable(var):
+        return f"{float(var[0]):.6g} -> {float(var[-1]):.6g}"
+    final = f"{name}_final"
+    if "t" in var.dims and final in ds and _readable(ds[final]) and ds[final].size * 8 <= 64 << 20:
+        values = np.asarray(ds[final].values, dtype=np.float64)
+        if np.isfinite(values).any():
+            return f"final {np.nanmin(values):.6g} .. {np.nanmax(values):.6g} over {values.size} runs"
+    return None
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from gnflow.dataset import dataset_config
 
     path = Path(args.file)
-    if not path.is_file():
-        raise CommandError(f"no such file: {args.file}")
-    try:
-        ds = read_dataset(path)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    attrs = ds.attrs
-    print(f"{path}: {attrs.get('title', 'NetCDF file')}")
-    for key in ("gnflow_status", "gnflow_flow", "gnflow_solver", "gnflow_data", "gnflow_device", "gnflow_dtype"):
-        if key in attrs:
-            print(f"  {key.removeprefix('gnflow_'):<10} {attrs[key]}")
-    if "gnflow_wall_time_s" in attrs:
-        print(
-            f"  {'cost':<10} {attrs.get('gnflow_nfe', '?')} evaluations, {attrs.get('gnflow_steps', '?')} steps "
-            f"({attrs.get('gnflow_rejected_steps', '?')} rejected), {float(attrs['gnflow_wall_time_s']):.2f} s"
-        )
-    sizes = ", ".join(f"{k}={v}" for k, v in ds.sizes.items())
-    print(f"  {'sizes':<10} {sizes}")
-    if "t" in ds.coords and ds.sizes.get("t", 0) > 0:
-        print(f"  {'flow time':<10} {float(ds['t'][0]):.6g} .. {float(ds['t'][-1]):.6g}")
-    for name in ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping"):
-        if name in ds and ds[name].size:
-            values = ds[name].values
-            print(f"  {name:<12} {values[0]:.6g} -> {values[-1]:.6g}")
-    print(f"  {'variables':<10} {', '.join(sorted(str(v) for v in ds.data_vars))}")
-    if args.config and "gnflow_config" in attrs:
-        print(json.dumps(json.loads(attrs["gnflow_config"]), indent=2, sort_keys=True))
+    with _open_lazily(path) as ds:
+        attrs = ds.attrs
+        print(f"{path}: {printable(attrs.get('title', 'NetCDF file'))}")
+        for key in ("gnflow_status", "gnflow_flow", "gnflow_solver", "gnflow_data", "gnflow_device", "gnflow_dtype"):
+            if key in attrs:
+                print(f"  {key.removeprefix('gnflow_'):<10} {printable(attrs[key])}")
+        wall = _number(attrs.get("gnflow_wall_time_s"))
+        if wall is not None:
+            cost = [printable(attrs.get(k, "?")) for k in ("gnflow_nfe", "gnflow_steps", "gnflow_rejected_steps")]
+            print(f"  {'cost':<10} {cost[0]} evaluations, {cost[1]} steps ({cost[2]} rejected), {wall:.2f} s")
+        sizes = ", ".join(f"{printable(k)}={v}" for k, v in ds.sizes.items())
+        print(f"  {'sizes':<10} {sizes}")
+        if "t" in ds.variables and ds["t"].dims == ("t",) and _readable(ds["t"]):
+            print(f"  {'flow time':<10} {float(ds['t'][0]):.6g} .. {float(ds['t'][-1]):.6g}")
+        for name in ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping"):
+            if name in ds and (summary := _series_summary(ds, name)) is not None:
+                print(f"  {name:<12} {summary}")
+        print(f"  {'variables':<10} {', '.join(sorted(printable(v) for v in ds.data_vars))}")
+        if args.config and "gnflow_config" in attrs:
+            try:
+                stored = dataset_config(ds)
+            except ValueError as exc:
+                raise CommandError(f"{path}: {exc}") from None
+            print(json.dumps(stored, indent=2, sort_keys=True))  # JSON escapes control characters
     return 0
+
+
+def _trajectory_problem(ds: xr.Dataset, needs: Sequence[str] = ()) -> str | None:
+    """Why ``ds`` is not a single-run trajectory that can be drawn or measured (None: it is);
+    ``needs`` are further variables it must hold."""
+    if "t" not in ds.coords or "train_loss" not in ds:
+        return "not a gnflow trajectory file (no t coordinate or train_loss variable)"
+    if ds["t"].dims != ("t",) or ds["train_loss"].dims != ("t",):
+        return (
+            f"variable train_loss has dimensions {ds['train_loss'].dims}, not (t,): not a single-run trajectory "
+            "(a sweep's combined file? gnflow plot DIR compares the runs of its folder)"
+        )
+    for name in needs:
+        if name not in ds:
+            return f"no variable {name!r}: not a complete gnflow trajectory file"
+    if ds.sizes["t"] == 0:
+        return "variable t is empty (no saved times)"
+    for name in ("t", "train_loss"):
+        if ds[name].dtype.kind not in "fiu":
+            return f"variable {name} is not numeric ({ds[name].dtype})"
+    return None
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -130,7 +200,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))
         if not files:
             raise CommandError(f"{source}: no NetCDF (.nc) files in this directory")
-        runs = load_run_curves(files, progress=progress)
+        runs = []
+        for file in files:  # one bad file is skipped with a warning, the others are drawn
+            try:
+                runs.extend(load_run_curves([file], progress=progress))
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                logger.warning("%s: skipped (%s)", file, printable(message))
         if not runs:
             raise CommandError(f"{source}: none of the {len(files)} .nc files is a gnflow run file")
         out = _figure_path(args.output, source / "comparison.png", args.overwrite)
@@ -142,12 +218,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             ds = read_dataset(source)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if "train_loss" not in ds or "t" not in ds.coords:
-            raise CommandError(f"{source}: not a gnflow trajectory file (no t coordinate or train_loss variable)")
+        problem = _trajectory_problem(ds)
+        if problem is not None:
+            raise CommandError(f"{source}: {problem}")
         out = _figure_path(args.output, source.with_suffix(".png"), args.overwrite)
         written = save_figure(plot_run(ds), out, dpi=args.dpi)
         summary = (
-            f"summary of {source.name}: {ds.attrs.get('gnflow_status', 'unknown status')}, "
+            f"summary of {source.name}: {printable(ds.attrs.get('gnflow_status', 'unknown status'))}, "
             f"{ds.sizes['t']} saved times up to t = {float(ds['t'][-1]):.6g}"
         )
     else:
@@ -176,6 +253,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             scheduler_file=args.scheduler_file,
             retries=args.retries,
             progress=False if args.quiet else None,
+            break_lock=args.break_lock,
         )
     except SweepError as exc:
         raise CommandError(str(exc)) from None
@@ -230,6 +308,9 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
     ds = read_dataset(path)
+    problem = _trajectory_problem(ds, needs=("weights", "x_train", "y_train"))
+    if problem is not None:
+        raise CommandError(f"{path}: {problem}")
     try:
         stored = run_config_of(ds)
     except ValueError as exc:
