@@ -189,7 +189,9 @@ def _trajectory_problem(ds: xr.Dataset, needs: Sequence[str] = ()) -> str | None
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from gnflow.dataset import read_dataset
+    from tqdm.auto import tqdm
+
+    from gnflow.dataset import read_dataset, run_config_of
     from gnflow.plot import differing_config_keys, load_run_curves, plot_run, plot_runs, save_figure
 
     source = Path(args.path)
@@ -201,10 +203,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         if not files:
             raise CommandError(f"{source}: no NetCDF (.nc) files in this directory")
         runs = []
-        for file in files:  # one bad file is skipped with a warning, the others are drawn
-            try:
-                runs.extend(load_run_curves([file], progress=progress))
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        for file in tqdm(files, desc="reading runs", unit="file", disable=None if progress is None else not progress):
+            try:  # one bad file is skipped with a warning, the others are drawn
+                with _open_lazily(file) as ds:
+                    if isinstance(ds.attrs.get("gnflow_config"), str):
+                        run_config_of(ds)  # a run file whose config cannot be read is not compared
+                runs.extend(load_run_curves([file], progress=False))
+            except (CommandError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 logger.warning("%s: skipped (%s)", file, printable(message))
         if not runs:
