@@ -215,6 +215,12 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     return {"x": values[train, :-1], "y": values[train, -1], "x_test": values[test, :-1], "y_test": values[test, -1]}
 
 
+def _require_file_memory(sizes: list[MemoryTerm], path: Path) -> None:
+    """Refuse a data file whose arrays exceed the memory available (a DataError naming the file)."""
+    advice = "the data file cannot be read on this machine"
+    require_memory(sizes, "reading its arrays", lambda message: DataError(f"{path}: {message}"), advice=advice)
+
+
 def load_data_file(path: str | Path) -> RegressionData:
     """Read regression data from a NetCDF (.nc), CSV (.csv) or NumPy (.npz) file.
 
@@ -234,7 +240,7 @@ def load_data_file(path: str | Path) -> RegressionData:
             with np.load(path, allow_pickle=False) as npz:
                 members = npz.zip.infolist()
                 sizes = [MemoryTerm(float(m.file_size), f"array {m.filename!r}", "its values") for m in members]
-                require_memory(sizes, "its arrays", lambda message: DataError(f"{path}: {message}"))
+                _require_file_memory(sizes, path)
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             if isinstance(exc, DataError):
@@ -250,7 +256,7 @@ def load_data_file(path: str | Path) -> RegressionData:
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 present = [k for k in names if k in ds.variables]
                 sizes = [MemoryTerm(8.0 * ds[k].size, f"variable {k!r} {ds[k].shape}", "its values") for k in present]
-                require_memory(sizes, "its data", lambda message: DataError(f"{path}: {message}"))
+                _require_file_memory(sizes, path)
                 arrays = {k: ds[k].values for k in present}
         except (OSError, ValueError) as exc:
             if isinstance(exc, DataError):

@@ -230,7 +230,10 @@ def run_memory_terms(
         ),
         MemoryTerm(
             (item + 16.0) * saved * width * components,
-            f"{saved_key} x model.width = {width}",
+            # the factor farther above its default first: the one to lower
+            f"model.width = {width} x {saved_key}"
+            if width / 5000 >= saved / 201
+            else f"{saved_key} x model.width = {width}",
             "the saved trajectory",
         ),
     ]
