@@ -139,8 +139,9 @@ class LockHolder:
         return self.host == socket.gethostname() and same_boot and not pid_alive(self.pid)
 
     def describe(self) -> str:
-        """``pid 123 on host node7 since 2026-01-01T00:00:00+00:00``."""
-        return f"pid {self.pid} on host {self.host} since {self.since}"
+        """``pid 123 on host node7 since 2026-01-01T00:00:00+00:00`` (without the time when unknown)."""
+        since = f" since {self.since}" if self.since != "?" else ""  # locks of earlier versions say not
+        return f"pid {self.pid} on host {self.host}{since}"
 
 
 class FolderLock:
