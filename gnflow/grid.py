@@ -138,24 +138,27 @@ def _flatten(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
-def check_name(name: str, key: str) -> str:
-    """``name`` if it can name a file or folder of its own, else a one-line :class:`ConfigError`.
-
-    Grid and study names become folder names (``data/sweeps/<name>``), so a name is one path
-    component: not empty, not ``.`` or ``..``, without ``/``, ``\\``, control characters or a
-    leading ``-`` or ``.``, and at most 255 bytes.
-    """
-    bad = (
-        not name
-        or name in (".", "..")
-        or name[0] in "-."
-        or any(c in "/\\" or unicodedata.category(c)[0] == "C" for c in name)
-        or len(name.encode()) > 255
+def _bad_component(part: str) -> bool:
+    return (
+        not part
+        or part[0] in "-."  # also . and ..
+        or any(c == "\\" or unicodedata.category(c)[0] == "C" for c in part)
+        or len(part.encode()) > 255
     )
-    if bad:
+
+
+def check_name(name: str, key: str) -> str:
+    """``name`` if it can name a folder below the output folder, else a one-line :class:`ConfigError`.
+
+    Grid and study names become folder names (``data/sweeps/<name>``; the grids of a study go to
+    ``OUT/<name>``), so a name is a relative path of file-name components: each one not empty, not
+    ``.`` or ``..`` or anything else starting with ``.`` or ``-``, without ``\\`` or control
+    characters, at most 255 bytes. It cannot leave the folder it is put in.
+    """
+    if not name or any(_bad_component(part) for part in name.split("/")):
         raise ConfigError(
             f"{key}: {name!r} is not a file name; it names a folder, so use letters, digits and - _ . "
-            "(not first), without / or \\"
+            "(not first), without .. or \\"
         )
     return name
 

@@ -189,11 +189,16 @@ def test_process_tags_prove_staleness_only_on_this_host():
     assert not tag_is_stale("abc123")  # a name without a tag (earlier versions)
 
 
-@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "", "-rf", "x\x1b[2J", ".hidden"])
+@pytest.mark.parametrize("name", ["../../escape", "a/../..", "/abs", "a//b", "..", ".", "", "-rf", "x\x1b[J", ".h"])
 def test_grid_names_must_be_file_names(tmp_path, name):
     with pytest.raises(ConfigError, match=r"sweep\.name: .* is not a file name"):
         grid_from_dict({"sweep": {"name": name}, "grid": {"seed": [1]}}, name="g")
     assert not any(tmp_path.parent.glob("escape"))
+
+
+def test_grid_names_may_name_folders_below_the_output_folder():
+    for name in ("init-scale", "arbel2023-tau0_gd_euler/tau0=0.1_seed=1", "N=500"):
+        assert grid_from_dict({"sweep": {"name": name}, "grid": {"seed": [1]}}, name="g").name == name
 
 
 def test_a_grid_name_escaping_the_output_folder_is_refused_by_the_command(tmp_path, monkeypatch, capsys):
