@@ -348,10 +348,11 @@ def atomic_write(
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporary files ``.NAME.<host>-<pid>.*.tmp`` of :func:`atomic_write` that writers
-    of ``path`` left when they were killed, where this is provable: written on this host since its
-    last boot by a process that is gone. Files of other hosts, of live processes and of earlier
-    gnflow versions (no process tag in their names) are left alone.
+    """Delete the temporary files ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` of :func:`atomic_write` that
+    writers of ``path`` (of every file in it, when ``path`` is a folder) left when they were
+    killed, where this is provable: written on this host since its last boot by a process that is
+    gone. Files of other hosts, of live processes and of earlier gnflow versions (no process tag
+    in their names) are left alone.
 
     Returns
     -------
@@ -359,19 +360,19 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         The files removed.
     """
     path = Path(path)
-    prefix = f".{path.name}."
+    folder, prefix = (path, ".") if path.is_dir() else (path.parent, f".{path.name}.")
     removed: list[Path] = []
     try:
-        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
     except OSError:
         return removed
     for candidate in candidates:
-        tag = candidate.name[len(prefix) :].split(".", 1)[0]
-        if tag_is_stale(tag):
+        parts = candidate.name[: -len(".tmp")].rsplit(".", 2)  # ".NAME", tag, the random part
+        if len(parts) == 3 and tag_is_stale(parts[1]):
             with contextlib.suppress(FileNotFoundError):
                 candidate.unlink()
                 removed.append(candidate)
-                logger.info("removed %s, left by an interrupted write of %s", candidate.name, path.name)
+                logger.info("removed %s, left by an interrupted write", candidate.name)
     return removed
 
 

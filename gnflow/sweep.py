@@ -501,8 +501,7 @@ def run_sweep(
     result = SweepResult(out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc")
 
     with _folder_lock(out_dir, break_lock=break_lock):
-        for path in paths.values():
-            remove_stale_temporaries(path)
+        remove_stale_temporaries(runs_dir)
         manifest = _Manifest(result.manifest_path, grid, runs, paths, executor)
         todo: list[tuple[SweepRun, str]] = []
         for run in runs:

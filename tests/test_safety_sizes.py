@@ -247,3 +247,8 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     assert (tmp_path / "r.nc").read_bytes() == b"done"
     assert {name: (tmp_path / name).exists() for name in names} == names
     assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3.tmp"]
+    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    assert len(remove_stale_temporaries(tmp_path)) == 2  # a folder: the stale files of all its files
+    names[f".other.nc.{host}-{dead}.a1b2c3.tmp"] = False
+    assert {name: (tmp_path / name).exists() for name in names} == names
