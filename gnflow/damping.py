@@ -24,6 +24,7 @@ import torch
 from gnflow.registry import DAMPING_RULES
 
 __all__ = [
+    "DAMPING_HINT",
     "REQUIREMENTS",
     "ConstantDamping",
     "DampedGramSolver",
@@ -194,24 +195,42 @@ def _damped_copy(gram: torch.Tensor, shift: float) -> torch.Tensor:
     return damped
 
 
-def cholesky_shifted(gram: torch.Tensor, shift: float) -> torch.Tensor:
+DAMPING_HINT = 'use flow.damping = "eigmin" or flow.epsilon > 0'
+"""What to change in a run config when A + eps I cannot be solved (GGN names ``flow.alpha`` instead)."""
+
+
+def _singular(gram: torch.Tensor, lambda_min: float) -> bool:
+    """Whether ``lambda_min`` is zero to the rounding of the eigenvalues of A (n * eps * max A_ii)."""
+    scale = float(torch.diagonal(gram).abs().max()) if gram.numel() else 0.0
+    return abs(lambda_min) <= 1e3 * gram.shape[0] * torch.finfo(torch.float64).eps * scale
+
+
+def cholesky_shifted(gram: torch.Tensor, shift: float, *, hint: str = DAMPING_HINT) -> torch.Tensor:
     """Lower Cholesky factor of A + shift I, float64.
 
     Raises
     ------
     GramSolveError
-        If A + shift I is not numerically positive definite.
+        If A + shift I is not numerically positive definite; with shift = 0 the message says that
+        A is singular, and ``hint`` what to change.
     """
     factor, info = torch.linalg.cholesky_ex(_damped_copy(gram.to(torch.float64), shift))
     if int(info) != 0:
+        if shift == 0:
+            raise GramSolveError(
+                f"the Gram matrix A is singular (Cholesky failed at column {int(info)}) and eps = 0 leaves the "
+                f"Gauss-Newton solve undamped; {hint}"
+            )
         raise GramSolveError(
             "the damped Gram matrix A + eps I is not positive definite "
-            f"(Cholesky failed at column {int(info)}, eps = {shift:.3g}); increase flow.epsilon or use eigmin damping"
+            f"(Cholesky failed at column {int(info)}, eps = {shift:.3g}); {hint}"
         )
     return factor
 
 
-def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
+def solve_damped(
+    gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | float, *, hint: str = DAMPING_HINT
+) -> torch.Tensor:
     """(A + eps I)^{-1} rhs in float64 by a Cholesky factorization.
 
     Parameters
@@ -222,13 +241,15 @@ def solve_damped(gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | 
         Right-hand side, shape (sample,).
     epsilon:
         Damping eps >= 0.
+    hint:
+        What to change in the config, for the message of a failed solve.
 
     Raises
     ------
     GramSolveError
         If A + eps I is not numerically positive definite (e.g. eps = 0 and A singular).
     """
-    factor = cholesky_shifted(gram, float(epsilon))
+    factor = cholesky_shifted(gram, float(epsilon), hint=hint)
     return torch.cholesky_solve(rhs.to(torch.float64)[:, None], factor)[:, 0]
 
 
@@ -311,6 +332,8 @@ class DampedGramSolver:
         (about 2N^3/3 more flops per call) instead of two triangular solves per application.
         None (default): on CUDA devices, where a triangular solve with one right-hand side is a
         chain of small dependent kernels and dominates the Lanczos and CG steps; not on the CPU.
+    hint:
+        What to change in the run config when A + eps I is singular (:data:`DAMPING_HINT`).
     """
 
     def __init__(
@@ -321,8 +344,10 @@ class DampedGramSolver:
         max_lanczos: int = 60,
         max_cg: int = 40,
         explicit_inverse: bool | None = None,
+        hint: str = DAMPING_HINT,
     ) -> None:
         self.damping = damping
+        self.hint = hint
         self.explicit_inverse = explicit_inverse
         self.lanczos_rtol = lanczos_rtol
         self.max_lanczos = max_lanczos
@@ -356,7 +381,7 @@ class DampedGramSolver:
         if "lambda_min" not in self.damping.requires:
             eps = self.damping.epsilon(a)
             self.stats.factorizations += 1
-            return DampedSolve(solve_damped(a, g, eps), eps.to(torch.float64))
+            return DampedSolve(solve_damped(a, g, eps, hint=self.hint), eps.to(torch.float64))
         return self._solve_with_lambda_min(a, g, cast(LambdaMinDamping, self.damping))
 
     # --- rules that require lambda_min (eigmin) --------------------------------------------------
@@ -413,6 +438,11 @@ class DampedGramSolver:
             self._vector = vector
         eps = float(rule.epsilon(a, lambda_min=lam_min))
         if lam_min + eps <= 0.0:
+            if _singular(a, lam_min):
+                raise GramSolveError(
+                    f"the Gram matrix A is singular (lambda_min = {lam_min:.3g}, zero to rounding) and eps = "
+                    f"{eps:.3g} leaves the Gauss-Newton solve undamped; {self.hint}"
+                )
             raise GramSolveError(
                 f"the Gram matrix is not positive semi-definite (lambda_min = {lam_min:.3g}): A + eps I is singular"
             )

@@ -6,6 +6,8 @@ Every data set is a :class:`RegressionData` of float64 NumPy arrays, validated o
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from gnflow.config import DataConfig, RunConfig, register_data_kind
+from gnflow.config import (
+    ConfigError,
+    DataConfig,
+    MemoryTerm,
+    RunConfig,
+    register_data_kind,
+    require_memory,
+    run_memory_terms,
+)
 from gnflow.model import ParticleModel
 
 __all__ = [
@@ -167,8 +177,14 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> RegressionData:
 
 
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the CSV file as UTF-8"
+        ) from None
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         raise DataError(f"{path}: empty CSV file")
     header = [h.strip() for h in rows[0]]
@@ -199,6 +215,12 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
     return {"x": values[train, :-1], "y": values[train, -1], "x_test": values[test, :-1], "y_test": values[test, -1]}
 
 
+def _require_file_memory(sizes: list[MemoryTerm], path: Path) -> None:
+    """Refuse a data file whose arrays exceed the memory available (a DataError naming the file)."""
+    advice = "the data file cannot be read on this machine"
+    require_memory(sizes, "reading its arrays", lambda message: DataError(f"{path}: {message}"), advice=advice)
+
+
 def load_data_file(path: str | Path) -> RegressionData:
     """Read regression data from a NetCDF (.nc), CSV (.csv) or NumPy (.npz) file.
 
@@ -208,26 +230,37 @@ def load_data_file(path: str | Path) -> RegressionData:
     and optionally a ``split`` column with values ``train`` or ``test``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data file {str(path)!r} is a directory; data.path names a .nc, .csv or .npz file")
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
+                members = npz.zip.infolist()
+                sizes = [MemoryTerm(float(m.file_size), f"array {m.filename!r}", "its values") for m in members]
+                _require_file_memory(sizes, path)
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            if isinstance(exc, DataError):
+                raise
             raise DataError(f"{path}: cannot read .npz file ({exc})") from None
     elif suffix == ".csv":
         arrays = _read_csv(path)
     elif suffix in (".nc", ".nc4", ".netcdf"):
         import xarray as xr
 
+        names = ("x", "y", "x_train", "y_train", "x_test", "y_test")
         try:
-            with xr.open_dataset(path) as ds:
-                arrays = {
-                    k: ds[k].values for k in ds.variables if k in ("x", "y", "x_train", "y_train", "x_test", "y_test")
-                }
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                present = [k for k in names if k in ds.variables]
+                sizes = [MemoryTerm(8.0 * ds[k].size, f"variable {k!r} {ds[k].shape}", "its values") for k in present]
+                _require_file_memory(sizes, path)
+                arrays = {k: ds[k].values for k in present}
         except (OSError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
             raise DataError(f"{path}: cannot read NetCDF file ({exc})") from None
     else:
         raise DataError(f"{path}: unknown data file type {suffix!r}; allowed: .nc, .csv, .npz")
@@ -242,6 +275,12 @@ def make_data(config: DataConfig, *, activation: str, seed: int | np.random.Seed
     the teacher task only).
     """
     if config.kind == "teacher":
+        row = 8.0 * 3 * (config.input_dim + 1)  # a row of inputs and label, drawn, predicted and stored
+        sizes = [
+            MemoryTerm(row * config.n_train, f"data.n_train = {config.n_train}", "the training inputs and labels"),
+            MemoryTerm(row * config.n_test, f"data.n_test = {config.n_test}", "the test inputs and labels"),
+        ]
+        require_memory(sizes, "the teacher-student data", ConfigError)
         return teacher_student(
             input_dim=config.input_dim,
             teacher_width=config.teacher_width,
@@ -279,8 +318,27 @@ def run_seeds(config: RunConfig) -> RunSeeds:
 
 
 def make_run_data(config: RunConfig) -> RegressionData:
-    """The data of the run ``config`` (the draw every part of gnflow reproduces from the config)."""
-    return make_data(config.data, activation=config.model.activation, seed=run_seeds(config).data)
+    """The data of the run ``config`` (the draw every part of gnflow reproduces from the config).
+
+    What the run will allocate (data, Gram matrix, particles, saved trajectory) is estimated first
+    and refused when it exceeds the memory available (:func:`gnflow.config.run_memory_terms`); for
+    data from a file or a named data set, once their size is known.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key of the largest allocation and the estimate.
+    """
+    teacher = config.data.kind == "teacher"
+    if teacher:
+        require_memory(run_memory_terms(config), "the run", ConfigError)
+    data = make_data(config.data, activation=config.model.activation, seed=run_seeds(config).data)
+    if not teacher:
+        sizes = run_memory_terms(
+            config, n_train=data.n_train, n_test=data.n_test, input_dim=data.input_dim, source=data.name
+        )
+        require_memory(sizes, "the run", ConfigError)
+    return data
 
 
 DatasetLoader = Callable[[DataConfig, np.random.SeedSequence], RegressionData]

@@ -9,10 +9,12 @@ the one place where they are written down, and later capabilities register their
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -25,7 +27,8 @@ import numpy as np
 import xarray as xr
 
 from gnflow import __version__
-from gnflow.config import RunConfig, config_from_dict
+from gnflow.config import ConfigError, MemoryTerm, RunConfig, config_from_dict, require_memory
+from gnflow.lock import process_tag, tag_is_stale
 from gnflow.status import RunResult
 
 __all__ = [
@@ -43,6 +46,7 @@ __all__ = [
     "free_path",
     "read_dataset",
     "register_variable",
+    "remove_stale_temporaries",
     "run_config_of",
     "to_attr",
     "write_dataset",
@@ -54,6 +58,8 @@ REFERENCES = (
     "Networks for Regression Problems, arXiv:1905.11675"
 )
 """The two papers gnflow is built from, as a CF ``references`` attribute."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -332,7 +338,9 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     # replacing a symbolic link writes through to its target; the link stays a link
     final = Path(os.path.realpath(path)) if overwrite and path.is_symlink() else path
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    remove_stale_temporaries(final)
+    # the writer's host and pid in the name let a later write prove the file stale if it is left behind
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{process_tag()}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     try:
         try:
@@ -360,6 +368,35 @@ def atomic_write(
                 target = _next_name(target)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` of :func:`atomic_write` that
+    writers of ``path`` (of every file in it, when ``path`` is a folder) left when they were
+    killed, where this is provable: written on this host since its last boot by a process that is
+    gone. Files of other hosts, of live processes and of earlier gnflow versions (no process tag
+    in their names) are left alone.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    path = Path(path)
+    folder, prefix = (path, ".") if path.is_dir() else (path.parent, f".{path.name}.")
+    removed: list[Path] = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for candidate in candidates:
+        parts = candidate.name[: -len(".tmp")].rsplit(".", 2)  # ".NAME", tag, the random part
+        if len(parts) == 3 and tag_is_stale(parts[1]):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+                logger.info("removed %s, left by an interrupted write", candidate.name)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -415,15 +452,53 @@ def read_dataset(path: str | Path) -> xr.Dataset:
 
     The components of the particles are an indexed coordinate (``sel(component="v")``), in files of
     gnflow 0.1.0 too (see :func:`component_labels`).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file: not NetCDF, or its arrays need more memory than is available
+        (a small compressed file may unpack to gigabytes), with the estimate and the largest variable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a NetCDF file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    try:
+        sizes = _variable_memory(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable NetCDF file ({exc})") from None
+    require_memory(
+        sizes,
+        "reading the file",
+        lambda message: ValueError(f"{path}: {message}"),
+        advice="it cannot be read whole on this machine",
+    )
     try:
         ds = xr.load_dataset(path, engine="netcdf4")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable NetCDF file ({exc})") from None
     return component_labels(ds)
+
+
+def _itemsize(dtype: Any) -> int:
+    """Bytes per element; variable-length strings count as 8 (a pointer) beyond their text."""
+    return dtype.itemsize if isinstance(dtype, np.dtype) else 8
+
+
+def _variable_memory(path: Path) -> list[MemoryTerm]:
+    """The in-memory size of every variable of the NetCDF file ``path``, read from its header only."""
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        return [
+            MemoryTerm(
+                float(np.prod(var.shape, dtype=np.float64)) * _itemsize(var.dtype),
+                f"variable {name!r} {tuple(var.dimensions)} = {var.shape}",
+                "its decoded values",
+            )
+            for name, var in nc.variables.items()
+        ]
 
 
 def dataset_config(ds: xr.Dataset) -> Mapping[str, Any]:
@@ -435,15 +510,35 @@ def dataset_config(ds: xr.Dataset) -> Mapping[str, Any]:
         When the dataset has no ``gnflow_config`` (it was not written by ``gnflow run``).
     """
     text = ds.attrs.get("gnflow_config")
-    if not isinstance(text, str):
+    if text is None:
         raise ValueError("the dataset has no gnflow_config attribute: not a trajectory written by gnflow run")
-    result: Mapping[str, Any] = json.loads(text)
+    if not isinstance(text, str):
+        kind = type(text).__name__
+        raise ValueError(f"attribute gnflow_config is a {kind} ({text!r:.60}), not the JSON text of a run config")
+    try:
+        result = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"attribute gnflow_config is not valid JSON ({exc})") from None
+    if not isinstance(result, dict):
+        kind = "null" if result is None else type(result).__name__
+        raise ValueError(f"attribute gnflow_config holds a JSON {kind}, not a run config (a JSON object)")
     return result
 
 
 def run_config_of(ds: xr.Dataset) -> RunConfig:
-    """The :class:`~gnflow.config.RunConfig` of the run that wrote ``ds`` (``gnflow_config``)."""
-    return config_from_dict(dataset_config(ds))
+    """The :class:`~gnflow.config.RunConfig` of the run that wrote ``ds`` (``gnflow_config``).
+
+    Raises
+    ------
+    ValueError
+        The attribute is missing, not JSON, not an object, or not a valid config (a
+        :class:`~gnflow.config.ConfigError` naming the attribute and the key).
+    """
+    values = dataset_config(ds)
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"attribute gnflow_config: {exc}") from None
 
 
 def dataset_result(ds: xr.Dataset) -> RunResult:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from gnflow.config import ConfigError, FlowConfig, RunConfig
-from gnflow.damping import ConstantDamping, GramSolveError, solve_damped
+from gnflow.damping import ConstantDamping, Damping, GramSolveError, solve_damped
 from gnflow.dataset import VariableInfo, register_variable
 from gnflow.flows import Flow, FlowDescription, GaussNewtonFlow, register_flow
 from gnflow.model import ParticleModel
@@ -88,6 +88,10 @@ def ggn_damping(lam: float, alpha: float) -> float:
     return alpha / lam
 
 
+GGN_HINT = "use flow.alpha > 0 (GGN damps the batch Gram matrix with eps = alpha / lam)"
+"""What to change when lam A_B + alpha I cannot be solved: GGN's damping is ``flow.alpha``, not ``flow.epsilon``."""
+
+
 @register_flow
 class GramGaussNewtonFlow(GaussNewtonFlow):
     """``flow.kind = "ggn"``: the Gauss--Newton flow with constant damping eps = alpha / lam, run as GGN.
@@ -98,6 +102,19 @@ class GramGaussNewtonFlow(GaussNewtonFlow):
     """
 
     name = "ggn"
+
+    def __init__(
+        self, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, damping: Damping, *, allow_tf32: bool = False
+    ) -> None:
+        super().__init__(model, x, y, damping, allow_tf32=allow_tf32)
+        self.solver.hint = GGN_HINT
+
+    def restrict(self, index: torch.Tensor) -> Self:
+        """The flow on the batch ``index`` (see :meth:`GaussNewtonFlow.restrict`), whose solver's
+        messages name ``flow.alpha``."""
+        batch = super().restrict(index)
+        batch.solver.hint = GGN_HINT
+        return batch
 
     @classmethod
     def from_config(

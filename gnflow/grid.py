@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +48,11 @@ from gnflow.config import (
     config_to_dict,
     flatten_dotted,
     get_dotted,
+    read_toml,
     set_dotted,
 )
 
-__all__ = ["RUN_DIM", "SweepGrid", "SweepRun", "dimension_name", "grid_from_dict", "load_grid"]
+__all__ = ["RUN_DIM", "SweepGrid", "SweepRun", "check_name", "dimension_name", "grid_from_dict", "load_grid"]
 
 RUN_DIM = "run"
 _HEADERS = ("sweep", "study")  # the header table; "study" is its name before sweep grids had their own
@@ -137,6 +138,31 @@ def _flatten(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
+def _bad_component(part: str) -> bool:
+    return (
+        not part
+        or part[0] in "-."  # also . and ..
+        or any(c == "\\" or unicodedata.category(c)[0] == "C" for c in part)
+        or len(part.encode()) > 255
+    )
+
+
+def check_name(name: str, key: str) -> str:
+    """``name`` if it can name a folder below the output folder, else a one-line :class:`ConfigError`.
+
+    Grid and study names become folder names (``data/sweeps/<name>``; the grids of a study go to
+    ``OUT/<name>``), so a name is a relative path of file-name components: each one not empty, not
+    ``.`` or ``..`` or anything else starting with ``.`` or ``-``, without ``\\`` or control
+    characters, at most 255 bytes. It cannot leave the folder it is put in.
+    """
+    if not name or any(_bad_component(part) for part in name.split("/")):
+        raise ConfigError(
+            f"{key}: {name!r} is not a file name; it names a folder, so use letters, digits and - _ . "
+            "(not first), without .. or \\"
+        )
+    return name
+
+
 def _label(value: Any) -> Any:
     """A coordinate value: numbers and strings as they are, bools as 0/1, lists as JSON."""
     if isinstance(value, bool):
@@ -168,14 +194,14 @@ def grid_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | Non
     header = values.get(headers[0], {}) if headers else {}
     if not isinstance(header, Mapping) or set(header) - {"name", "base_file"}:
         raise ConfigError(f"{where}: allowed keys are name and base_file")
-    name = str(header.get("name", name))
+    name = check_name(str(header.get("name", name)), f"{where[1:-1]}.name")
 
     base: dict[str, Any] = {}
     if "base_file" in header:
         base_path = Path(header["base_file"])
         if not base_path.is_absolute() and base_dir is not None:
             base_path = base_dir / base_path
-        base = _read_toml(base_path, f"{where[1:-1]}.base_file: run config")
+        base = read_toml(base_path, f"{where[1:-1]}.base_file: run config")
     base_table = values.get("base", {})
     if not isinstance(base_table, Mapping):
         raise ConfigError("base: expected a table [base] holding a run config")
@@ -277,13 +303,4 @@ def grid_from_dict(values: Mapping[str, Any], *, name: str, base_dir: Path | Non
 def load_grid(path: str | Path) -> SweepGrid:
     """Read and expand a sweep grid file (see the module documentation for its format)."""
     path = Path(path)
-    return grid_from_dict(_read_toml(path, "sweep grid file"), name=path.stem, base_dir=path.parent)
-
-
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None
+    return grid_from_dict(read_toml(path, "sweep grid file"), name=path.stem, base_dir=path.parent)

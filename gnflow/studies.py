@@ -354,9 +354,10 @@ def run_grid(
         When some run wrote no file (it raised). Runs whose integration failed (too many steps,
         step-size underflow) are returned with their partial trajectory and status.
     """
-    from gnflow.grid import grid_from_dict
+    from gnflow.grid import check_name, grid_from_dict
     from gnflow.sweep import run_sweep
 
+    check_name(name, "run_grid: name")  # the grid's folder under the study's output folder
     definition: dict[str, Any] = {"sweep": {"name": f"{context.name}-{name}"}, "base": dict(base)}
     if grid:
         definition["grid"] = {k: list(v) for k, v in grid.items()}

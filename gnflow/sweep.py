@@ -40,8 +40,9 @@ from gnflow import __version__
 from gnflow._progress import progress_bar
 from gnflow.combine import combine_runs, is_failure
 from gnflow.config import RunConfig, config_from_json, config_hash, config_to_dict, config_to_json
-from gnflow.dataset import atomic_write_json, file_sha256, run_config_of, write_dataset
+from gnflow.dataset import atomic_write_json, file_sha256, remove_stale_temporaries, run_config_of, write_dataset
 from gnflow.grid import SweepGrid, SweepRun
+from gnflow.lock import FolderLock, LockError
 from gnflow.status import RunResult
 
 __all__ = [
@@ -293,42 +294,17 @@ class _Manifest:
 
 
 @contextlib.contextmanager
-def _folder_lock(out_dir: Path) -> Iterator[None]:
-    """Refuse a second sweep writing into the same folder at the same time."""
-    lock = out_dir / ".sweep.lock"
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = lock.read_text().split() if lock.is_file() else []
-            if len(holder) == 2 and holder[0] == socket.gethostname() and _pid_alive(int(holder[1])):
-                raise SweepError(
-                    f"{out_dir} is being written by another gnflow sweep (pid {holder[1]}); "
-                    "wait for it or choose another -o"
-                ) from None
-            logger.info("removing the stale lock %s (%s)", lock, " ".join(holder) or "empty")
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(me)
-        break
-    else:  # pragma: no cover - another process took the lock between unlink and open
-        raise SweepError(f"could not lock {out_dir}")
+def _folder_lock(out_dir: Path, *, break_lock: bool) -> Iterator[None]:
+    """Refuse a second sweep writing into the same folder at the same time (:mod:`gnflow.lock`)."""
+    lock = FolderLock(out_dir / ".sweep.lock", what="gnflow sweep")
+    try:
+        lock.acquire(break_lock=break_lock)
+    except LockError as exc:
+        raise SweepError(str(exc)) from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        lock.release()
 
 
 # --- executors --------------------------------------------------------------------------------
@@ -456,6 +432,7 @@ def run_sweep(
     retries: int = DEFAULT_RETRIES,
     progress: bool | None = None,
     task: RunTask = execute_run,
+    break_lock: bool = False,
 ) -> SweepResult:
     """Compute the runs of the sweep ``grid`` that have no valid file in ``out_dir`` and combine them.
 
@@ -482,6 +459,10 @@ def run_sweep(
     task:
         The function computing one run, ``task(config_json, path) -> outcome``; by default
         :func:`execute_run`, which every replacement should call.
+    break_lock:
+        Take the folder's lock even when another sweep holds it (``gnflow sweep --break-lock``):
+        for a lock left by a sweep of another host that is known to be gone. A lock of this host
+        whose process is gone is broken without it.
 
     Returns
     -------
@@ -513,10 +494,8 @@ def run_sweep(
     ]
     result = SweepResult(out_dir=out_dir, manifest_path=out_dir / "manifest.json", combined_path=out_dir / "sweep.nc")
 
-    with _folder_lock(out_dir):
-        for stale in runs_dir.glob(".*.tmp"):
-            logger.info("removing %s, left by an interrupted write", stale.name)
-            stale.unlink(missing_ok=True)
+    with _folder_lock(out_dir, break_lock=break_lock):
+        remove_stale_temporaries(runs_dir)
         manifest = _Manifest(result.manifest_path, grid, runs, paths, executor)
         todo: list[tuple[SweepRun, str]] = []
         for run in runs:

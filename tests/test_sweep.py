@@ -22,6 +22,7 @@ import xarray as xr
 from gnflow.cli import main
 from gnflow.config import ConfigError, config_from_json, config_hash
 from gnflow.grid import grid_from_dict, load_grid
+from gnflow.lock import process_tag
 from gnflow.sweep import SweepError, execute_run, run_file_status, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,7 +298,8 @@ def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
     damaged = sorted(done)[0]
     path = out / "runs" / f"{damaged}.nc"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    (out / "runs" / f".{damaged}.nc.abc.tmp").write_bytes(b"half-written")
+    # a temporary file of the killed process (its host and pid are in the name: provably stale)
+    (out / "runs" / f".{damaged}.nc.{process_tag().split('-')[0]}-{process.pid}.abc.tmp").write_bytes(b"half")
     done.discard(damaged)
 
     result = run_sweep(study, out, executor="serial", progress=False)

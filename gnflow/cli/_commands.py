@@ -17,10 +17,13 @@ from gnflow.cli._paths import (
     CommandError,
     _figure_path,
     _output_path,
+    logger,
 )
 from gnflow.dataset import OutputExistsError, dataset_result
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from gnflow.config import RunConfig
 
 
@@ -101,23 +104,101 @@ def _print_summary(ds: object, path: Path, *, quiet: bool) -> None:
     print("\n".join(lines))
 
 
+def printable(value: object) -> str:
+    """Text from a file as it may reach a terminal: control characters (ANSI escapes, bells,
+    carriage returns, bidirectional overrides) written as escapes such as ``\\x1b``."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
+def _open_lazily(path: Path) -> xr.Dataset:
+    """The dataset of ``path`` without reading its arrays (no indexes either: they would load)."""
+    import xarray as xr
+
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory; give one NetCDF file")
+    if not path.is_file():
+        raise CommandError(f"no such file: {path}")
+    try:
+        return xr.open_dataset(path, engine="netcdf4", create_default_indexes=False)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{path}: not a readable NetCDF file ({str(exc).splitlines()[0]})") from None
+
+
+def _readable(var: object) -> bool:
+    """Whether reading one element of ``var`` stays small: a numeric variable whose storage chunk
+    (read whole to get at one element) fits easily in memory."""
+    import xarray as xr
+
+    from gnflow.config import available_memory
+
+    assert isinstance(var, xr.DataArray)
+    if var.dtype.kind not in "fiu" or var.size == 0:
+        return False
+    chunk = var.encoding.get("chunksizes") or ()
+    chunk_bytes = float(np.prod(chunk, dtype=np.float64)) * var.dtype.itemsize
+    if chunk_bytes <= 64 << 20:
+        return True
+    available = available_memory()
+    return available is not None and chunk_bytes <= available / 4
+
+
+def _number(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _series_summary(ds: xr.Dataset, name: str) -> str | None:
+    """``first -> last`` of a time series, or ``final min .. max over K runs`` of a sweep's."""
+    var = ds[name]
+    if var.dims == ("t",) and _readable(var):
+        return f"{float(var[0]):.6g} -> {float(var[-1]):.6g}"
+    final = f"{name}_final"
+    if "t" in var.dims and final in ds and _readable(ds[final]) and ds[final].size * 8 <= 64 << 20:
+        values = np.asarray(ds[final].values, dtype=np.float64)
+        if np.isfinite(values).any():
+            return f"final {np.nanmin(values):.6g} .. {np.nanmax(values):.6g} over {values.size} runs"
+    return None
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from gnflow.cli._info import info_text
-    from gnflow.dataset import read_dataset
 
     path = Path(args.file)
-    if not path.is_file():
-        raise CommandError(f"no such file: {args.file}")
-    try:
-        ds = read_dataset(path)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    print(info_text(ds, path, show_config=args.config), end="")
+    with _open_lazily(path) as ds:
+        try:
+            text = info_text(ds, path, show_config=args.config)
+        except ValueError as exc:  # a malformed gnflow_config: one line naming the file
+            raise CommandError(f"{path}: {printable(str(exc).splitlines()[0])}") from None
+    print("\n".join(printable(line) for line in text.rstrip("\n").split("\n")))
     return 0
 
 
+def _trajectory_problem(ds: xr.Dataset, needs: Sequence[str] = ()) -> str | None:
+    """Why ``ds`` is not a single-run trajectory that can be drawn or measured (None: it is);
+    ``needs`` are further variables it must hold."""
+    if "t" not in ds.coords or "train_loss" not in ds:
+        return "not a gnflow trajectory file (no t coordinate or train_loss variable)"
+    if ds["t"].dims != ("t",) or ds["train_loss"].dims != ("t",):
+        return (
+            f"variable train_loss has dimensions {ds['train_loss'].dims}, not (t,): not a single-run trajectory "
+            "(a sweep's combined file? gnflow plot DIR compares the runs of its folder)"
+        )
+    for name in needs:
+        if name not in ds:
+            return f"no variable {name!r}: not a complete gnflow trajectory file"
+    if ds.sizes["t"] == 0:
+        return "variable t is empty (no saved times)"
+    for name in ("t", "train_loss"):
+        if ds[name].dtype.kind not in "fiu":
+            return f"variable {name} is not numeric ({ds[name].dtype})"
+    return None
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from gnflow.dataset import read_dataset
+    from gnflow._progress import progress_bar
+    from gnflow.dataset import read_dataset, run_config_of
     from gnflow.plot import differing_config_keys, load_run_curves, plot_run, plot_runs, save_figure
 
     source = Path(args.path)
@@ -128,7 +209,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         files = sorted(p for p in source.rglob("*.nc") if not p.name.startswith("."))
         if not files:
             raise CommandError(f"{source}: no NetCDF (.nc) files in this directory")
-        runs = load_run_curves(files, progress=progress)
+        runs = []
+        for file in progress_bar(files, enabled=progress, desc="reading runs", unit="file"):
+            try:  # one bad file is skipped with a warning, the others are drawn
+                with _open_lazily(file) as ds:
+                    if isinstance(ds.attrs.get("gnflow_config"), str):
+                        run_config_of(ds)  # a run file whose config cannot be read is not compared
+                runs.extend(load_run_curves([file], progress=False))
+            except (CommandError, OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                logger.warning("%s: skipped (%s)", file, printable(message))
         if not runs:
             raise CommandError(f"{source}: none of the {len(files)} .nc files is a gnflow run file")
         out = _figure_path(args.output, source / "comparison.png", args.overwrite)
@@ -140,12 +230,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             ds = read_dataset(source)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if "train_loss" not in ds or "t" not in ds.coords:
-            raise CommandError(f"{source}: not a gnflow trajectory file (no t coordinate or train_loss variable)")
+        problem = _trajectory_problem(ds)
+        if problem is not None:
+            raise CommandError(f"{source}: {problem}")
         out = _figure_path(args.output, source.with_suffix(".png"), args.overwrite)
         written = save_figure(plot_run(ds), out, dpi=args.dpi)
         summary = (
-            f"summary of {source.name}: {ds.attrs.get('gnflow_status', 'unknown status')}, "
+            f"summary of {source.name}: {printable(ds.attrs.get('gnflow_status', 'unknown status'))}, "
             f"{ds.sizes['t']} saved times up to t = {float(ds['t'][-1]):.6g}"
         )
     else:
@@ -174,6 +265,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             scheduler_file=args.scheduler_file,
             retries=args.retries,
             progress=False if args.quiet else None,
+            break_lock=args.break_lock,
         )
     except SweepError as exc:
         raise CommandError(str(exc)) from None
@@ -228,6 +320,9 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         if name not in OBSERVABLES:
             raise CommandError(f"unknown observable {name!r}; allowed: {', '.join(OBSERVABLES)}", EXIT_USAGE)
     ds = read_dataset(path)
+    problem = _trajectory_problem(ds, needs=("weights", "x_train", "y_train"))
+    if problem is not None:
+        raise CommandError(f"{path}: {problem}")
     try:
         stored = run_config_of(ds)
     except ValueError as exc:

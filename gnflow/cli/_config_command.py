@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from gnflow.cli._paths import EXIT_USAGE, CommandError, default_config_text
-from gnflow.config import LOCATION_KEYS, RunConfig, apply_overrides, config_from_dict, config_hash, config_to_dict
+from gnflow.config import (
+    LOCATION_KEYS,
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    read_toml,
+)
 
 __all__ = ["config_to_toml", "examples_folder", "override_output_path", "read_config_values", "resolve_config"]
 
@@ -50,12 +59,12 @@ def read_config_values(config: str | None) -> dict[str, Any]:
     if config is None:
         return tomllib.loads(default_config_text())
     path = Path(config)
-    if not path.is_file():
+    if not path.exists():
         raise CommandError(f"config file {config!r} does not exist; {_missing_config_hint()}", EXIT_USAGE)
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise CommandError(f"{path}: invalid TOML: {exc}", EXIT_USAGE) from None
+    try:  # a directory, bytes that are not UTF-8, invalid TOML: one line naming the file
+        return read_toml(path, "config file")
+    except ConfigError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 def resolve_config(config: str | None, overrides: Sequence[str]) -> tuple[RunConfig, RunConfig]:

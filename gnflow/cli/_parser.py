@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="dask retries of a task that failed outside the run (default 2)",
     )
+    sweep.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="take DIR's lock even if another sweep holds it; only for a lock of a sweep known to be gone "
+        "(e.g. on another host: a lock of this host whose process is gone is broken without it)",
+    )
     sweep.set_defaults(handler=_cmd_sweep)
 
     obs = sub.add_parser(

@@ -12,7 +12,7 @@ from gnflow.config._parse import config_from_dict
 from gnflow.config._sections import SECTIONS, RunConfig
 from gnflow.config._values import ConfigError
 
-__all__ = ["apply_overrides", "flatten_dotted", "get_dotted", "load_config", "set_dotted", "split_key"]
+__all__ = ["apply_overrides", "flatten_dotted", "get_dotted", "load_config", "read_toml", "set_dotted", "split_key"]
 
 
 def _parse_override_value(text: str) -> Any:
@@ -87,13 +87,34 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML run config (or the defaults when ``path`` is None) and apply overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    values = read_toml(path, "config file") if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides))
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The tables of the TOML file ``path`` (``what`` says what it is, e.g. ``config file``).
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file: it does not exist, is a directory, is not UTF-8 text (TOML
+        files are) or is not valid TOML.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory, not a TOML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files are UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: invalid TOML: {exc}") from None

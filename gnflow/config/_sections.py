@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from gnflow.config._values import _require, _require_registered, registered
+from gnflow.config._memory import MemoryTerm, require_memory
+from gnflow.config._values import ConfigError, _require, _require_registered, registered
 from gnflow.registry import DAMPING_RULES, DATA_KINDS, FLOW_KINDS, OBSERVABLE_NAMES
 
 __all__ = [
@@ -123,6 +124,25 @@ class DataConfig:
         )
         if self.max_train is not None:
             _require(self.max_train >= 1, "data.max_train", f"must be >= 1, got {self.max_train}")
+        # keys that the data kind does not read are refused, not ignored
+        named = self.kind not in ("teacher", "file")
+        _require(
+            named or self.max_train is None,
+            "data.max_train",
+            f"applies to named real data sets only, not to data.kind = {self.kind!r}"
+            + ("; set the number of training samples with data.n_train" if self.kind == "teacher" else ""),
+        )
+        for key, default, instead in (
+            ("n_train", 500, "keep fewer training samples with data.max_train"),
+            ("n_test", 10000, "the test set is data.test_fraction of the samples"),
+        ):
+            value = getattr(self, key)
+            _require(
+                not named or value == default,
+                f"data.{key}",
+                f"does not apply to data.kind = {self.kind!r}, whose size is fixed by the data set ({instead}); "
+                f"got {value}",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +347,11 @@ class ObserveConfig:
             f"must be a non-empty list of numbers in [0, 1], got {list(self.quantiles)}",
         )
         _require(self.histogram_bins >= 1, "observe.histogram_bins", f"must be >= 1, got {self.histogram_bins}")
+        # two histograms of at least two saved times, their edges and centres, and their copies in the dataset
+        bins = MemoryTerm(
+            8.0 * 16 * self.histogram_bins, f"observe.histogram_bins = {self.histogram_bins}", "the norm histograms"
+        )
+        require_memory([bins], "norm_histogram", ConfigError)
         _require(
             math.isfinite(self.refit_ridge) and self.refit_ridge >= 0,
             "observe.refit_ridge",

@@ -1,0 +1,254 @@
+"""Sizes refused before they are allocated, messages that name the file, the key and the knob, keys
+that do not apply refused, files written with ordinary permissions, stale temporary files cleaned."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gnflow.checkpoint import Checkpointer
+from gnflow.cli import main
+from gnflow.config import ConfigError, DataConfig, config_from_dict, require_memory, run_memory_terms
+from gnflow.dataset import atomic_write, dataset_result, remove_stale_temporaries
+from gnflow.grid import load_grid
+from gnflow.lock import process_tag
+from gnflow.simulation import run
+from gnflow.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1 << 30
+
+
+def _values(path, **sections):
+    values = {
+        "seed": 1,
+        "device": "cpu",
+        "data": {"input_dim": 3, "teacher_width": 2, "n_train": 12, "n_test": 10},
+        "model": {"width": 12, "output_init": "normal"},
+        "flow": {"kind": "gauss_newton", "damping": "constant", "epsilon": 1e-4},
+        "solver": {"method": "dopri5", "t_end": 50.0, "n_save": 12, "rtol": 1e-7, "atol": 1e-10},
+        "output": {"path": str(path)},
+    }
+    for name, changes in sections.items():
+        values[name] = {**values[name], **changes}
+    return values
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("gnflow: error: ") and "Traceback" not in err, err
+    return err
+
+
+# --- sizes estimated before anything is allocated ---------------------------------------------------
+
+
+SIZES = [
+    (["model.width=1000000000"], "model.width = 1000000000"),
+    (["data.n_train=1000000000"], "data.n_train = 1000000000"),
+    (["solver.n_save=100000000"], "solver.n_save = 100000000"),
+    (["data.n_test=10000000000"], "data.n_test = 10000000000"),
+    (
+        ["flow.kind=ggn", "flow.iterations=1000000000", "flow.save_every=iteration", "flow.batch_size=4"],
+        "flow.iterations = 1000000000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), SIZES)
+def test_impossible_sizes_are_refused_before_allocation_with_the_key(tmp_path, overrides, key):
+    args = ["run", "--set", "model.width=50", "--set", "data.n_train=20", "--set", "data.n_test=10"]
+    for item in overrides:
+        args += ["--set", item]
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, ({3 * GIB}, {3 * GIB}))
+        from gnflow.cli import main
+        sys.exit(main({[*args, "-o", "x.nc"]!r}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert err.count("\n") == 0 and "Traceback" not in err and "MemoryError" not in err, err
+    assert err.startswith("gnflow: error: ") and "the run needs about" in err
+    assert key in err and "needs about" in err and "iB" in err and "available" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_run_and_the_papers_sizes_are_not_refused():
+    import tomllib
+
+    from gnflow.cli import default_config_text
+
+    default = config_from_dict(tomllib.loads(default_config_text()))
+    paper = config_from_dict({"data": {"n_train": 2000, "n_test": 10000}, "model": {"width": 5000}})
+    for config in (default, paper):
+        require_memory(run_memory_terms(config), "the run", ConfigError)
+    assert sum(term.n_bytes for term in run_memory_terms(paper)) < 2 * GIB
+
+
+def test_a_data_file_too_large_for_memory_is_refused(tmp_path, monkeypatch):
+    import gnflow.config._memory as memory
+
+    x = np.zeros((1000, 3))
+    np.savez(tmp_path / "d.npz", x=x, y=x[:, 0])
+    monkeypatch.setattr(memory, "UNCHECKED_BYTES", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: 10_000)
+    config = config_from_dict(_values(tmp_path / "r.nc", data={"kind": "file", "path": str(tmp_path / "d.npz")}))
+    with pytest.raises(
+        ValueError,
+        match=r"d\.npz: array 'x\.npy': reading its arrays needs about .* than the 9\.8 KiB available",
+    ):
+        run(config, progress=False)
+    assert not (tmp_path / "r.nc").exists()
+
+
+# --- messages that name the file -------------------------------------------------------------------
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.toml").write_bytes(b"seed = 2\n# caf\xe9\n")
+    assert main(["run", "bad.toml"]) == 2
+    err = _one_line_error(capsys)
+    assert "config file bad.toml: not UTF-8 text (byte 0xe9 at offset 14)" in err
+    (tmp_path / "grid.toml").write_bytes(b"[grid]\nseed = [1] # \xff\n")
+    with pytest.raises(ConfigError, match=r"sweep grid file .*grid\.toml: not UTF-8 text"):
+        load_grid(tmp_path / "grid.toml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml", "grid.toml"]
+
+
+def test_a_csv_file_that_is_not_utf8_names_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.csv").write_bytes("x,y\n1,2\n3,4\n5,6\n# M\u00fcller\n".encode("latin-1"))
+    assert main(["run", "--set", "data.kind=file", "--set", "data.path=d.csv", "-o", "x.nc"]) == 2
+    assert "d.csv: not UTF-8 text (byte 0xfc" in _one_line_error(capsys)
+
+
+def test_a_directory_is_called_a_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder.toml").mkdir()
+    assert main(["run", "folder.toml"]) == 2
+    assert "config file 'folder.toml' is a directory" in _one_line_error(capsys)
+    assert main(["run", "--set", "data.kind=file", "--set", "data.path=folder.toml", "-o", "x.nc"]) == 2
+    assert "data file 'folder.toml' is a directory" in _one_line_error(capsys)
+    assert main(["sweep", "folder.toml"]) == 2
+    assert "sweep grid file 'folder.toml' is a directory" in _one_line_error(capsys)
+
+
+# --- singular Gram matrices: say singular, and name the knob --------------------------------------
+
+
+def _singular_data(tmp_path: Path) -> str:
+    x = np.random.default_rng(3).normal(size=(6, 3))
+    x = np.concatenate([x, x])  # every training point twice: A has rank 6 of 12
+    np.savez(tmp_path / "twice.npz", x=x, y=np.sin(x[:, 0]))
+    return str(tmp_path / "twice.npz")
+
+
+@pytest.mark.parametrize("damping", ["constant", "eigmin"])
+def test_undamped_gauss_newton_on_singular_data_says_singular(tmp_path, damping):
+    data = {"kind": "file", "path": _singular_data(tmp_path)}
+    config = config_from_dict(_values(tmp_path / "r.nc", data=data, flow={"damping": damping, "epsilon": 0.0}))
+    ds, _ = run(config, progress=False)
+    result = dataset_result(ds)
+    assert result.failed
+    assert "the Gram matrix A is singular" in result.reason and "semi-definite" not in result.reason
+    assert 'use flow.damping = "eigmin" or flow.epsilon > 0' in result.reason
+
+
+def test_ggn_on_singular_batches_names_flow_alpha(tmp_path):
+    data = {"kind": "file", "path": _singular_data(tmp_path)}
+    flow = {"kind": "ggn", "lam": 1.0, "alpha": 0.0, "batch_size": 12, "epochs": 2}
+    ds, _ = run(config_from_dict(_values(tmp_path / "r.nc", data=data, flow=flow)), progress=False)
+    result = dataset_result(ds)
+    assert result.failed and "singular" in result.reason
+    assert "flow.alpha > 0" in result.reason and "flow.epsilon" not in result.reason
+
+
+# --- keys that the data kind does not read -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kind": "teacher", "max_train": 40}, "data.max_train: applies to named real data sets only"),
+        ({"kind": "file", "path": "d.npz", "max_train": 40}, "data.max_train: applies to named real data sets only"),
+        ({"kind": "diabetes", "n_train": 40}, "data.n_train: does not apply to data.kind = 'diabetes'"),
+        ({"kind": "concrete", "n_test": 100}, "data.n_test: does not apply to data.kind = 'concrete'"),
+    ],
+)
+def test_data_keys_that_do_not_apply_are_refused(values, message):
+    import gnflow.realdata  # noqa: F401  (registers the named data sets)
+
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**values)
+
+
+def test_named_data_sets_take_max_train():
+    import gnflow.realdata  # noqa: F401
+
+    assert DataConfig(kind="diabetes", max_train=40).max_train == 40
+
+
+# --- permissions and stale temporary files -----------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_checkpoints_and_manifests_have_ordinary_permissions(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        config = config_from_dict(_values(tmp_path / "r.nc"))
+        hook = Checkpointer(tmp_path / "r.checkpoint.pt", config)
+        hook.write({"recorder": {"n_accepted": 1, "t": [0.0]}})
+        grid = tmp_path / "g.toml"
+        grid.write_text(
+            '[base]\ndevice = "cpu"\n[base.model]\nwidth = 4\noutput_init = "normal"\n'
+            "[base.data]\nn_train = 4\nn_test = 2\ninput_dim = 2\n[base.solver]\nt_end = 1.0\n"
+            "n_save = 3\n[grid]\nseed = [1]\n"
+        )
+        result = run_sweep(load_grid(grid), tmp_path / "sweep", executor="serial", progress=False)
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for path in (tmp_path / "r.checkpoint.pt", result.manifest_path, result.combined_path):
+        assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
+    host = process_tag().split("-")[0]
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        f".r.nc.{host}-{dead}.a1b2c3.tmp": False,  # this host, process gone: removed
+        f".r.nc.{host}-{alive}.a1b2c3.tmp": True,  # a live writer's
+        f".r.nc.0badcafe-{dead}.a1b2c3.tmp": True,  # another host's
+        ".r.nc.k2j3h4g5.tmp": True,  # an earlier version's: nothing proves it stale
+        f".other.nc.{host}-{dead}.a1b2c3.tmp": True,  # another file's
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    atomic_write(tmp_path / "r.nc", lambda name: Path(name).write_bytes(b"done"))
+    assert (tmp_path / "r.nc").read_bytes() == b"done"
+    assert {name: (tmp_path / name).exists() for name in names} == names
+    assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3.tmp"]
+    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    assert len(remove_stale_temporaries(tmp_path)) == 2  # a folder: the stale files of all its files
+    names[f".other.nc.{host}-{dead}.a1b2c3.tmp"] = False
+    assert {name: (tmp_path / name).exists() for name in names} == names
