@@ -67,7 +67,7 @@ def test_config_prints_the_default_run_with_every_key(capsys: pytest.CaptureFixt
         ["model.init_scale=0.01", "flow.epsilon=1e-12", "solver.rtol=3.3e-7"],
         ['observe.names=["regime", "refit"]', "solver.save_times=[0.0, 0.5, 2.0]", "dtype=float32"],
         ["flow.kind=ggn", "flow.epochs=3", "flow.batch_order=shuffled", "output.save_test=false"],
-        ['output.path=data/runs/a "quoted" \\\\ name.nc', "data.max_train=40"],
+        ['output.path=data/runs/a "quoted" \\\\ name.nc', "data.noise=0.25"],
     ],
 )
 def test_printed_config_fed_back_gives_the_same_hash(

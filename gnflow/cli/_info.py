@@ -143,5 +143,7 @@ def info_text(ds: xr.Dataset, path: Path, *, show_config: bool = False) -> str:
     lines.extend(_value_lines(ds))
     lines.append(_line("variables", ", ".join(sorted(str(v) for v in ds.data_vars))))
     if show_config and "gnflow_config" in attrs:
-        lines.append(json.dumps(json.loads(attrs["gnflow_config"]), indent=2, sort_keys=True))
+        from gnflow.dataset import dataset_config  # raises ValueError naming the attribute when malformed
+
+        lines.append(json.dumps(dataset_config(ds), indent=2, sort_keys=True))
     return "\n".join(lines) + "\n"
