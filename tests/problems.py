@@ -157,10 +157,13 @@ def module_ggn_step(
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED = ("euler", "midpoint", "rk4")
 EXPONENTIAL = ("kernel_exponential",)
-METHODS = ADAPTIVE + FIXED + EXPONENTIAL
+KERNEL_EULER = ("kernel_euler",)
+"""The Euler iterations in blocks: wherever euler holds a law, so does kernel_euler at the same step
+(its blocks agree with the iterations to their tolerance, exactly for random features)."""
+METHODS = ADAPTIVE + FIXED + EXPONENTIAL + KERNEL_EULER
 """Every integration method of ``SolverConfig.method``."""
 
-ORDER = {"euler": 1, "midpoint": 2, "rk4": 4}
+ORDER = {"euler": 1, "midpoint": 2, "rk4": 4, "kernel_euler": 1}
 """Order p of the fixed-step methods; each is the explicit p-stage Runge--Kutta method of order p."""
 
 
@@ -278,6 +281,18 @@ class ExactLaw(ABC):
     horizon: float = 6.0
     save_at: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 2.0, 3.5, 5.0)
 
+    def __post_init__(self) -> None:
+        # kernel_euler computes euler's iterations: it joins every law at euler's step and bound
+        # (blocks at rtol 1e-10), and is excluded where euler is, for the same reason
+        if "kernel_euler" in self.methods or "kernel_euler" in self.excluded:
+            return
+        if "euler" in self.methods:
+            setting = replace(self.methods["euler"], rtol=1e-10)
+            object.__setattr__(self, "methods", {**self.methods, "kernel_euler": setting})
+        elif "euler" in self.excluded:
+            reason = f"as for euler, whose iterations it computes: {self.excluded['euler']}"
+            object.__setattr__(self, "excluded", {**self.excluded, "kernel_euler": reason})
+
     @cached_property
     def problem(self) -> Problem:
         """The problem, built once per law."""
@@ -357,7 +372,7 @@ class ResidualLaw(ExactLaw):
         """The exact residuals at the saved times of ``solution``, shape (t, sample)."""
         r0 = self.problem.residuals(self.problem.weights0[None])[0]
         rate = self.rate_matrix
-        if self.frozen_jacobian and solution.method in FIXED:
+        if self.frozen_jacobian and solution.method in FIXED + KERNEL_EULER:
             h = self.methods[solution.method].step * self.problem.n
             step = stability_polynomial(solution.method, -h * rate)
             return np.stack([np.linalg.matrix_power(step, k) @ r0 for k in self.fixed_steps(solution)])
@@ -390,7 +405,7 @@ class EigminBounds(ExactLaw):
     def bounds(self, solution: Solution) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) bounds of ||r(t)|| / ||r(0)|| at the saved times."""
         n = self.problem.n
-        if self.frozen_jacobian and solution.method in FIXED:
+        if self.frozen_jacobian and solution.method in FIXED + KERNEL_EULER:
             h = self.methods[solution.method].step * n
             k = self.fixed_steps(solution)
             return (

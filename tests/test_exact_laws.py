@@ -10,7 +10,7 @@ import typing
 
 import numpy as np
 import pytest
-from problems import ADAPTIVE, EXPONENTIAL, FIXED, METHODS, ORDER, PROBLEMS
+from problems import ADAPTIVE, EXPONENTIAL, FIXED, KERNEL_EULER, METHODS, ORDER, PROBLEMS
 
 from gnflow.config import SolverConfig
 
@@ -20,7 +20,7 @@ ADAPTIVE_AND_EXPONENTIAL = ADAPTIVE + EXPONENTIAL
 
 PROMISED = {
     # undamped GN, r(t) = exp(-t/N) r(0), on the nonlinear network
-    *(("undamped_gn", m) for m in (*ADAPTIVE_AND_EXPONENTIAL, *FIXED)),
+    *(("undamped_gn", m) for m in (*ADAPTIVE_AND_EXPONENTIAL, *FIXED, *KERNEL_EULER)),
     # the eigmin bounds, with every method they hold for
     *(("eigmin_bounds", m) for m in (*ADAPTIVE_AND_EXPONENTIAL, "midpoint", "rk4")),
     *(("eigmin_bounds_random_features", m) for m in METHODS),
@@ -66,7 +66,7 @@ def test_catalog_knows_every_method_of_the_solver() -> None:
     annotation = typing.get_type_hints(SolverConfig)["method"]
     assert _literal_values(annotation) == set(METHODS)
     for method in METHODS:
-        assert SolverConfig(method=method).adaptive == (method not in FIXED), method
+        assert SolverConfig(method=method).adaptive == (method not in FIXED + KERNEL_EULER), method
 
 
 @pytest.mark.parametrize(("method", "step"), [("euler", 1 / 25), ("midpoint", 1 / 10), ("rk4", 1 / 8)])

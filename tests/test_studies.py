@@ -125,7 +125,7 @@ def test_every_study_has_a_folder_a_readme_a_run_function_and_its_scales() -> No
             assert load_study_settings(name, scale)
     for name in ("cai2019", "mean_field_limit"):
         assert study_scales(name) == ("smoke", "small", "paper")
-    assert study_scales("arbel2023") == ("smoke", "small", "medium", "paper")
+    assert study_scales("arbel2023") == ("smoke", "small", "medium", "paper", "paper_rows")
     assert study_scales("ggn_vs_sgd") == ("smoke", "small")
     assert study_scales("long_horizon") == ("smoke", "small", "paper")
     assert study_scales("performance") == ("smoke", "full", "gpu", "gpu_float32")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from gnflow.config._memory import MemoryTerm, require_memory
-from gnflow.config._values import ConfigError, _require, _require_registered, registered
+from gnflow.config._values import ConfigError, _check_init_from, _require, _require_registered, registered
 from gnflow.registry import DAMPING_RULES, DATA_KINDS, FLOW_KINDS, OBSERVABLE_NAMES
 
 __all__ = [
@@ -166,12 +166,9 @@ class ModelConfig:
         Which components move: ``"all"``, ``"hidden"`` (u and b) or ``"output"`` (v: random
         features).
     init_from:
-        Start from a saved state of a gnflow trajectory file instead of a random draw
-        (``gnflow run --from``): ``"PATH"`` (its last saved state) or ``"PATH@T"`` (its saved
-        state at flow time T). The file's particles must match ``width`` and the input dimension,
-        and its training data this run's; ``init_scale`` and ``output_init`` are then unused for
-        the state. The new run's flow time starts at 0; the file records the source, its t and
-        its SHA-256 (``gnflow_init_from*``). Empty (default): the random draw.
+        Start from a saved state of a run file, not a random draw (``gnflow run --from``):
+        ``"PATH"`` (its last state) or ``"PATH@T"`` (the state at flow time T); it must match the
+        run's width, input dimension and training data. Flow time restarts at 0. Empty: the draw.
     """
 
     width: int = 5000
@@ -184,19 +181,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
-        if self.init_from:
-            path, _, at = self.init_from.rpartition("@") if "@" in self.init_from else (self.init_from, "", "")
-            _require(bool(path), "model.init_from", f'must be "PATH" or "PATH@T", got {self.init_from!r}')
-            if at:
-                try:
-                    t = float(at)
-                except ValueError:
-                    t = math.nan
-                _require(
-                    math.isfinite(t) and t >= 0,
-                    "model.init_from",
-                    f'the time after "@" must be a flow time >= 0, got {at!r} (allowed: "PATH" or "PATH@T")',
-                )
+        _check_init_from(self.init_from)
         _require(
             math.isfinite(self.init_scale) and self.init_scale > 0,
             "model.init_scale",
@@ -517,10 +502,8 @@ class ComputeConfig:
         On CUDA with ``dtype = "float32"``, let the float32 products (activations, J^T c) use TF32
         tensor cores (about 3 significant digits fewer). Gram matrices and solves stay float64.
     threads:
-        torch CPU threads of the run (``gnflow run --threads``); 0 (default): the free cores, at
-        most torch's current setting, so that a loaded machine is not oversubscribed
-        (:mod:`gnflow.threads`). Results agree to rounding between thread counts; left out of the
-        config hash. The number used is the file's ``gnflow_threads``.
+        torch CPU threads (``--threads``); 0: the free cores, at most torch's setting
+        (:mod:`gnflow.threads`); not in the config hash; the file's ``gnflow_threads``.
     """
 
     chunk_size: int = 0

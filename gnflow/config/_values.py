@@ -34,6 +34,24 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_init_from(text: str) -> None:
+    """``model.init_from``: empty, ``"PATH"`` or ``"PATH@T"`` with a flow time T >= 0."""
+    if not text:
+        return
+    path, _, at = text.rpartition("@") if "@" in text else (text, "", "")
+    _require(bool(path), "model.init_from", f'must be "PATH" or "PATH@T", got {text!r}')
+    if at:
+        try:
+            t = float(at)
+        except ValueError:
+            t = float("nan")
+        _require(
+            t == t and t >= 0 and t != float("inf"),
+            "model.init_from",
+            f'the time after "@" must be a flow time >= 0, got {at!r} (allowed: "PATH" or "PATH@T")',
+        )
+
+
 def _require_registered(value: str, registry: Registry[Any]) -> None:
     _require(value in registry, registry.key, f"unknown value {value!r}; allowed: {registry.allowed()}")
 
