@@ -81,7 +81,7 @@ def test_the_agreement_check_runs_each_discrete_method_both_ways_over_the_same_i
     # 0.05 / 0.5 = 0.1 at t = 1; at t = 2 the difference 1e-9 counts against the floor 1e-6 L0
     assert train == pytest.approx(0.1) and test == pytest.approx(0.2)
     with pytest.raises(ValueError, match="do not share their saved times"):
-        protocol.agreement(a, b.assign_coords(t=t + 1))
+        protocol.agreement(a, b.assign_coords(t=t + 10))
 
 
 def test_step_ratio_is_the_largest_finite_one() -> None:

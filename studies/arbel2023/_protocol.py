@@ -178,15 +178,18 @@ def check_arms(s: dict[str, Any], n_train: int) -> list[Arm]:
 def agreement(plain: xr.Dataset, blocks: xr.Dataset) -> tuple[float, float]:
     """Largest relative difference over the common saved times of the train loss (relative to
     itself down to 1e-6 L0) and of the test loss, between the plain iterations and the blocks."""
-    n = min(plain.sizes["t"], blocks.sizes["t"])
-    if not np.array_equal(plain["t"].values[:n], blocks["t"].values[:n]):
+    common, ia, ib = np.intersect1d(plain["t"].values, blocks["t"].values, return_indices=True)
+    if common.size < 2:
         raise ValueError("the two runs of an agreement check do not share their saved times")
-    a, b = (np.asarray(d["train_loss"].values[:n], dtype=np.float64) for d in (plain, blocks))
+    # both stop early on their own last state (the stop, a divergence): compare the shared times
+    a = np.asarray(plain["train_loss"].values, dtype=np.float64)[ia]
+    b = np.asarray(blocks["train_loss"].values, dtype=np.float64)[ib]
     ok = np.isfinite(a) & np.isfinite(b)
     if not ok.any():
         return math.nan, math.nan
+    ta = np.asarray(plain["test_loss"].values, dtype=np.float64)[ia][ok]
+    tb = np.asarray(blocks["test_loss"].values, dtype=np.float64)[ib][ok]
     train = np.abs(b[ok] - a[ok]) / np.maximum(a[ok], 1e-6 * a[0])
-    ta, tb = (np.asarray(d["test_loss"].values[:n], dtype=np.float64)[ok] for d in (plain, blocks))
     return float(train.max()), float((np.abs(tb - ta) / ta).max())
 
 
