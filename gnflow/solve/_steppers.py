@@ -281,31 +281,20 @@ class FixedStepper:
         self._field.count = int(state["nfe"])
 
 
-class KernelExponentialStepper:
-    """:class:`~gnflow.exponential.KernelExponentialSolver`: exact steps for the linearized model.
-
-    Saved states come from the step's own interpolant and the train loss from the frozen kernel
-    of the accepted state, so neither costs an evaluation. One evaluation is one linearization.
-    """
+class _LinearizedStepper:
+    """What the two steppers on frozen kernels share: the state, the count of linearizations, the
+    interpolant of the last accepted step and the train loss of its kernel (no evaluation)."""
 
     loss_every_step = True
-
-    def __init__(
-        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: None = None
-    ) -> None:
-        self.method: str = config.method
-        self.flow = flow
-        self.horizon = horizon
-        self._weights0 = weights0
-        self._config = config
-        self._solver: KernelExponentialSolver | None = None
-        self._step: ExponentialStep | None = None
+    _solver: KernelExponentialSolver | KernelEulerSolver | None = None
+    _last: ExponentialStep | KernelEulerBlock | None = None
+    _name = ""
 
     @property
-    def solver(self) -> KernelExponentialSolver:
+    def solver(self) -> KernelExponentialSolver | KernelEulerSolver:
         """The solver (after :meth:`start` or :meth:`load_state_dict`)."""
         if self._solver is None:
-            raise RuntimeError("the kernel-exponential stepper has not started")
+            raise RuntimeError(f"the {self._name} stepper has not started")
         return self._solver
 
     @property
@@ -317,16 +306,44 @@ class KernelExponentialStepper:
         return self.solver.kernel.weights
 
     @property
-    def finished(self) -> bool:
-        return self.solver.t >= self.horizon
-
-    @property
     def nfe(self) -> int:
         return 0 if self._solver is None else self._solver.nfe
 
     @property
     def epoch(self) -> float:
-        return math.nan
+        return math.nan  # as for Euler steps on all samples: epochs are counted for mini-batch schedules
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        if self._last is None:
+            raise RuntimeError("no accepted step to interpolate in")
+        return self._last.interpolate(t)
+
+    def train_loss(self) -> float:
+        return self.solver.kernel.train_loss
+
+
+class KernelExponentialStepper(_LinearizedStepper):
+    """:class:`~gnflow.exponential.KernelExponentialSolver`: exact steps for the linearized model.
+
+    Saved states come from the step's own interpolant and the train loss from the frozen kernel
+    of the accepted state, so neither costs an evaluation. One evaluation is one linearization.
+    """
+
+    _name = "kernel-exponential"
+
+    def __init__(
+        self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: None = None
+    ) -> None:
+        self.method: str = config.method
+        self.flow = flow
+        self.horizon = horizon
+        self._weights0 = weights0
+        self._config = config
+        self._solver: KernelExponentialSolver | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.solver.t >= self.horizon
 
     def _new_solver(self, weights: torch.Tensor, first_step: float | None) -> KernelExponentialSolver:
         config = self._config
@@ -336,24 +353,18 @@ class KernelExponentialStepper:
         self._solver = self._new_solver(self._weights0, self._config.first_step)
 
     def attempt(self) -> bool:
-        step = self.solver.attempt(self.horizon)
+        assert self._solver is not None, "the kernel-exponential stepper has not started"
+        step = self._solver.attempt(self.horizon)
         if step is None:
             return False
-        self._step = step
+        self._last = step
         return True
-
-    def interpolate(self, t: float) -> torch.Tensor:
-        if self._step is None:
-            raise RuntimeError("no accepted step to interpolate in")
-        return self._step.interpolate(t)
-
-    def train_loss(self) -> float:
-        return self.solver.kernel.train_loss
 
     def state_dict(self) -> dict[str, Any]:
         # the state after the last accepted step and the step size proposed for the next one; the
         # frozen kernel there is recomputed on resume (deterministic, so not counted again)
-        solver = self.solver
+        assert self._solver is not None, "the kernel-exponential stepper has not started"
+        solver = self._solver
         return {"y": solver.kernel.weights.cpu(), "t": solver.t, "h": solver.h, "nfe": solver.nfe}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -363,7 +374,7 @@ class KernelExponentialStepper:
         self._solver = solver
 
 
-class KernelEulerStepper:
+class KernelEulerStepper(_LinearizedStepper):
     """:class:`~gnflow.kernel_euler.KernelEulerSolver`: the Euler iterations of a uniform schedule
     (all samples), many at a time, exact for the linearized model.
 
@@ -372,7 +383,7 @@ class KernelEulerStepper:
     evaluation is one linearization.
     """
 
-    loss_every_step = True
+    _name = "kernel-Euler"
 
     def __init__(
         self, flow: Flow, weights0: torch.Tensor, config: SolverConfig, *, horizon: float, schedule: StepSchedule
@@ -390,34 +401,11 @@ class KernelEulerStepper:
         self._weights0 = weights0
         self._config = config
         self._solver: KernelEulerSolver | None = None
-        self._block: KernelEulerBlock | None = None
-
-    @property
-    def solver(self) -> KernelEulerSolver:
-        """The solver (after :meth:`start` or :meth:`load_state_dict`)."""
-        if self._solver is None:
-            raise RuntimeError("the kernel-Euler stepper has not started")
-        return self._solver
-
-    @property
-    def t(self) -> float:
-        return self.solver.t
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self.solver.kernel.weights
 
     @property
     def finished(self) -> bool:
-        return self.solver.finished
-
-    @property
-    def nfe(self) -> int:
-        return 0 if self._solver is None else self._solver.nfe
-
-    @property
-    def epoch(self) -> float:
-        return math.nan  # as for Euler steps on all samples: epochs are counted for mini-batch schedules
+        assert self._solver is not None, "the kernel-Euler stepper has not started"
+        return self._solver.finished
 
     def _new_solver(self, weights: torch.Tensor, first_block: int) -> KernelEulerSolver:
         config = self._config
@@ -442,24 +430,18 @@ class KernelEulerStepper:
         self._solver = self._new_solver(self._weights0, 1 if first is None else max(1, math.floor(first / self.lam)))
 
     def attempt(self) -> bool:
-        block = self.solver.attempt()
+        assert self._solver is not None, "the kernel-Euler stepper has not started"
+        block = self._solver.attempt()
         if block is None:
             return False
-        self._block = block
+        self._last = block
         return True
-
-    def interpolate(self, t: float) -> torch.Tensor:
-        if self._block is None:
-            raise RuntimeError("no accepted block to interpolate in")
-        return self._block.interpolate(t)
-
-    def train_loss(self) -> float:
-        return self.solver.kernel.train_loss
 
     def state_dict(self) -> dict[str, Any]:
         # the state after the last accepted block and the length proposed for the next one; the
         # frozen kernel there is recomputed on resume (deterministic, so not counted again)
-        solver = self.solver
+        assert self._solver is not None, "the kernel-Euler stepper has not started"
+        solver = self._solver
         return {"y": solver.kernel.weights.cpu(), "k": solver.k, "block": solver.block, "nfe": solver.nfe}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
