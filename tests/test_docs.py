@@ -24,7 +24,7 @@ import gnflow
 from gnflow.config import config_fields
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS_TOOLS = ("sphinx", "myst_parser", "pydata_sphinx_theme")
+DOCS_TOOLS = ("sphinx", "myst_parser", "pydata_sphinx_theme", "mathjax")  # mathjax: django-static-mathjax
 
 
 def _text(page: Path) -> str:
@@ -66,6 +66,18 @@ def test_site_has_every_page(site: Path) -> None:
     for page in ("index", "getting_started", "mathematics", "dataset", "config", "cli", "plotting", "studies", "api"):
         assert (site / f"{page}.html").is_file(), page
     assert (site / "_static" / "default_run.png").is_file()
+
+
+def test_pages_load_mathjax_from_the_site_itself(site: Path) -> None:
+    """Math renders offline: no page loads a script from another host, MathJax is in _static/."""
+    pages = [p for p in site.rglob("*.html") if "_static" not in p.parts]
+    sources = {src for page in pages for src in re.findall(r'<script[^>]*\bsrc="([^"]+)"', page.read_text())}
+    assert not [src for src in sources if "//" in src], sources
+    assert any(src.endswith("_static/mathjax/tex-chtml.js") for src in sources)
+    mathjax = site / "_static" / "mathjax"
+    assert (mathjax / "tex-chtml.js").is_file()
+    assert (mathjax / "output" / "chtml" / "fonts" / "woff-v2" / "MathJax_Main-Regular.woff").is_file()
+    assert (mathjax / "input" / "tex" / "extensions" / "boldsymbol.js").is_file()
 
 
 def test_new_topic_page_replaces_the_placeholder_and_is_linked(site: Path) -> None:
