@@ -7,7 +7,7 @@ scripted reproduction of :mod:`gnflow.studies`; a study may run sweep grids). A 
     name = "init-scale"          # default: the file name without .toml
     base_file = "base.toml"      # optional run config (relative to this file) under [base]
 
-    [base]                       # a run config of SPEC section 2: the same keys as `gnflow run`
+    [base]                       # a run config (docs/config.md): the same keys as `gnflow run`
     seed = 1
     [base.model]
     width = 200

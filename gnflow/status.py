@@ -2,9 +2,9 @@
 
 Every part of gnflow that ends a computation (the integration loop, the training loop, a sweep
 run) returns a :class:`RunResult`; callers branch on :attr:`RunResult.status`, never on message
-text. Files keep the SPEC text form in the ``gnflow_status`` attribute (``completed``,
+text. Files keep the text form in the ``gnflow_status`` attribute (``completed``,
 ``converged`` or ``failed: <reason>``): ``str(result)`` writes it and :meth:`RunResult.parse`
-reads it back.
+reads it back (docs/dataset.md, section Global attributes).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class RunResult:
         return self.status is RunStatus.FAILED
 
     def __str__(self) -> str:
-        """The SPEC text form, as stored in ``gnflow_status``."""
+        """The text form, as stored in ``gnflow_status`` (docs/dataset.md)."""
         if self.failed:
             return f"{self.status.value}: {self.reason}"
         return self.status.value

@@ -114,7 +114,7 @@ class TrainingHistory:
 
     @property
     def status(self) -> str:
-        """The result as SPEC text (``completed`` or ``failed: <reason>``), as files store it."""
+        """The result as text (``completed`` or ``failed: <reason>``), as files store it in ``gnflow_status``."""
         return str(self.result)
 
 

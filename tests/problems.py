@@ -1,7 +1,7 @@
 """Exact problems of gnflow's flows and the independent oracles the tests check them with.
 
 A catalog in the manner of torchdiffeq's ``tests/problems.py``: each entry of :data:`PROBLEMS` is
-one exact law of SPEC section 1 on a small float64 teacher--student problem, the integration
+one exact law of docs/mathematics.md (section Exact laws) on a small float64 teacher--student problem, the integration
 methods it holds for (with the step or tolerance each one runs at and how closely the law then
 holds) and the methods it does not hold for, with the reason. ``law.solve(method)`` integrates it
 through the public driver :func:`gnflow.solve.integrate`; ``law.check(solution)`` asserts the law at
@@ -255,7 +255,7 @@ class ExactLaw(ABC):
     name:
         Identifier (test ids are ``name-method``).
     statement:
-        The law, in the notation of SPEC section 1.
+        The law, in the notation of docs/mathematics.md.
     build:
         Builds the problem (deterministic: every call gives the same problem).
     make_flow:

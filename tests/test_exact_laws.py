@@ -1,4 +1,4 @@
-"""The exact laws of SPEC section 1, each integrated with every method it holds for.
+"""The exact laws of docs/mathematics.md (section Exact laws), each integrated with every method it holds for.
 
 The laws, their problems, the per-method settings and the oracles are in ``tests/problems.py``;
 this file runs the PROBLEMS x METHODS matrix and checks that the catalog is complete.

@@ -211,7 +211,7 @@ def test_observe_replaces_no_file_without_overwrite(tmp_path, capsys):
 
 
 def test_observe_in_place_adds_to_the_file_and_keeps_what_it_held(tmp_path):
-    # SPEC: `gnflow observe FILE.nc [NAMES ...]` adds observables to the saved trajectory itself
+    # docs/cli.md: `gnflow observe FILE.nc [NAMES ...]` adds observables to the saved trajectory itself
     path = _written_run(tmp_path)
     with xr.open_dataset(path) as before:
         weights = before["weights"].values.copy()

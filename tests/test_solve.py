@@ -1,7 +1,8 @@
 """The integration driver: saving on the step grid, step statistics, early stopping, failures.
 
-The exact laws of SPEC section 1 (undamped GN, the eigmin bounds, random features, descent of the
-gradient flow, GGN = Euler) are run with every method in ``test_exact_laws.py``.
+The exact laws of docs/mathematics.md, section Exact laws (undamped GN, the eigmin bounds, random
+features, descent of the gradient flow, GGN = Euler) are run with every method in
+``test_exact_laws.py``.
 """
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The run result: its SPEC text form round-trips, and malformed statuses are refused."""
+"""The run result: its text form (``gnflow_status``, docs/dataset.md) round-trips; malformed statuses are refused."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ FRAGMENTS = GENERATED / "include"
 #: topic page and is listed automatically.
 CORE_PAGES = ("index", "getting_started", "mathematics", "dataset", "config", "cli", "plotting", "studies", "api")
 
-#: Meaning of the global attributes of a trajectory file (SPEC section 3 and gnflow.run).
+#: Meaning of the global attributes of a trajectory file (docs/dataset.md, as gnflow.run writes them).
 ATTRIBUTE_DOCS = {
     "Conventions": "CF conventions version the file follows",
     "title": "one-line description of the run",

@@ -329,7 +329,7 @@ def _cmd_observe(args: argparse.Namespace) -> int:
         raise CommandError(f"{path}: {exc}") from None
     options = _observe_options(stored, args.set or [])
     # usage errors first; then, before any computation, another file that would be replaced. Adding
-    # observables to FILE itself is what the command is for (SPEC): FILE is rewritten atomically with
+    # observables to FILE itself is what the command is for (docs/cli.md): FILE is rewritten atomically with
     # everything it held, so in place needs no --overwrite.
     in_place = out.resolve() == path.resolve()
     if out.exists() and not in_place and not args.overwrite:
