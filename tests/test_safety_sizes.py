@@ -119,6 +119,149 @@ def test_a_data_file_too_large_for_memory_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "r.nc").exists()
 
 
+def _memory_of(monkeypatch, available: int) -> None:
+    import gnflow.config._memory as memory
+
+    monkeypatch.setattr(memory, "UNCHECKED_BYTES", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: available)
+
+
+def test_a_csv_file_too_large_for_memory_is_refused_from_its_size_before_it_is_read(tmp_path, monkeypatch):
+    from gnflow.data import DataError, load_data_file
+
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as stream:
+        stream.truncate(1 << 40)  # 1 TiB, sparse: no disk used, and reading it would take hours
+    _memory_of(monkeypatch, 10 * GIB)
+    opened = []
+    monkeypatch.setattr(Path, "open", lambda *args, **kwargs: opened.append(args) or pytest.fail("read"))
+    with pytest.raises(DataError) as caught:
+        load_data_file(path)
+    message = str(caught.value)
+    assert message == (
+        f"{path}: a CSV file of 1.0 TiB: parsing it needs about 10.0 TiB of memory (up to 10 bytes of memory "
+        "per byte of the file: 10.0 TiB), more than the 10.0 GiB available; CSV files up to 1024.0 MiB can be "
+        "read with this memory; save the data as .npz or .nc (their arrays are checked at their exact size)"
+    )
+    assert opened == []
+
+
+def test_a_huge_csv_file_is_refused_in_one_line_under_an_address_space_limit(tmp_path):
+    with open(tmp_path / "huge.csv", "wb") as stream:
+        stream.truncate(1 << 40)
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, ({3 * GIB}, {3 * GIB}))
+        from gnflow.cli import main
+        sys.exit(main(["run", "--set", "data.kind=file", "--set", "data.path=huge.csv", "-o", "x.nc"]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("gnflow: error: huge.csv: a CSV file of 1.0 TiB: parsing it needs about 10.0 TiB")
+    assert "CSV files up to " in err and "can be read with this memory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.csv"]
+
+
+def test_a_csv_row_too_long_for_memory_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from gnflow.data import DataError, load_data_file
+
+    path = tmp_path / "wide.csv"
+    path.write_text("y\n" + "1," * (3 << 19) + "1\n")  # one row of 3 MiB: the file check passes
+    _memory_of(monkeypatch, 100 << 20)
+    with pytest.raises(DataError) as caught:
+        load_data_file(path)
+    assert str(caught.value).startswith(
+        f"{path}: the row at line 2 (1048576 characters so far): parsing it needs about 128.0 MiB of memory"
+    )
+    assert str(caught.value).endswith(
+        "more than the 100.0 MiB available; split the row, or save the data as .npz or .nc"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("y\n" + "1\n" * 100_000, 100_000),
+        ("x,y\n" + "1,2\n" * 100_000, 200_000),
+        ("x,y,split\n" + "1,2,test\n" * 50_000, 100_000),
+    ],
+)
+def test_parsing_a_csv_file_stays_within_its_memory_estimate(tmp_path, text, numbers):
+    import tracemalloc
+
+    from gnflow.data import CSV_BYTES_PER_FILE_BYTE, _read_csv
+
+    path = tmp_path / "dense.csv"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        arrays = _read_csv(path)  # the parse, as for a file of one column 'y' too (refused after it)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(array.size for array in arrays.values()) == numbers
+    assert peak <= CSV_BYTES_PER_FILE_BYTE * (path.stat().st_size + 1), peak
+
+
+MALFORMED_CSV = [
+    (
+        "latin1.csv",
+        "x,y\n1,2\n# M\u00fcller\n".encode("latin-1"),
+        "latin1.csv: not UTF-8 text (byte 0xfc at offset 11); save the CSV file as UTF-8",
+    ),
+    ("empty.csv", b"", "empty.csv: empty CSV file"),
+    ("header.csv", b"x,y\n\n", "header.csv: CSV has a header but no data rows"),
+    ("noy.csv", b"a,b\n1,2\n", "noy.csv: CSV needs a header row with a 'y' column"),
+    ("ragged.csv", b"x,y\n1,2\n3\n", "ragged.csv: line 3 has 1 field, the header 2: every CSV row must have 2 fields"),
+    ("text.csv", b"x,y\n1,2\n3,abc\n", "text.csv: line 3, column 'y': non-numeric CSV value 'abc'"),
+    ("blank.csv", b"x,y\n1,2\n,4\n", "blank.csv: line 3, column 'x': an empty CSV value"),
+    ("split.csv", b"x,y,split\n1,2,valid\n", "split.csv: line 2: 'split' values must be train or test, got 'valid'"),
+    (
+        "field.csv",
+        b"x,y\n" + b"1" * 200_000 + b",2\n",
+        "field.csv: line 2: malformed CSV (field larger than field limit (131072))",
+    ),
+    ("nul.csv", b"\0" * 4096, "nul.csv: CSV needs a header row with a 'y' column"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), MALFORMED_CSV, ids=[case[0] for case in MALFORMED_CSV])
+def test_a_malformed_csv_file_gives_one_line_naming_the_file_and_the_problem(
+    tmp_path, capsys, monkeypatch, name, content, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    assert main(["run", "--set", "data.kind=file", "--set", f"data.path={name}", "-o", "x.nc"]) == 2
+    assert _one_line_error(capsys).startswith(f"gnflow: error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_csv_files_with_any_line_ending_a_byte_order_mark_and_quotes_are_read(tmp_path):
+    from gnflow.data import load_data_file
+
+    for ending in ("\n", "\r\n", "\r"):
+        text = ending.join(['\ufeff"x 1","y",split', "1.5,2,train", '"3",4e-1,test', "", "5,-6,train"]) + ending
+        (tmp_path / "d.csv").write_text(text, newline="")
+        data = load_data_file(tmp_path / "d.csv")
+        np.testing.assert_array_equal(data.x_train, [[1.5], [5.0]])
+        np.testing.assert_array_equal(data.y_train, [2.0, -6.0])
+        np.testing.assert_array_equal(data.x_test, [[3.0]])
+        np.testing.assert_array_equal(data.y_test, [0.4])
+
+
+def test_a_data_path_that_is_no_regular_file_is_called_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "pipe.csv")
+    assert main(["run", "--set", "data.kind=file", "--set", "data.path=pipe.csv", "-o", "x.nc"]) == 2
+    assert "data file 'pipe.csv' is not a regular file" in _one_line_error(capsys)
+
+
 # --- messages that name the file -------------------------------------------------------------------
 
 
