@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,12 @@ def test_named_data_sets_take_max_train():
     assert DataConfig(kind="diabetes", max_train=40).max_train == 40
 
 
+TINY_GRID = (
+    '[base]\ndevice = "cpu"\n[base.model]\nwidth = 4\noutput_init = "normal"\n'
+    "[base.data]\nn_train = 4\nn_test = 2\ninput_dim = 2\n[base.solver]\nt_end = 1.0\n"
+    "n_save = 3\n[grid]\nseed = [1]\n"
+)
+
 # --- permissions and stale temporary files -----------------------------------------------------
 
 
@@ -361,11 +368,7 @@ def test_checkpoints_and_manifests_have_ordinary_permissions(tmp_path, umask):
         hook = Checkpointer(tmp_path / "r.checkpoint.pt", config)
         hook.write({"recorder": {"n_accepted": 1, "t": [0.0]}})
         grid = tmp_path / "g.toml"
-        grid.write_text(
-            '[base]\ndevice = "cpu"\n[base.model]\nwidth = 4\noutput_init = "normal"\n'
-            "[base.data]\nn_train = 4\nn_test = 2\ninput_dim = 2\n[base.solver]\nt_end = 1.0\n"
-            "n_save = 3\n[grid]\nseed = [1]\n"
-        )
+        grid.write_text(TINY_GRID)
         result = run_sweep(load_grid(grid), tmp_path / "sweep", executor="serial", progress=False)
     finally:
         os.umask(previous)
@@ -378,20 +381,116 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     host = process_tag().split("-")[0]
     dead, alive = _dead_pid(), os.getpid()
     names = {
-        f".r.nc.{host}-{dead}.a1b2c3.tmp": False,  # this host, process gone: removed
-        f".r.nc.{host}-{alive}.a1b2c3.tmp": True,  # a live writer's
-        f".r.nc.0badcafe-{dead}.a1b2c3.tmp": True,  # another host's
-        ".r.nc.k2j3h4g5.tmp": True,  # an earlier version's: nothing proves it stale
-        f".other.nc.{host}-{dead}.a1b2c3.tmp": True,  # another file's
+        f".r.nc.{host}-{dead}.a1b2c3d4.tmp": False,  # this host, process gone: removed
+        f".r.nc.{host}-{alive}.a1b2c3d4.tmp": True,  # a live writer's
+        f".r.nc.0badcafe-{dead}.a1b2c3d4.tmp": True,  # another host's, recent
+        ".r.nc.k2j3h4g5.tmp": True,  # an earlier version's, recent: nothing proves it stale
+        f".r.nc.{host}-{dead}.a1b2c3.tmp": True,  # not a name that mkstemp makes
+        f".other.nc.{host}-{dead}.a1b2c3d4.tmp": True,  # another file's
     }
     for name in names:
         (tmp_path / name).write_bytes(b"partial")
     atomic_write(tmp_path / "r.nc", lambda name: Path(name).write_bytes(b"done"))
     assert (tmp_path / "r.nc").read_bytes() == b"done"
     assert {name: (tmp_path / name).exists() for name in names} == names
-    assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3.tmp"]
-    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
-    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3d4.tmp"]
+    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7w6.tmp").write_bytes(b"partial")
+    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7w6.tmp").write_bytes(b"partial")
     assert len(remove_stale_temporaries(tmp_path)) == 2  # a folder: the stale files of all its files
-    names[f".other.nc.{host}-{dead}.a1b2c3.tmp"] = False
+    names[f".other.nc.{host}-{dead}.a1b2c3d4.tmp"] = False
     assert {name: (tmp_path / name).exists() for name in names} == names
+
+
+def _aged(path: Path, hours: float) -> Path:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def test_temporary_files_of_earlier_versions_are_removed_only_after_a_day_and_only_by_their_exact_name(tmp_path):
+    from gnflow.lock import UNOWNED_STALE_SECONDS
+
+    assert UNOWNED_STALE_SECONDS == 24 * 3600
+    host = process_tag().split("-")[0]
+    names = {
+        (".r.nc.k2j3h4g5.tmp", 25): False,  # an earlier version's, a day old: removed
+        (".r.nc.a_9zz0b1.tmp", 25): False,
+        (f".r.nc.0badcafe-{_dead_pid()}.a1b2c3d4.tmp", 25): False,  # another host's (or boot's), a day old
+        (".r.nc.m4n5p6q7.tmp", 23): True,  # not yet a day
+        (f".r.nc.{host}-{os.getpid()}.a1b2c3d4.tmp", 25): True,  # a live writer's, however old
+        (".r.nc.k2j3h4g.tmp", 25): True,  # 7 characters: not mkstemp's
+        (".r.nc.K2J3H4G5.tmp", 25): True,  # upper case: not mkstemp's
+        ("r.nc.k2j3h4g5.tmp", 25): True,  # no leading dot
+        (".r.nc.k2j3h4g5.tmp.bak", 25): True,
+        (".r.nc.k2j3h4g5.TMP", 25): True,
+        (".rr.nc.k2j3h4g5.tmp", 25): True,  # another file's (removed for the folder below)
+        ("data.tmp", 25): True,
+    }
+    for name, hours in names:
+        (tmp_path / name).write_bytes(b"partial")
+        _aged(tmp_path / name, hours)
+    (tmp_path / "target").write_bytes(b"keep")
+    os.symlink(tmp_path / "target", tmp_path / ".r.nc.linkname.tmp")
+    _aged(tmp_path / ".r.nc.linkname.tmp", 25)
+    (tmp_path / ".r.nc.foldernm.tmp").mkdir()
+    _aged(tmp_path / ".r.nc.foldernm.tmp", 25)
+    atomic_write(tmp_path / "r.nc", lambda name: Path(name).write_bytes(b"done"))
+    assert {name: (tmp_path / name).exists() for name, _ in names} == {name: keep for (name, _), keep in names.items()}
+    assert (tmp_path / ".r.nc.linkname.tmp").is_symlink() and (tmp_path / "target").read_bytes() == b"keep"
+    assert (tmp_path / ".r.nc.foldernm.tmp").is_dir()
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / ".rr.nc.k2j3h4g5.tmp"]  # a folder: every file's
+
+
+def test_checkpoints_sweeps_and_write_checks_remove_temporary_files_of_earlier_versions(tmp_path):
+    from gnflow.dataset import check_writable
+
+    config = config_from_dict(_values(tmp_path / "r.nc"))
+    old = tmp_path / ".r.checkpoint.pt.abcdefgh.tmp"
+    old.write_bytes(b"partial")
+    _aged(old, 25)
+    Checkpointer(tmp_path / "r.checkpoint.pt", config).write({"recorder": {"n_accepted": 1, "t": [0.0]}})
+    assert not old.exists() and (tmp_path / "r.checkpoint.pt").exists()
+    probe = tmp_path / ".gnflow-write-test.abcdefgh.tmp"
+    probe.write_bytes(b"")
+    _aged(probe, 25)
+    check_writable(tmp_path)
+    assert not probe.exists()
+    runs = tmp_path / "sweep" / "runs"
+    runs.mkdir(parents=True)
+    for name in (".abc123.nc.abcdefgh.tmp", ".abc123.nc.ijklmnop.tmp"):
+        (runs / name).write_bytes(b"partial")
+    _aged(runs / ".abc123.nc.abcdefgh.tmp", 25)
+    grid = tmp_path / "g.toml"
+    grid.write_text(TINY_GRID)
+    run_sweep(load_grid(grid), tmp_path / "sweep", executor="serial", progress=False)
+    assert not (runs / ".abc123.nc.abcdefgh.tmp").exists() and (runs / ".abc123.nc.ijklmnop.tmp").exists()
+
+
+def test_temporary_files_of_a_lock_taken_by_a_killed_process_are_removed(tmp_path):
+    import dataclasses
+    import socket
+
+    from gnflow.lock import FolderLock, LockHolder
+
+    me = LockHolder.of_this_process()
+    dead = dataclasses.replace(me, pid=_dead_pid()).to_bytes()
+    other = dataclasses.replace(me, host="elsewhere").to_bytes()
+    names = {
+        (f".sweep.lock.{'a' * 32}.tmp", dead, 0): False,  # this host, process gone
+        (f".sweep.lock.{'b' * 32}.tmp", me.to_bytes(), 0): True,  # a live process is taking it now
+        (f".sweep.lock.{'c' * 32}.tmp", other, 0): True,  # another host's, recent
+        (f".sweep.lock.{'d' * 32}.tmp", other, 25): False,  # another host's, a day old
+        (f".sweep.lock.{'e' * 32}.tmp", b"", 0): True,  # killed before writing, recent
+        (f".sweep.lock.{'f' * 32}.tmp", b"", 25): False,
+        (f".sweep.lock.{'g' * 32}.tmp", dead, 25): True,  # not a token of a lock
+        (f".sweep.lock.{'a' * 31}.tmp", dead, 25): True,
+    }
+    for name, content, hours in names:
+        (tmp_path / name).write_bytes(content)
+        _aged(tmp_path / name, hours)
+    assert me.host == socket.gethostname()
+    with FolderLock(tmp_path / ".sweep.lock").held():
+        pass
+    assert {name: (tmp_path / name).exists() for name, _, _ in names} == {
+        name: keep for (name, _, _), keep in names.items()
+    }
