@@ -5,13 +5,16 @@ Every data set is a :class:`RegressionData` of float64 NumPy arrays, validated o
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import zipfile
+from array import array as _array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -21,11 +24,15 @@ from gnflow.config import (
     DataConfig,
     MemoryTerm,
     RunConfig,
+    format_bytes,
     register_data_kind,
     require_memory,
     run_memory_terms,
 )
 from gnflow.model import ParticleModel
+
+if TYPE_CHECKING:
+    import _csv
 
 __all__ = [
     "DataError",
@@ -176,43 +183,172 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> RegressionData:
     return RegressionData(x_train=x, y_train=y, x_test=x_test, y_test=y_test.reshape(-1), name=str(path))
 
 
+#: Memory that reading a CSV file may take, per byte of the file (an upper bound, checked from the
+#: size on disk before anything is read). A file of B bytes holds at most (B + 1) / 2 numbers, as every
+#: number takes a character and a separator; 8 bytes each, held at most about twice at the peak (the
+#: growing buffer of parsed values while it is enlarged, or the parsed values and the x / y arrays made
+#: of them): 8 (B + 1). The ``split`` column adds a code and two masks per row, and a file holds at most
+#: (B + 1) / 2 rows: 1.5 (B + 1). Rows are parsed one at a time, so the text is never held whole.
+CSV_BYTES_PER_FILE_BYTE = 10
+#: Memory that one row of a CSV file takes while it is parsed, per byte of the row: the row as text and
+#: its fields as Python strings and floats (at most (L + 1) / 2 fields in a row of L bytes, under 60
+#: bytes each with the list that holds them). Rows longer than ``_CSV_ROW_CHECKED`` are checked
+#: against the memory available before they are parsed.
+CSV_ROW_BYTES_PER_BYTE = 64
+_CSV_ROW_CHECKED = 1 << 20
+
+
+def _utf8_error(path: Path) -> str:
+    """The message for a file that is not UTF-8: its first invalid byte and the byte's offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with path.open("rb") as stream:
+        for block in itertools.chain(iter(lambda: stream.read(1 << 20), b""), [None]):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block or b"", final=block is None)
+            except UnicodeDecodeError as exc:
+                where = f"byte 0x{exc.object[exc.start]:02x} at offset {offset - pending + exc.start}"
+                return f"{path}: not UTF-8 text ({where}); save the CSV file as UTF-8"
+            offset += len(block or b"")
+    return f"{path}: not UTF-8 text; save the CSV file as UTF-8"
+
+
+class _CsvLines:
+    """The lines of a CSV file (UTF-8, any line ending), read one at a time for :func:`csv.reader`.
+
+    A row (the lines of one record, more than one when a quoted field holds a line break) is read in
+    pieces of ``_CSV_ROW_CHECKED`` characters, and once it is longer than that, the memory it will take
+    is checked before each further piece is read; reading stops with a DataError when the file grows
+    past the size that was checked, or is not UTF-8.
+    """
+
+    def __init__(self, stream: io.BufferedReader, path: Path, size: int) -> None:
+        self.binary, self.path, self.size = stream, path, size
+        self.text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        self.row_chars = 0  # characters of the row being parsed (reset by the reader's caller)
+        self.held = 0  # numbers held so far (set by the reader's caller)
+        self.line = 1  # the line being read
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        pieces: list[str] = []
+        while True:
+            try:
+                piece = self.text.readline(_CSV_ROW_CHECKED)
+            except UnicodeDecodeError:
+                raise DataError(_utf8_error(self.path)) from None
+            if self.binary.tell() > self.size:
+                raise DataError(
+                    f"{self.path}: the file grew while it was read (past the {self.size} bytes checked); "
+                    "read it when it is complete"
+                )
+            pieces.append(piece)
+            self.row_chars += len(piece)
+            if not piece or piece.endswith(("\n", "\r")):
+                self.line += bool(piece)
+                break
+            self._check_row(self.row_chars + _CSV_ROW_CHECKED)
+        line = "".join(pieces)
+        if not line:
+            raise StopIteration
+        return line
+
+    def _check_row(self, chars: int) -> None:
+        row = MemoryTerm(
+            float(CSV_ROW_BYTES_PER_BYTE) * (chars + 1),
+            f"the row at line {self.line} ({chars - _CSV_ROW_CHECKED} characters so far)",
+            "the row as text and its fields as Python objects",
+        )
+        held = MemoryTerm(16.5 * self.held, "the numbers read before it", "their values")
+        require_memory(
+            [row, held],
+            "parsing it",
+            lambda message: DataError(f"{self.path}: {message}"),
+            advice="split the row, or save the data as .npz or .nc",
+        )
+
+
+def _cell(text: str) -> str:
+    """A CSV cell for a one-line message: quoted, escaped, at most 40 characters."""
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+
+
 def _read_csv(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a CSV file, parsed row by row after its size was checked against the memory."""
+    size = path.stat().st_size
+    estimate = MemoryTerm(
+        float(CSV_BYTES_PER_FILE_BYTE) * (size + 1),
+        f"a CSV file of {format_bytes(size)}",
+        f"up to {CSV_BYTES_PER_FILE_BYTE} bytes of memory per byte of the file",
+    )
+
+    def allowed(available: int) -> str:
+        largest = max(0, available // CSV_BYTES_PER_FILE_BYTE - 1)
+        return (
+            f"CSV files up to {format_bytes(largest)} can be read with this memory; "
+            "save the data as .npz or .nc (their arrays are checked at their exact size)"
+        )
+
+    require_memory([estimate], "parsing it", lambda message: DataError(f"{path}: {message}"), advice=allowed)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "save the CSV file as UTF-8"
-        ) from None
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows:
+        with path.open("rb") as stream:
+            lines = _CsvLines(stream, path, size)
+            reader = csv.reader(lines)
+            try:
+                return _parse_csv(reader, lines, path)
+            except csv.Error as exc:
+                raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the CSV file ({exc.strerror or exc})") from None
+
+
+def _parse_csv(reader: _csv.Reader, lines: _CsvLines, path: Path) -> dict[str, np.ndarray]:
+    header_row = next(reader, None)
+    if header_row is None:
         raise DataError(f"{path}: empty CSV file")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in header_row]
+    lines.row_chars = 0
     if "y" not in header:
         raise DataError(
             f"{path}: CSV needs a header row with a 'y' column "
             "(other columns are inputs; optional 'split' = train|test)"
         )
-    body = [r for r in rows[1:] if r and any(c.strip() for c in r)]
-    if not body:
-        raise DataError(f"{path}: CSV has a header but no data rows")
-    if any(len(r) != len(header) for r in body):
-        raise DataError(f"{path}: every CSV row must have {len(header)} fields")
     split_col = header.index("split") if "split" in header else None
-    feature_cols = [i for i, h in enumerate(header) if h not in ("y", "split")]
-    y_col = header.index("y")
-    try:
-        values = np.array([[float(r[i]) for i in [*feature_cols, y_col]] for r in body], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"{path}: non-numeric CSV value ({exc})") from None
+    columns = [*(i for i, h in enumerate(header) if h not in ("y", "split")), header.index("y")]
+    values = _array("d")
+    split = _array("b")  # 0 train, 1 test
+    for row in reader:
+        line = reader.line_num
+        lines.row_chars, lines.held = 0, len(values)
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}: line {line} has {len(row)} field{'s' * (len(row) != 1)}, the header {len(header)}: "
+                f"every CSV row must have {len(header)} fields"
+            )
+        for i in columns:
+            try:
+                values.append(float(row[i]))
+            except ValueError:
+                value = "an empty CSV value" if not row[i].strip() else f"non-numeric CSV value {_cell(row[i])}"
+                raise DataError(f"{path}: line {line}, column {header[i]!r}: {value}") from None
+        if split_col is not None:
+            value = row[split_col].strip()
+            if value not in ("train", "test"):
+                raise DataError(f"{path}: line {line}: 'split' values must be train or test, got {_cell(value)}")
+            split.append(value == "test")
+    if not values:
+        raise DataError(f"{path}: CSV has a header but no data rows")
+    table = np.frombuffer(values, dtype=np.float64).reshape(-1, len(columns))
     if split_col is None:
-        return {"x": values[:, :-1], "y": values[:, -1]}
-    split = np.array([r[split_col].strip() for r in body])
-    bad = set(split) - {"train", "test"}
-    if bad:
-        raise DataError(f"{path}: 'split' values must be train or test, got {sorted(bad)}")
-    train, test = split == "train", split == "test"
-    return {"x": values[train, :-1], "y": values[train, -1], "x_test": values[test, :-1], "y_test": values[test, -1]}
+        return {"x": table[:, :-1], "y": table[:, -1]}
+    test = np.frombuffer(split, dtype=np.int8).astype(bool)
+    train = ~test
+    return {"x": table[train, :-1], "y": table[train, -1], "x_test": table[test, :-1], "y_test": table[test, -1]}
 
 
 def _require_file_memory(sizes: list[MemoryTerm], path: Path) -> None:
@@ -228,11 +364,19 @@ def load_data_file(path: str | Path) -> RegressionData:
     ``x_test`` and ``y_test`` (``x_train``/``y_train`` are accepted for ``x``/``y``, so a gnflow
     trajectory file can be reused). A CSV file has a header row, a ``y`` column, input columns,
     and optionally a ``split`` column with values ``train`` or ``test``.
+
+    Sizes are checked against the memory available before anything is allocated: the arrays of a
+    NetCDF or .npz file at their exact size, a CSV file from its size on disk (up to
+    :data:`CSV_BYTES_PER_FILE_BYTE` bytes of memory per byte of the file) and each row longer than
+    1 MiB before it is parsed. A malformed file raises a one-line DataError naming the file and, for
+    CSV, the line (not UTF-8, ragged rows, non-numeric or empty cells, bad ``split`` values).
     """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"data file {str(path)!r} is a directory; data.path names a .nc, .csv or .npz file")
     if not path.is_file():
+        if path.exists():
+            raise DataError(f"data file {str(path)!r} is not a regular file; data.path names a .nc, .csv or .npz file")
         raise DataError(f"data file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npz":

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import xarray as xr
 
 from gnflow import __version__
 from gnflow.config import ConfigError, MemoryTerm, RunConfig, config_from_dict, require_memory
-from gnflow.lock import process_tag, tag_is_stale
+from gnflow.lock import UNOWNED_STALE_SECONDS, file_age, process_tag, tag_is_stale
 from gnflow.status import RunResult
 
 __all__ = [
@@ -261,7 +262,8 @@ def check_writable(folder: str | Path) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".gnflow-write-test.", suffix=".tmp", dir=folder)
+        remove_stale_temporaries(folder / "gnflow-write-test")
+        fd, name = tempfile.mkstemp(prefix=f".gnflow-write-test.{process_tag()}.", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
@@ -370,12 +372,53 @@ def atomic_write(
         Path(tmp_name).unlink(missing_ok=True)
 
 
+#: The random part of a name from ``tempfile.mkstemp`` (8 characters of this alphabet).
+_RANDOM = r"[a-z0-9_]{8}"
+#: ``.NAME.<host>-<pid>.XXXXXXXX.tmp``: :func:`atomic_write` since its names carry the writer.
+_TAGGED = re.compile(rf"\.(?P<name>.+)\.(?P<host>[0-9a-f]{{8}})-(?P<pid>[0-9]+)\.{_RANDOM}\.tmp")
+#: ``.NAME.XXXXXXXX.tmp``: :func:`atomic_write`, checkpoints and sweeps of earlier gnflow versions.
+_UNTAGGED = re.compile(rf"\.(?P<name>.+)\.{_RANDOM}\.tmp")
+
+
+def _why_stale(candidate: Path, name: str | None) -> str | None:
+    """Why the file ``candidate`` is a provably stale temporary file of a writer of ``name`` (of any
+    file when None), or None when it is not one, or not provably stale."""
+    tagged = _TAGGED.fullmatch(candidate.name)
+    age = file_age(candidate)
+    if age is None:
+        return None  # a link, a folder, or gone
+    if tagged is not None:
+        if name is not None and tagged["name"] != name:
+            return None
+        if tag_is_stale(f"{tagged['host']}-{tagged['pid']}"):
+            return "its process is gone"
+        if tagged["host"] == process_tag().partition("-")[0]:
+            return None  # a live process of this host and boot: never
+        unowned = "of another host or an earlier boot"
+    else:
+        untagged = _UNTAGGED.fullmatch(candidate.name)
+        if untagged is None or (name is not None and untagged["name"] != name):
+            return None
+        unowned = "of an earlier gnflow version"
+    if age > UNOWNED_STALE_SECONDS:
+        return f"{unowned}, not modified for {UNOWNED_STALE_SECONDS // 3600} hours"
+    return None
+
+
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete the temporary files ``.NAME.<host>-<pid>.XXXXXXXX.tmp`` of :func:`atomic_write` that
-    writers of ``path`` (of every file in it, when ``path`` is a folder) left when they were
-    killed, where this is provable: written on this host since its last boot by a process that is
-    gone. Files of other hosts, of live processes and of earlier gnflow versions (no process tag
-    in their names) are left alone.
+    """Delete the temporary files of :func:`atomic_write` that writers of ``path`` (of every file in
+    it, when ``path`` is a folder) left when they were killed, where this is provable.
+
+    Two names are recognised, exactly (the random part as ``tempfile.mkstemp`` makes it):
+
+    - ``.NAME.<host>-<pid>.XXXXXXXX.tmp``: removed when written on this host since its last boot by
+      a process that is gone; never while that process lives. Tagged by another host or by this
+      host before its last boot, the writer cannot be checked: removed once not modified for
+      :data:`gnflow.lock.UNOWNED_STALE_SECONDS` (24 hours).
+    - ``.NAME.XXXXXXXX.tmp``, written by earlier gnflow versions (datasets, checkpoints, manifests)
+      without the writer's tag: removed once not modified for 24 hours.
+
+    Other files, links, folders and recent files of writers that cannot be checked are left alone.
 
     Returns
     -------
@@ -383,19 +426,20 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         The files removed.
     """
     path = Path(path)
-    folder, prefix = (path, ".") if path.is_dir() else (path.parent, f".{path.name}.")
+    folder, name = (path, None) if path.is_dir() else (path.parent, path.name)
+    prefix = "." if name is None else f".{name}."
     removed: list[Path] = []
     try:
         candidates = [p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
     except OSError:
         return removed
     for candidate in candidates:
-        parts = candidate.name[: -len(".tmp")].rsplit(".", 2)  # ".NAME", tag, the random part
-        if len(parts) == 3 and tag_is_stale(parts[1]):
+        why = _why_stale(candidate, name)
+        if why is not None:
             with contextlib.suppress(FileNotFoundError):
                 candidate.unlink()
                 removed.append(candidate)
-                logger.info("removed %s, left by an interrupted write", candidate.name)
+                logger.info("removed %s, left by an interrupted write (%s)", candidate.name, why)
     return removed
 
 

@@ -21,15 +21,34 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
+import stat
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["FolderLock", "LockError", "LockHolder", "pid_alive", "process_tag", "tag_is_stale"]
+__all__ = [
+    "UNOWNED_STALE_SECONDS",
+    "FolderLock",
+    "LockError",
+    "LockHolder",
+    "file_age",
+    "pid_alive",
+    "process_tag",
+    "tag_is_stale",
+]
 
 logger = logging.getLogger(__name__)
+
+#: A temporary file whose writer cannot be checked (no process tag: written by gnflow before the tags,
+#: or tagged by another host or an earlier boot) is stale once it has not been modified for this long.
+#: gnflow writes such a file in one go (a NetCDF file, a checkpoint, a lock's content), so a day without
+#: a byte written means its writer is gone; only a writer stopped (SIGSTOP, a suspended machine) for a
+#: day in the middle of a write would lose that write, and it would fail with an error, not silently.
+UNOWNED_STALE_SECONDS = 24 * 3600
 
 
 class LockError(RuntimeError):
@@ -67,6 +86,16 @@ def process_tag() -> str:
 
     host = hashlib.sha256(f"{socket.gethostname()} {_boot_id()}".encode()).hexdigest()[:8]
     return f"{host}-{os.getpid()}"
+
+
+def file_age(path: Path) -> float | None:
+    """Seconds since ``path`` was last modified, if it is a regular file (None for a link, a folder,
+    a missing file)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return time.time() - info.st_mtime if stat.S_ISREG(info.st_mode) else None
 
 
 def tag_is_stale(tag: str) -> bool:
@@ -172,6 +201,7 @@ class FolderLock:
         for _ in range(8):
             if self._create(me):
                 self.holder = me
+                self._remove_stale_temporaries()
                 return me
             try:
                 content = self.path.read_bytes()
@@ -216,6 +246,29 @@ class FolderLock:
             yield holder
         finally:
             self.release()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete the temporary files ``NAME.<token>.tmp`` of :meth:`_create` left by killed processes:
+        those whose holder is provably stale, and those not modified for :data:`UNOWNED_STALE_SECONDS`
+        (empty, or of another host: a lock's temporary file lives for the moment of its link)."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.[0-9a-f]{32}\.tmp")
+        try:
+            candidates = [p for p in self.path.parent.iterdir() if pattern.fullmatch(p.name)]
+        except OSError:
+            return
+        for candidate in candidates:
+            age = file_age(candidate)
+            if age is None:
+                continue
+            try:
+                with open(candidate, "rb") as stream:
+                    holder = LockHolder.parse(stream.read(4096))
+            except OSError:
+                continue
+            if (holder is not None and holder.provably_stale) or age > UNOWNED_STALE_SECONDS:
+                with contextlib.suppress(FileNotFoundError):
+                    candidate.unlink()
+                    logger.info("removed %s, left by a process killed while it took the lock", candidate.name)
 
     def _create(self, me: LockHolder) -> bool:
         """Create the lock with its content in one step; False when it exists."""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,149 @@ def test_a_data_file_too_large_for_memory_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "r.nc").exists()
 
 
+def _memory_of(monkeypatch, available: int) -> None:
+    import gnflow.config._memory as memory
+
+    monkeypatch.setattr(memory, "UNCHECKED_BYTES", 0)
+    monkeypatch.setattr(memory, "available_memory", lambda: available)
+
+
+def test_a_csv_file_too_large_for_memory_is_refused_from_its_size_before_it_is_read(tmp_path, monkeypatch):
+    from gnflow.data import DataError, load_data_file
+
+    path = tmp_path / "huge.csv"
+    with open(path, "wb") as stream:
+        stream.truncate(1 << 40)  # 1 TiB, sparse: no disk used, and reading it would take hours
+    _memory_of(monkeypatch, 10 * GIB)
+    opened = []
+    monkeypatch.setattr(Path, "open", lambda *args, **kwargs: opened.append(args) or pytest.fail("read"))
+    with pytest.raises(DataError) as caught:
+        load_data_file(path)
+    message = str(caught.value)
+    assert message == (
+        f"{path}: a CSV file of 1.0 TiB: parsing it needs about 10.0 TiB of memory (up to 10 bytes of memory "
+        "per byte of the file: 10.0 TiB), more than the 10.0 GiB available; CSV files up to 1024.0 MiB can be "
+        "read with this memory; save the data as .npz or .nc (their arrays are checked at their exact size)"
+    )
+    assert opened == []
+
+
+def test_a_huge_csv_file_is_refused_in_one_line_under_an_address_space_limit(tmp_path):
+    with open(tmp_path / "huge.csv", "wb") as stream:
+        stream.truncate(1 << 40)
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, ({3 * GIB}, {3 * GIB}))
+        from gnflow.cli import main
+        sys.exit(main(["run", "--set", "data.kind=file", "--set", "data.path=huge.csv", "-o", "x.nc"]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("gnflow: error: huge.csv: a CSV file of 1.0 TiB: parsing it needs about 10.0 TiB")
+    assert "CSV files up to " in err and "can be read with this memory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.csv"]
+
+
+def test_a_csv_row_too_long_for_memory_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from gnflow.data import DataError, load_data_file
+
+    path = tmp_path / "wide.csv"
+    path.write_text("y\n" + "1," * (3 << 19) + "1\n")  # one row of 3 MiB: the file check passes
+    _memory_of(monkeypatch, 100 << 20)
+    with pytest.raises(DataError) as caught:
+        load_data_file(path)
+    assert str(caught.value).startswith(
+        f"{path}: the row at line 2 (1048576 characters so far): parsing it needs about 128.0 MiB of memory"
+    )
+    assert str(caught.value).endswith(
+        "more than the 100.0 MiB available; split the row, or save the data as .npz or .nc"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("y\n" + "1\n" * 100_000, 100_000),
+        ("x,y\n" + "1,2\n" * 100_000, 200_000),
+        ("x,y,split\n" + "1,2,test\n" * 50_000, 100_000),
+    ],
+)
+def test_parsing_a_csv_file_stays_within_its_memory_estimate(tmp_path, text, numbers):
+    import tracemalloc
+
+    from gnflow.data import CSV_BYTES_PER_FILE_BYTE, _read_csv
+
+    path = tmp_path / "dense.csv"
+    path.write_text(text)
+    tracemalloc.start()
+    try:
+        arrays = _read_csv(path)  # the parse, as for a file of one column 'y' too (refused after it)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(array.size for array in arrays.values()) == numbers
+    assert peak <= CSV_BYTES_PER_FILE_BYTE * (path.stat().st_size + 1), peak
+
+
+MALFORMED_CSV = [
+    (
+        "latin1.csv",
+        "x,y\n1,2\n# M\u00fcller\n".encode("latin-1"),
+        "latin1.csv: not UTF-8 text (byte 0xfc at offset 11); save the CSV file as UTF-8",
+    ),
+    ("empty.csv", b"", "empty.csv: empty CSV file"),
+    ("header.csv", b"x,y\n\n", "header.csv: CSV has a header but no data rows"),
+    ("noy.csv", b"a,b\n1,2\n", "noy.csv: CSV needs a header row with a 'y' column"),
+    ("ragged.csv", b"x,y\n1,2\n3\n", "ragged.csv: line 3 has 1 field, the header 2: every CSV row must have 2 fields"),
+    ("text.csv", b"x,y\n1,2\n3,abc\n", "text.csv: line 3, column 'y': non-numeric CSV value 'abc'"),
+    ("blank.csv", b"x,y\n1,2\n,4\n", "blank.csv: line 3, column 'x': an empty CSV value"),
+    ("split.csv", b"x,y,split\n1,2,valid\n", "split.csv: line 2: 'split' values must be train or test, got 'valid'"),
+    (
+        "field.csv",
+        b"x,y\n" + b"1" * 200_000 + b",2\n",
+        "field.csv: line 2: malformed CSV (field larger than field limit (131072))",
+    ),
+    ("nul.csv", b"\0" * 4096, "nul.csv: CSV needs a header row with a 'y' column"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), MALFORMED_CSV, ids=[case[0] for case in MALFORMED_CSV])
+def test_a_malformed_csv_file_gives_one_line_naming_the_file_and_the_problem(
+    tmp_path, capsys, monkeypatch, name, content, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_bytes(content)
+    assert main(["run", "--set", "data.kind=file", "--set", f"data.path={name}", "-o", "x.nc"]) == 2
+    assert _one_line_error(capsys).startswith(f"gnflow: error: {message}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_csv_files_with_any_line_ending_a_byte_order_mark_and_quotes_are_read(tmp_path):
+    from gnflow.data import load_data_file
+
+    for ending in ("\n", "\r\n", "\r"):
+        text = ending.join(['\ufeff"x 1","y",split', "1.5,2,train", '"3",4e-1,test', "", "5,-6,train"]) + ending
+        (tmp_path / "d.csv").write_text(text, newline="")
+        data = load_data_file(tmp_path / "d.csv")
+        np.testing.assert_array_equal(data.x_train, [[1.5], [5.0]])
+        np.testing.assert_array_equal(data.y_train, [2.0, -6.0])
+        np.testing.assert_array_equal(data.x_test, [[3.0]])
+        np.testing.assert_array_equal(data.y_test, [0.4])
+
+
+def test_a_data_path_that_is_no_regular_file_is_called_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "pipe.csv")
+    assert main(["run", "--set", "data.kind=file", "--set", "data.path=pipe.csv", "-o", "x.nc"]) == 2
+    assert "data file 'pipe.csv' is not a regular file" in _one_line_error(capsys)
+
+
 # --- messages that name the file -------------------------------------------------------------------
 
 
@@ -207,6 +351,12 @@ def test_named_data_sets_take_max_train():
     assert DataConfig(kind="diabetes", max_train=40).max_train == 40
 
 
+TINY_GRID = (
+    '[base]\ndevice = "cpu"\n[base.model]\nwidth = 4\noutput_init = "normal"\n'
+    "[base.data]\nn_train = 4\nn_test = 2\ninput_dim = 2\n[base.solver]\nt_end = 1.0\n"
+    "n_save = 3\n[grid]\nseed = [1]\n"
+)
+
 # --- permissions and stale temporary files -----------------------------------------------------
 
 
@@ -218,11 +368,7 @@ def test_checkpoints_and_manifests_have_ordinary_permissions(tmp_path, umask):
         hook = Checkpointer(tmp_path / "r.checkpoint.pt", config)
         hook.write({"recorder": {"n_accepted": 1, "t": [0.0]}})
         grid = tmp_path / "g.toml"
-        grid.write_text(
-            '[base]\ndevice = "cpu"\n[base.model]\nwidth = 4\noutput_init = "normal"\n'
-            "[base.data]\nn_train = 4\nn_test = 2\ninput_dim = 2\n[base.solver]\nt_end = 1.0\n"
-            "n_save = 3\n[grid]\nseed = [1]\n"
-        )
+        grid.write_text(TINY_GRID)
         result = run_sweep(load_grid(grid), tmp_path / "sweep", executor="serial", progress=False)
     finally:
         os.umask(previous)
@@ -235,20 +381,116 @@ def test_stale_temporary_files_of_killed_writers_are_removed(tmp_path):
     host = process_tag().split("-")[0]
     dead, alive = _dead_pid(), os.getpid()
     names = {
-        f".r.nc.{host}-{dead}.a1b2c3.tmp": False,  # this host, process gone: removed
-        f".r.nc.{host}-{alive}.a1b2c3.tmp": True,  # a live writer's
-        f".r.nc.0badcafe-{dead}.a1b2c3.tmp": True,  # another host's
-        ".r.nc.k2j3h4g5.tmp": True,  # an earlier version's: nothing proves it stale
-        f".other.nc.{host}-{dead}.a1b2c3.tmp": True,  # another file's
+        f".r.nc.{host}-{dead}.a1b2c3d4.tmp": False,  # this host, process gone: removed
+        f".r.nc.{host}-{alive}.a1b2c3d4.tmp": True,  # a live writer's
+        f".r.nc.0badcafe-{dead}.a1b2c3d4.tmp": True,  # another host's, recent
+        ".r.nc.k2j3h4g5.tmp": True,  # an earlier version's, recent: nothing proves it stale
+        f".r.nc.{host}-{dead}.a1b2c3.tmp": True,  # not a name that mkstemp makes
+        f".other.nc.{host}-{dead}.a1b2c3d4.tmp": True,  # another file's
     }
     for name in names:
         (tmp_path / name).write_bytes(b"partial")
     atomic_write(tmp_path / "r.nc", lambda name: Path(name).write_bytes(b"done"))
     assert (tmp_path / "r.nc").read_bytes() == b"done"
     assert {name: (tmp_path / name).exists() for name in names} == names
-    assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3.tmp"]
-    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
-    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7.tmp").write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path / "other.nc") == [tmp_path / f".other.nc.{host}-{dead}.a1b2c3d4.tmp"]
+    (tmp_path / f".r.nc.{host}-{dead}.x9y8z7w6.tmp").write_bytes(b"partial")
+    (tmp_path / f".s.nc.{host}-{dead}.x9y8z7w6.tmp").write_bytes(b"partial")
     assert len(remove_stale_temporaries(tmp_path)) == 2  # a folder: the stale files of all its files
-    names[f".other.nc.{host}-{dead}.a1b2c3.tmp"] = False
+    names[f".other.nc.{host}-{dead}.a1b2c3d4.tmp"] = False
     assert {name: (tmp_path / name).exists() for name in names} == names
+
+
+def _aged(path: Path, hours: float) -> Path:
+    then = time.time() - hours * 3600
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def test_temporary_files_of_earlier_versions_are_removed_only_after_a_day_and_only_by_their_exact_name(tmp_path):
+    from gnflow.lock import UNOWNED_STALE_SECONDS
+
+    assert UNOWNED_STALE_SECONDS == 24 * 3600
+    host = process_tag().split("-")[0]
+    names = {
+        (".r.nc.k2j3h4g5.tmp", 25): False,  # an earlier version's, a day old: removed
+        (".r.nc.a_9zz0b1.tmp", 25): False,
+        (f".r.nc.0badcafe-{_dead_pid()}.a1b2c3d4.tmp", 25): False,  # another host's (or boot's), a day old
+        (".r.nc.m4n5p6q7.tmp", 23): True,  # not yet a day
+        (f".r.nc.{host}-{os.getpid()}.a1b2c3d4.tmp", 25): True,  # a live writer's, however old
+        (".r.nc.k2j3h4g.tmp", 25): True,  # 7 characters: not mkstemp's
+        (".r.nc.K2J3H4G5.tmp", 25): True,  # upper case: not mkstemp's
+        ("r.nc.k2j3h4g5.tmp", 25): True,  # no leading dot
+        (".r.nc.k2j3h4g5.tmp.bak", 25): True,
+        (".r.nc.k2j3h4g5.TMP", 25): True,
+        (".rr.nc.k2j3h4g5.tmp", 25): True,  # another file's (removed for the folder below)
+        ("data.tmp", 25): True,
+    }
+    for name, hours in names:
+        (tmp_path / name).write_bytes(b"partial")
+        _aged(tmp_path / name, hours)
+    (tmp_path / "target").write_bytes(b"keep")
+    os.symlink(tmp_path / "target", tmp_path / ".r.nc.linkname.tmp")
+    _aged(tmp_path / ".r.nc.linkname.tmp", 25)
+    (tmp_path / ".r.nc.foldernm.tmp").mkdir()
+    _aged(tmp_path / ".r.nc.foldernm.tmp", 25)
+    atomic_write(tmp_path / "r.nc", lambda name: Path(name).write_bytes(b"done"))
+    assert {name: (tmp_path / name).exists() for name, _ in names} == {name: keep for (name, _), keep in names.items()}
+    assert (tmp_path / ".r.nc.linkname.tmp").is_symlink() and (tmp_path / "target").read_bytes() == b"keep"
+    assert (tmp_path / ".r.nc.foldernm.tmp").is_dir()
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / ".rr.nc.k2j3h4g5.tmp"]  # a folder: every file's
+
+
+def test_checkpoints_sweeps_and_write_checks_remove_temporary_files_of_earlier_versions(tmp_path):
+    from gnflow.dataset import check_writable
+
+    config = config_from_dict(_values(tmp_path / "r.nc"))
+    old = tmp_path / ".r.checkpoint.pt.abcdefgh.tmp"
+    old.write_bytes(b"partial")
+    _aged(old, 25)
+    Checkpointer(tmp_path / "r.checkpoint.pt", config).write({"recorder": {"n_accepted": 1, "t": [0.0]}})
+    assert not old.exists() and (tmp_path / "r.checkpoint.pt").exists()
+    probe = tmp_path / ".gnflow-write-test.abcdefgh.tmp"
+    probe.write_bytes(b"")
+    _aged(probe, 25)
+    check_writable(tmp_path)
+    assert not probe.exists()
+    runs = tmp_path / "sweep" / "runs"
+    runs.mkdir(parents=True)
+    for name in (".abc123.nc.abcdefgh.tmp", ".abc123.nc.ijklmnop.tmp"):
+        (runs / name).write_bytes(b"partial")
+    _aged(runs / ".abc123.nc.abcdefgh.tmp", 25)
+    grid = tmp_path / "g.toml"
+    grid.write_text(TINY_GRID)
+    run_sweep(load_grid(grid), tmp_path / "sweep", executor="serial", progress=False)
+    assert not (runs / ".abc123.nc.abcdefgh.tmp").exists() and (runs / ".abc123.nc.ijklmnop.tmp").exists()
+
+
+def test_temporary_files_of_a_lock_taken_by_a_killed_process_are_removed(tmp_path):
+    import dataclasses
+    import socket
+
+    from gnflow.lock import FolderLock, LockHolder
+
+    me = LockHolder.of_this_process()
+    dead = dataclasses.replace(me, pid=_dead_pid()).to_bytes()
+    other = dataclasses.replace(me, host="elsewhere").to_bytes()
+    names = {
+        (f".sweep.lock.{'a' * 32}.tmp", dead, 0): False,  # this host, process gone
+        (f".sweep.lock.{'b' * 32}.tmp", me.to_bytes(), 0): True,  # a live process is taking it now
+        (f".sweep.lock.{'c' * 32}.tmp", other, 0): True,  # another host's, recent
+        (f".sweep.lock.{'d' * 32}.tmp", other, 25): False,  # another host's, a day old
+        (f".sweep.lock.{'e' * 32}.tmp", b"", 0): True,  # killed before writing, recent
+        (f".sweep.lock.{'f' * 32}.tmp", b"", 25): False,
+        (f".sweep.lock.{'g' * 32}.tmp", dead, 25): True,  # not a token of a lock
+        (f".sweep.lock.{'a' * 31}.tmp", dead, 25): True,
+    }
+    for name, content, hours in names:
+        (tmp_path / name).write_bytes(content)
+        _aged(tmp_path / name, hours)
+    assert me.host == socket.gethostname()
+    with FolderLock(tmp_path / ".sweep.lock").held():
+        pass
+    assert {name: (tmp_path / name).exists() for name, _, _ in names} == {
+        name: keep for (name, _, _), keep in names.items()
+    }

@@ -299,7 +299,7 @@ def test_killed_sweep_restarts_with_only_the_missing_runs(tmp_path):
     path = out / "runs" / f"{damaged}.nc"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     # a temporary file of the killed process (its host and pid are in the name: provably stale)
-    (out / "runs" / f".{damaged}.nc.{process_tag().split('-')[0]}-{process.pid}.abc.tmp").write_bytes(b"half")
+    (out / "runs" / f".{damaged}.nc.{process_tag().split('-')[0]}-{process.pid}.abcdefgh.tmp").write_bytes(b"half")
     done.discard(damaged)
 
     result = run_sweep(study, out, executor="serial", progress=False)

@@ -122,7 +122,7 @@ def require_memory(
     where: str,
     error: Callable[[str], Exception] = MemoryError,
     *,
-    advice: str = "lower it",
+    advice: str | Callable[[int], str] = "lower it",
 ) -> None:
     """Refuse an allocation whose total estimate exceeds :func:`available_memory`.
 
@@ -136,7 +136,8 @@ def require_memory(
         Makes the exception from the message (``ConfigError`` for config keys; for files, one that
         puts the file name first).
     advice:
-        What to do, at the end of the message.
+        What to do, at the end of the message; a function of the bytes available makes it (to say
+        what size fits, e.g. the largest file that can be read).
 
     Raises
     ------
@@ -157,7 +158,8 @@ def require_memory(
     largest = max(terms, key=lambda term: term.n_bytes)
     raise error(
         f"{largest.key}: {where} needs about {format_bytes(total)} of memory ({largest.what}: "
-        f"{format_bytes(largest.n_bytes)}), more than the {format_bytes(available)} available; {advice}"
+        f"{format_bytes(largest.n_bytes)}), more than the {format_bytes(available)} available; "
+        f"{advice(available) if callable(advice) else advice}"
     )
 
 
