@@ -83,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     for (load, name), walls in times.items():
         idle = statistics.median(times[("idle", name)])
         med = statistics.median(walls)
-        rows.append({"load": load, "setting": name, "threads_used": sorted(used[(load, name)]),
-                     "median_s": med, "min_s": min(walls), "max_s": max(walls), "ratio_to_idle": med / idle})
+        rows.append(
+            {
+                "load": load,
+                "setting": name,
+                "threads_used": sorted(used[(load, name)]),
+                "median_s": med,
+                "min_s": min(walls),
+                "max_s": max(walls),
+                "ratio_to_idle": med / idle,
+            }
+        )
     default_ratio = next(r["ratio_to_idle"] for r in rows if r["load"] != "idle" and r["setting"].startswith("default"))
     verdict = "met" if default_ratio <= GOAL else "not met"
     lines = [
@@ -99,14 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['load']} | {r['setting']} | {', '.join(map(str, r['threads_used']))} | "
-                     f"{r['median_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} | {r['ratio_to_idle']:.2f} |")
-    lines += ["", f"Goal: the default setting beside one competing process takes at most {GOAL}x its idle "
-              f"time. Measured: {default_ratio:.2f}x, goal {verdict}.", ""]
+        lines.append(
+            f"| {r['load']} | {r['setting']} | {', '.join(map(str, r['threads_used']))} | "
+            f"{r['median_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} | {r['ratio_to_idle']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Goal: the default setting beside one competing process takes at most {GOAL}x its idle "
+        f"time. Measured: {default_ratio:.2f}x, goal {verdict}.",
+        "",
+    ]
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "threads.md").write_text("\n".join(lines), encoding="utf-8")
-    (args.output / "threads.json").write_text(json.dumps({"cores": cores, "load_before": load_before,
-                                                           "repeats": args.repeats, "rows": rows}, indent=2))
+    (args.output / "threads.json").write_text(
+        json.dumps({"cores": cores, "load_before": load_before, "repeats": args.repeats, "rows": rows}, indent=2)
+    )
     print("\n".join(lines))
     return 0
 
