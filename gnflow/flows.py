@@ -299,8 +299,8 @@ class Flow(ABC):
             beta_k, shape (sample,), float64.
         """
         raise ConfigError(
-            "solver.method: 'kernel_exponential' and 'kernel_euler' need a flow whose direction is a function of "
-            f"the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
+            "solver.method: 'kernel_exponential', 'kernel_etd3' and 'kernel_euler' need a flow whose direction is a "
+            f"function of the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
         )
 
     def diagnostics(self, weights: torch.Tensor) -> StateDiagnostics:

@@ -212,28 +212,35 @@ def test_mini_batch_ggn_run_resumes_exactly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed["nfe"].values, reference["nfe"].values)
 
 
-def test_kernel_exponential_run_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["kernel_exponential", "kernel_etd3"])
+def test_kernel_exponential_run_resumes_exactly(tmp_path, monkeypatch, method):
     import gnflow.exponential as exponential
+    import gnflow.exponential_rk as exponential_rk
 
     def config_at(path, every_steps):
-        return _config(path, method="kernel_exponential", every_steps=every_steps, rtol=1e-5, atol=1e-8)
+        return _config(path, method=method, every_steps=every_steps, rtol=1e-5, atol=1e-8)
 
-    reference, _ = run(config_at(tmp_path / "reference.nc", 0), progress=False)
-    total = int(reference["nfe"].values[-1])
-    assert reference.attrs["gnflow_status"] == "completed" and total > 10
-
-    config = config_at(tmp_path / "run.nc", 2)
     original = exponential.freeze_kernel
-    calls = {"n": 0}
+    calls = {"n": 0, "kill_at": 0}
 
-    def dying_freeze(flow, weights):
+    def counted_freeze(flow, weights):
         calls["n"] += 1
-        if calls["n"] == (2 * total) // 3:
+        if calls["n"] == calls["kill_at"]:
             raise _Killed
         return original(flow, weights)
 
     with monkeypatch.context() as patch:
-        patch.setattr(exponential, "freeze_kernel", dying_freeze)
+        for module in (exponential, exponential_rk):
+            patch.setattr(module, "freeze_kernel", counted_freeze)
+        reference, _ = run(config_at(tmp_path / "reference.nc", 0), progress=False)
+    total = calls["n"]  # linearizations of the uninterrupted run
+    assert reference.attrs["gnflow_status"] == "completed" and total > 10
+
+    config = config_at(tmp_path / "run.nc", 2)
+    calls.update(n=0, kill_at=(2 * total) // 3)
+    with monkeypatch.context() as patch:
+        for module in (exponential, exponential_rk):
+            patch.setattr(module, "freeze_kernel", counted_freeze)
         with pytest.raises(_Killed):
             run(config, progress=False)
     assert checkpoint_path(config.output.path).is_file()

@@ -41,20 +41,9 @@ BatchOrder = Literal["cyclic", "shuffled"]
 GGNSave = Literal["epoch", "iteration"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
-ExponentialMethod = Literal["kernel_exponential"]
+ExponentialMethod = Literal["kernel_exponential", "kernel_etd3"]
 KernelEulerMethod = Literal["kernel_euler"]
-SolverMethod = Literal[
-    "dopri5",
-    "bosh3",
-    "adaptive_heun",
-    "dopri8",
-    "fehlberg2",
-    "euler",
-    "midpoint",
-    "rk4",
-    "kernel_exponential",
-    "kernel_euler",
-]
+SolverMethod = Literal[AdaptiveMethod, FixedMethod, ExponentialMethod, KernelEulerMethod]  # flattened by typing
 SaveSpacing = Literal["log", "linear"]
 DType = Literal["float64", "float32"]
 
@@ -368,7 +357,8 @@ class SolverConfig:
         Adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2) or fixed-step (euler,
         midpoint, rk4) torchdiffeq method, ``"kernel_exponential"``: adaptive steps that are
         exact for the linearized (kernel) model, for long-horizon gradient flows
-        (:mod:`gnflow.exponential`), or ``"kernel_euler"``: the Euler iterations of step
+        (:mod:`gnflow.exponential`), ``"kernel_etd3"``: third-order exponential Runge--Kutta
+        steps on the same splitting (:mod:`gnflow.exponential_rk`), or ``"kernel_euler"``: the Euler iterations of step
         ``step_size``, taken in adaptive blocks that are exact for the linearized model, for
         long runs of the discrete methods (:mod:`gnflow.kernel_euler`).
     rtol, atol:

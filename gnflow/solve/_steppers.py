@@ -11,7 +11,8 @@ every stepper the same way.
 - :class:`FixedStepper`: torchdiffeq's fixed-step methods on the steps of a
   :class:`~gnflow.solve.StepSchedule` (uniform steps, or GGN's per-step sizes and mini-batches
   through :meth:`Flow.restrict <gnflow.flows.Flow.restrict>`);
-- :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`;
+- :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`
+  (``kernel_exponential``) or :class:`gnflow.exponential_rk.KernelETD3Solver` (``kernel_etd3``);
 - :class:`KernelEulerStepper`: :class:`gnflow.kernel_euler.KernelEulerSolver` (the Euler
   iterations of a uniform schedule, taken in blocks).
 """
@@ -26,6 +27,7 @@ import torch
 
 from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, KERNEL_EULER_METHODS, SolverConfig
 from gnflow.exponential import ExponentialStep, KernelExponentialSolver
+from gnflow.exponential_rk import KernelETD3Solver, KernelETD3Step
 from gnflow.flows import Flow
 from gnflow.kernel_euler import KernelEulerBlock, KernelEulerSolver
 from gnflow.solve._schedule import StepSchedule
@@ -286,12 +288,12 @@ class _LinearizedStepper:
     interpolant of the last accepted step and the train loss of its kernel (no evaluation)."""
 
     loss_every_step = True
-    _solver: KernelExponentialSolver | KernelEulerSolver | None = None
-    _last: ExponentialStep | KernelEulerBlock | None = None
+    _solver: KernelExponentialSolver | KernelETD3Solver | KernelEulerSolver | None = None
+    _last: ExponentialStep | KernelETD3Step | KernelEulerBlock | None = None
     _name = ""
 
     @property
-    def solver(self) -> KernelExponentialSolver | KernelEulerSolver:
+    def solver(self) -> KernelExponentialSolver | KernelETD3Solver | KernelEulerSolver:
         """The solver (after :meth:`start` or :meth:`load_state_dict`)."""
         if self._solver is None:
             raise RuntimeError(f"the {self._name} stepper has not started")
@@ -323,10 +325,14 @@ class _LinearizedStepper:
 
 
 class KernelExponentialStepper(_LinearizedStepper):
-    """:class:`~gnflow.exponential.KernelExponentialSolver`: exact steps for the linearized model.
+    """Adaptive steps on the kernel splitting: :class:`~gnflow.exponential.KernelExponentialSolver`
+    (``kernel_exponential``: exact steps for the linearized model, step doubling) or
+    :class:`~gnflow.exponential_rk.KernelETD3Solver` (``kernel_etd3``: third-order exponential
+    Runge--Kutta steps).
 
     Saved states come from the step's own interpolant and the train loss from the frozen kernel
-    of the accepted state, so neither costs an evaluation. One evaluation is one linearization.
+    of the accepted state, so neither costs an evaluation. One evaluation is one linearization,
+    and for kernel_etd3 also one field evaluation.
     """
 
     _name = "kernel-exponential"
@@ -339,15 +345,18 @@ class KernelExponentialStepper(_LinearizedStepper):
         self.horizon = horizon
         self._weights0 = weights0
         self._config = config
-        self._solver: KernelExponentialSolver | None = None
+        self._solver: KernelExponentialSolver | KernelETD3Solver | None = None
 
     @property
     def finished(self) -> bool:
         return self.solver.t >= self.horizon
 
-    def _new_solver(self, weights: torch.Tensor, first_step: float | None) -> KernelExponentialSolver:
+    def _new_solver(
+        self, weights: torch.Tensor, first_step: float | None
+    ) -> KernelExponentialSolver | KernelETD3Solver:
         config = self._config
-        return KernelExponentialSolver(self.flow, weights, rtol=config.rtol, atol=config.atol, first_step=first_step)
+        solver = KernelETD3Solver if config.method == "kernel_etd3" else KernelExponentialSolver
+        return solver(self.flow, weights, rtol=config.rtol, atol=config.atol, first_step=first_step)
 
     def start(self) -> None:
         self._solver = self._new_solver(self._weights0, self._config.first_step)
@@ -365,12 +374,19 @@ class KernelExponentialStepper(_LinearizedStepper):
         # frozen kernel there is recomputed on resume (deterministic, so not counted again)
         assert self._solver is not None, "the kernel-exponential stepper has not started"
         solver = self._solver
-        return {"y": solver.kernel.weights.cpu(), "t": solver.t, "h": solver.h, "nfe": solver.nfe}
+        state: dict[str, Any] = {"y": solver.kernel.weights.cpu(), "t": solver.t, "h": solver.h, "nfe": solver.nfe}
+        if isinstance(solver, KernelETD3Solver):
+            state["field_evaluations"] = solver.field_evaluations
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         solver = self._new_solver(state["y"].to(self._weights0.device), float(state["h"]))
         solver.t = float(state["t"])
-        solver.nfe = int(state["nfe"])
+        if isinstance(solver, KernelETD3Solver):
+            solver.field_evaluations = int(state["field_evaluations"])
+            solver.linearizations = int(state["nfe"]) - solver.field_evaluations
+        else:
+            solver.nfe = int(state["nfe"])
         self._solver = solver
 
 

@@ -1,0 +1,293 @@
+"""Third-order exponential Runge--Kutta steps on the kernel splitting (``solver.method = "kernel_etd3"``).
+
+Write the flow dw/dt = F(w) = -J^T B(A) r / N, from the state w_n of a step, as
+
+    dv/dt = L v + G(v),     v = w - w_n,     L = -J_n^T B_n J_n / N,     G(v) = F(w_n + v) - L v,
+
+where L is the Gauss--Newton linearization of the field at w_n (the frozen kernel of
+:mod:`gnflow.exponential`) and G the rest, which is constant, G = F(w_n), when J does not move
+(random features). Functions of L act on a weight-space vector x through the eigendecomposition
+A_n = Q diag(lambda) Q^T alone: with mu = lambda beta the nonzero eigenvalues of -N L,
+
+    f(L) x = f(0) x - (1 / N) J_n^T Q diag(beta (f(-mu / N) - f(0)) / (-mu / N)) Q^T (J_n x),
+
+one product J_n x and one J_n^T; vectors are kept as ``dense + J_n^T q`` so that most products
+are N x N.
+
+A step of size h is Cox and Matthews' ETD3RK (J. Comput. Phys. 176, 2002), with the phi functions
+phi_k(z) = sum_j z^j / (j + k)! taken at h L:
+
+    a  = (h/2) phi_1(hL/2) G(0)                            (the kernel-exponential half step)
+    b  = h phi_1(hL) (2 G(a) - G(0))
+    v3 = h [ (phi_1 - 3 phi_2 + 4 phi_3) G(0) + 4 (phi_2 - 2 phi_3) G(a) + (4 phi_3 - phi_2) G(b) ]
+
+third order, with the embedded second-order solution v2 = h [phi_1 G(0) + 2 phi_2 (G(a) - G(0))]
+(G interpolated linearly through s = 0 and s = h/2). Their difference,
+
+    v3 - v2 = h (4 phi_3 - phi_2)(hL) (G(0) - 2 G(a) + G(b)),
+
+is a second difference of G: O(h^3), and zero when J does not move, so the step is exact for
+random features at any h (as kernel_exponential). The state w_n + v3 is accepted when that estimate
+is <= 1 in torchdiffeq's mixed norm, and the next step size is h clip(0.9 err^(-1/3), 0.2, 10).
+
+One step costs one linearization at w_n (forward pass, Gram matrix, eigendecomposition), two field
+evaluations F(w_n + a) and F(w_n + b), and a few products J_n x and J_n^T q. For the gradient
+flow a field evaluation is a gradient (a fraction of a linearization); for Gauss--Newton it is a
+Gram solve, so this method pays mainly on long gradient flows (``docs/kernel_exponential.md``).
+States inside a step come from the interpolant of :class:`gnflow.exponential.ExponentialStep`:
+the kernel-exponential flow from w_n plus (s/h)^2 times the difference to the accepted state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from gnflow.exponential import (
+    MAX_GROWTH,
+    MIN_SHRINK,
+    SAFETY,
+    FrozenKernel,
+    StepSizeUnderflow,
+    error_ratio,
+    freeze_kernel,
+)
+from gnflow.flows import Flow
+
+__all__ = ["ETD3_ERROR_EXPONENT", "KernelETD3Solver", "KernelETD3Step", "phi_functions"]
+
+logger = logging.getLogger(__name__)
+
+ETD3_ERROR_EXPONENT = 1.0 / 3.0
+"""The error estimate v3 - v2 is O(h^3), hence err^(-1/3) in the step-size controller."""
+
+_SERIES_BELOW = 1.0
+_SERIES_TERMS = 24
+
+
+def phi_functions(z: torch.Tensor, k_max: int) -> list[torch.Tensor]:
+    """[phi_0(z), ..., phi_k_max(z)] elementwise for real z <= 0 (phi_0 = exp).
+
+    phi_k(z) = sum_j z^j / (j + k)!. For abs(z) < 1 the series (24 terms: error below 1e-18);
+    otherwise the recursion phi_{k+1} = (phi_k - 1/k!) / z from phi_0 = e^z, which loses at most
+    a factor abs(1/z) <= 1 per level there.
+    """
+    small = z.abs() < _SERIES_BELOW
+    zs = torch.where(small, z, torch.zeros_like(z))
+    zl = torch.where(small, -torch.ones_like(z), z)
+    out = []
+    large = torch.exp(zl)
+    for k in range(k_max + 1):
+        if k > 0:
+            large = (large - 1.0 / math.factorial(k - 1)) / zl
+        series = torch.zeros_like(z)
+        for j in reversed(range(_SERIES_TERMS)):
+            series = series * zs + 1.0 / math.factorial(j + k)
+        out.append(torch.where(small, series, large))
+    return out
+
+
+@dataclass
+class _Vector:
+    """dense + J_n^T Q-space part: the weight-space vector ``dense + J^T q`` and its image J x."""
+
+    dense: torch.Tensor | None  # (particle, component) or None (zero)
+    q: torch.Tensor  # (sample,), float64
+    image: torch.Tensor  # J_n (dense + J^T q), (sample,), float64
+
+
+@dataclass(eq=False)
+class KernelETD3Step:
+    """An accepted step from t0 to t1 (the interpolant of :class:`gnflow.exponential.ExponentialStep`)."""
+
+    t0: float
+    t1: float
+    start: FrozenKernel
+    weights: torch.Tensor
+    error_ratio: float
+    _one_step: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def one_step(self) -> torch.Tensor:
+        """The kernel-exponential step of size t1 - t0 from the start (computed when first asked)."""
+        if self._one_step is None:
+            self._one_step = self.start.step(self.t1 - self.t0)
+        return self._one_step
+
+    def interpolate(self, t: float) -> torch.Tensor:
+        """State at flow time t in [t0, t1]: start.step(s) + (s/h)^2 (weights - one_step).
+
+        Exact when J is frozen (then weights = one_step), second order otherwise.
+        """
+        if t >= self.t1:
+            return self.weights
+        s = t - self.t0
+        if s <= 0.0:
+            return self.start.weights
+        theta = s / (self.t1 - self.t0)
+        return self.start.step(s) + theta * theta * (self.weights - self.one_step)
+
+
+class KernelETD3Solver:
+    """Adaptive ETD3RK steps on the kernel splitting, with the embedded second-order estimate.
+
+    Parameters
+    ----------
+    flow:
+        A flow whose direction is a spectral function of A
+        (:meth:`~gnflow.flows.Flow.preconditioner_spectrum`): gradient or Gauss--Newton.
+    weights0:
+        Initial state at t = 0, shape (particle, component).
+    rtol, atol:
+        Tolerances of the local error estimate.
+    first_step:
+        First step size; default N / max_k mu_k, the time scale of the fastest residual mode.
+
+    Notes
+    -----
+    The interface is that of :class:`gnflow.exponential.KernelExponentialSolver`: call
+    :meth:`attempt` until ``t`` reaches the horizon. ``nfe`` counts linearizations plus field
+    evaluations; ``linearizations`` and ``field_evaluations`` count each.
+    """
+
+    def __init__(
+        self,
+        flow: Flow,
+        weights0: torch.Tensor,
+        *,
+        rtol: float,
+        atol: float,
+        first_step: float | None = None,
+    ) -> None:
+        if not (rtol > 0 and atol > 0):
+            raise ValueError(f"rtol and atol must be > 0, got {rtol} and {atol}")
+        self.flow = flow
+        self.rtol = rtol
+        self.atol = atol
+        self.t = 0.0
+        self.linearizations = 0
+        self.field_evaluations = 0
+        self.kernel = self._freeze(weights0)
+        if first_step is None:
+            rate = self.kernel.fastest_rate
+            first_step = 1.0 / rate if rate > 0 else math.inf
+        self.h = first_step
+
+    @property
+    def nfe(self) -> int:
+        """Linearizations plus field evaluations."""
+        return self.linearizations + self.field_evaluations
+
+    def _freeze(self, weights: torch.Tensor) -> FrozenKernel:
+        self.linearizations += 1
+        return freeze_kernel(self.flow, weights)
+
+    def _field(self, weights: torch.Tensor) -> torch.Tensor:
+        self.field_evaluations += 1
+        return self.flow(torch.zeros((), dtype=torch.float64), weights)
+
+    def attempt(self, t_end: float) -> KernelETD3Step | None:
+        """Try one step towards ``t_end``; the accepted step, or None when it was rejected.
+
+        Raises
+        ------
+        StepSizeUnderflow
+            If t + h rounds to t.
+        FlowError, GramSolveError
+            If the flow cannot be linearized or evaluated at a new state.
+        """
+        t0 = self.t
+        t1 = t_end if self.h >= t_end - t0 else t0 + self.h
+        if not t1 > t0:
+            raise StepSizeUnderflow(f"step size underflow (h = {self.h:.3g} at t = {t0:.6g})")
+        h = t1 - t0
+        kernel = self.kernel
+        step, error = self._etd3(kernel, h)
+        if math.isfinite(error):
+            growth = MAX_GROWTH if error == 0.0 else SAFETY * error ** (-ETD3_ERROR_EXPONENT)
+            growth = min(MAX_GROWTH, max(MIN_SHRINK, growth))
+        else:
+            growth = MIN_SHRINK
+        if not error <= 1.0:
+            self.h = h * min(growth, 1.0)
+            logger.debug("rejected h=%.3g at t=%.6g (error ratio %.3g)", h, t0, error)
+            return None
+        self.kernel = self._freeze(step)
+        self.t = t1
+        self.h = h * growth
+        return KernelETD3Step(t0=t0, t1=t1, start=kernel, weights=step, error_ratio=error)
+
+    def _etd3(self, kernel: FrozenKernel, h: float) -> tuple[torch.Tensor, float]:
+        """The ETD3RK state w_n + v3 and the error ratio of v3 - v2."""
+        n = kernel.n_samples
+        lam, basis, beta = kernel.eigenvalues, kernel.eigenvectors, kernel.multiplier
+        lin = kernel.linearization
+        w0 = kernel.weights
+        mu_n = lam * beta / n  # decay rates of the residual modes; L's eigenvalues are -mu_n
+
+        def gram_times(q: torch.Tensor) -> torch.Tensor:  # A q
+            return basis @ (lam * (basis.T @ q))
+
+        def spectral(c: torch.Tensor, image: torch.Tensor) -> torch.Tensor:  # Q diag(c) Q^T image
+            return basis @ (c * (basis.T @ image))
+
+        def weights_of(v: _Vector) -> torch.Tensor:
+            out = w0 + lin.vjp(v.q).to(w0.dtype)
+            return out if v.dense is None else out + v.dense
+
+        def jvp(dense: torch.Tensor) -> torch.Tensor:
+            return lin.jvp(dense).double()
+
+        def remainder(weights: torch.Tensor, v: _Vector) -> tuple[_Vector, torch.Tensor]:
+            # G(v) = F(w_n + v) - L v, with L v = -J^T Q diag(beta) Q^T (J v) / N; and J F(w_n + v)
+            f = self._field(weights)
+            image_f = jvp(f)
+            q = spectral(beta, v.image) / n
+            return _Vector(dense=f, q=q, image=image_f + gram_times(q)), image_f
+
+        # G(0) = F(w_n) = -J^T Q diag(beta) Q^T r / N
+        q0 = -spectral(beta, kernel.residual) / n
+        g0 = _Vector(dense=None, q=q0, image=gram_times(q0))
+
+        # a = (h/2) phi_1(hL/2) G(0): f(0) = h/2, and the divided difference (h/2)^2 phi_2
+        half = phi_functions(-0.5 * h * mu_n, 2)
+        qa = 0.5 * h * q0 - (0.25 * h * h / n) * spectral(beta * half[2], g0.image)
+        a = _Vector(dense=None, q=qa, image=gram_times(qa))
+        ga, image_fa = remainder(weights_of(a), a)
+
+        # b = h phi_1(hL) (2 G(a) - G(0))
+        full = phi_functions(-h * mu_n, 4)
+        x_q = 2.0 * ga.q - g0.q
+        x_image = 2.0 * ga.image - g0.image
+        assert ga.dense is not None
+        qb = h * x_q - (h * h / n) * spectral(beta * full[2], x_image)
+        dense_b = (2.0 * h) * ga.dense
+        b = _Vector(dense=dense_b, q=qb, image=(2.0 * h) * image_fa + gram_times(qb))
+        gb, _ = remainder(weights_of(b), b)
+        assert gb.dense is not None
+
+        # v3 = h [c0(hL) G(0) + ca(hL) G(a) + cb(hL) G(b)]; f(0) = h (1/6, 2/3, 1/6) (Simpson) and the
+        # divided differences h^2 (phi_2 - 3 phi_3 + 4 phi_4, 4 phi_3 - 8 phi_4, 4 phi_4 - phi_3)
+        p2, p3, p4 = full[2], full[3], full[4]
+        c0, ca, cb = p2 - 3.0 * p3 + 4.0 * p4, 4.0 * p3 - 8.0 * p4, 4.0 * p4 - p3
+        kernel_part = (
+            -(h * h / n)
+            * basis
+            @ (beta * (c0 * (basis.T @ g0.image) + ca * (basis.T @ ga.image) + cb * (basis.T @ gb.image)))
+        )
+        v3 = _Vector(
+            dense=h * ((2.0 / 3.0) * ga.dense + (1.0 / 6.0) * gb.dense),
+            q=h * ((1.0 / 6.0) * g0.q + (2.0 / 3.0) * ga.q + (1.0 / 6.0) * gb.q) + kernel_part,
+            image=torch.zeros_like(q0),  # not needed
+        )
+        # v3 - v2 = h (4 phi_3 - phi_2)(hL) D, D = G(0) - 2 G(a) + G(b): f(0) = h/6, divided
+        # difference h^2 (4 phi_4 - phi_3)
+        d_q = g0.q - 2.0 * ga.q + gb.q
+        d_image = g0.image - 2.0 * ga.image + gb.image
+        err_q = (h / 6.0) * d_q - (h * h / n) * spectral(beta * (4.0 * p4 - p3), d_image)
+        err = lin.vjp(err_q).to(w0.dtype) + (h / 6.0) * (gb.dense - 2.0 * ga.dense)
+        new = weights_of(v3)
+        return new, error_ratio(w0, new - err, new, self.rtol, self.atol)
