@@ -151,9 +151,12 @@ def gn_arms(s: dict[str, Any], n_train: int, *, sweep: bool) -> list[Arm]:
 
 
 def gd_flow_method(s: dict[str, Any], tau0: float) -> str:
-    """The integrator of the gradient flow at tau0: ``kernel_exponential`` from
-    ``gd_exponential_from`` on (kernel regime: stiff A, nearly frozen Jacobian), ``gd_method`` below."""
-    return "kernel_exponential" if tau0 >= float(s.get("gd_exponential_from", math.inf)) else str(s["gd_method"])
+    """The integrator of the gradient flow at tau0: ``gd_exponential_method`` (kernel_exponential
+    unless set; kernel_etd3 is its third-order successor) from ``gd_exponential_from`` on (kernel
+    regime: stiff A, nearly frozen Jacobian), ``gd_method`` below."""
+    if tau0 >= float(s.get("gd_exponential_from", math.inf)):
+        return str(s.get("gd_exponential_method", "kernel_exponential"))
+    return str(s["gd_method"])
 
 
 def gd_arm(s: dict[str, Any], n_train: int) -> Arm:

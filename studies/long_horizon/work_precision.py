@@ -1,0 +1,349 @@
+"""Work-precision diagrams of the long-horizon flows: error against cost for every integrator.
+
+For each tau0 (and flow) the same initialization of the teacher-student task of
+``long_horizon.toml`` is integrated to ``t_end`` by each method at several tolerances (or step
+sizes), and compared at t_end with a tight reference solve:
+
+* the error of the final weights, ||w(T) - w_ref(T)|| / ||w_ref(T) - w(0)||, and
+* the relative error of the test loss at T, |L_test - L_test,ref| / L_test,ref,
+
+against process CPU seconds (one torch thread) and evaluations (field evaluations; for the kernel
+methods also linearizations, each a Gram matrix and an eigendecomposition). The reference is
+kernel_etd3 at rtol 1e-10 and, as an independent check, its distance to the tightest dopri5 or
+dopri8 run that reached T is reported with it. A run that exceeds its CPU budget stops there and is
+reported as time-limited (its cost a lower bound, no error). Every finished run is kept in
+``work_precision_<scale>_<flow>.json``, so a stopped invocation resumes where it was.
+
+    python studies/long_horizon/work_precision.py --scale small                  # N = 100, M = 1000, GD, tau0 0.1 1 10
+    python studies/long_horizon/work_precision.py --scale small --flow gauss_newton --tau0 1
+    python studies/long_horizon/work_precision.py --scale smoke -o /tmp/wp       # seconds
+
+Outputs in ``data/studies/long_horizon/<scale>/``: ``work_precision_<scale>_<flow>.{json,nc,png,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from gnflow.config import config_from_dict
+from gnflow.experiment import Experiment, build_experiment
+from gnflow.solve import integrate
+
+HERE = Path(__file__).resolve().parent
+
+SCALES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "n_train": 20,
+        "width": 50,
+        "n_test": 200,
+        "t_end": 2e4,
+        "budget_s": 20.0,
+        "tau0": [1.0],
+        "reference_rtol": 1e-9,
+    },
+    "small": {
+        "n_train": 100,
+        "width": 1000,
+        "n_test": 10000,
+        "t_end": 2e7,
+        "budget_s": 900.0,
+        "tau0": [0.1, 1.0, 10.0],
+    },
+    "paper": {
+        "n_train": 500,
+        "width": 5000,
+        "n_test": 10000,
+        "t_end": 2e7,
+        "budget_s": 3600.0,
+        "tau0": [0.1, 1.0, 10.0],
+    },
+}
+
+REFERENCE = ("kernel_etd3", 1e-10)
+"""The reference solve: kernel_etd3 at rtol 1e-10 (atol 1e-13); the smoke scale uses rtol 1e-9."""
+
+
+def reference_of(scale: str) -> tuple[str, float]:
+    return REFERENCE[0], SCALES[scale].get("reference_rtol", REFERENCE[1])
+
+
+GRID: dict[str, list[float]] = {
+    "kernel_etd3": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
+    "kernel_exponential": [1e-3, 1e-4, 1e-5, 1e-6],
+    "dopri5": [1e-6, 1e-8],
+    "dopri8": [1e-8],
+    "bosh3": [1e-6],
+}
+"""Tolerances per method (atol = rtol * 1e-3). Fixed-step rk4 runs at fractions of its stability
+limit 2.78 N / lambda_max(A(0)) (``RK4_FRACTIONS``)."""
+
+RK4_FRACTIONS = [0.25, 0.5, 0.9]
+
+
+def base_config(scale: str, flow: str, tau0: float, t_end: float | None) -> dict[str, Any]:
+    with open(HERE / "long_horizon.toml", "rb") as f:
+        run = tomllib.load(f)["defaults"]["run"]
+    s = SCALES[scale]
+    run["data"].update(n_train=s["n_train"], n_test=s["n_test"])
+    run["model"].update(width=s["width"], init_scale=tau0)
+    run["flow"] = {"kind": flow, "damping": "eigmin", "epsilon": 1e-7}
+    run["solver"].update(t_end=t_end or s["t_end"], n_save=2, save_spacing="linear", stop_loss_ratio=0.0)
+    run["compute"] = {"threads": 1}
+    return run
+
+
+def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
+    data = experiment.data
+    r = (experiment.model.predict(weights, experiment.tensor(data.x_test)) - experiment.tensor(data.y_test)).double()
+    return float(r @ r) / (2 * data.n_test)
+
+
+def _linearizations(method: str, nfe: int, accepted: int, rejected: int) -> int:
+    if method == "kernel_exponential":
+        return nfe
+    if method == "kernel_etd3":
+        return 1 + accepted
+    return 0
+
+
+def one_run(experiment: Experiment, method: str, setting: float, budget_s: float) -> dict[str, Any]:
+    solver = experiment.config.solver
+    if method == "rk4":
+        lam_max = float(
+            torch.linalg.eigvalsh(experiment.model.linearize(experiment.weights0, experiment.flow.x).gram())[-1]
+        )
+        n_steps = math.ceil(solver.t_end / (setting * 2.78 * experiment.flow.x.shape[0] / lam_max))
+        step = solver.t_end / n_steps  # the grid ends at t_end
+        solver = replace(solver, method="rk4", step_size=step, max_steps=n_steps + 10, max_cpu_time_s=budget_s)
+    else:
+        solver = replace(solver, method=method, rtol=setting, atol=setting * 1e-3, max_cpu_time_s=budget_s)
+    start = time.process_time()
+    solution = integrate(experiment.flow, experiment.weights0, solver, progress=False)
+    cpu = time.process_time() - start
+    weights = torch.as_tensor(solution.weights[-1])
+    finite = bool(torch.isfinite(weights).all())
+    accepted, rejected, nfe = int(solution.n_accepted[-1]), int(solution.n_rejected[-1]), int(solution.nfe[-1])
+    return {
+        "method": method,
+        "setting": setting,
+        "status": solution.status,
+        "t_reached": float(solution.t[-1]),
+        "cpu_time_s": cpu,
+        "nfe": nfe,
+        "linearizations": _linearizations(method, nfe, accepted, rejected),
+        "n_accepted": accepted,
+        "n_rejected": rejected,
+        "test_loss": _test_loss(experiment, weights) if finite else math.nan,
+        "train_loss": experiment.flow.train_loss(weights) if finite else math.nan,
+        "weights": weights.flatten().tolist(),
+    }
+
+
+def _errors(run: dict[str, Any], reference: dict[str, Any], w0: np.ndarray, t_end: float) -> tuple[float, float]:
+    if run["t_reached"] < t_end * (1 - 1e-9) or not math.isfinite(run["test_loss"]):
+        return math.nan, math.nan
+    w, wr = np.asarray(run["weights"]), np.asarray(reference["weights"])
+    return (
+        float(np.linalg.norm(w - wr) / np.linalg.norm(wr - w0)),
+        abs(run["test_loss"] - reference["test_loss"]) / reference["test_loss"],
+    )
+
+
+def measure(
+    scale: str,
+    flow: str,
+    tau0s: list[float],
+    out: Path,
+    methods: list[str],
+    t_end: float | None,
+    budget_s: float | None,
+) -> Path:
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / f"work_precision_{scale}_{flow}.json"
+    done: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    budget = budget_s or SCALES[scale]["budget_s"]
+    for tau0 in tau0s:
+        config = config_from_dict(base_config(scale, flow, tau0, t_end))
+        experiment = build_experiment(config)
+        reference = reference_of(scale)
+        plan = [reference] + [(m, s) for m in methods for s in (RK4_FRACTIONS if m == "rk4" else GRID[m])]
+        for method, setting in plan:
+            key = f"{tau0:g}|{config.solver.t_end:g}|{method}|{setting:g}"
+            if key in done:
+                continue
+            result = one_run(experiment, method, setting, 0.0 if (method, setting) == reference else budget)
+            result["tau0"] = tau0
+            result["t_end"] = config.solver.t_end
+            done[key] = result
+            store.write_text(json.dumps(done))
+            print(
+                f"tau0={tau0:g} {method:18s} {setting:8.1e}: {result['status']:>12s} t={result['t_reached']:.3g} "
+                f"{result['cpu_time_s']:8.1f} s, nfe {result['nfe']}, lin {result['linearizations']}",
+                flush=True,
+            )
+    return store
+
+
+def table(store: Path, scale: str, flow: str) -> xr.Dataset:
+    done = json.loads(store.read_text())
+    rows = list(done.values())
+    tau0s = sorted({r["tau0"] for r in rows})
+    records = []
+    for tau0 in tau0s:
+        ref = next(r for r in rows if r["tau0"] == tau0 and (r["method"], r["setting"]) == reference_of(scale))
+        config = config_from_dict(base_config(scale, flow, tau0, ref["t_end"]))
+        w0 = build_experiment(config).weights0.flatten().numpy()
+        for r in rows:
+            if r["tau0"] != tau0:
+                continue
+            werr, lerr = _errors(r, ref, w0, ref["t_end"])
+            records.append(
+                {**{k: v for k, v in r.items() if k != "weights"}, "weight_error": werr, "test_loss_error": lerr}
+            )
+    n = len(records)
+    ds = xr.Dataset(
+        {
+            k: ("run", np.array([rec[k] for rec in records]))
+            for k in (
+                "tau0",
+                "method",
+                "setting",
+                "status",
+                "t_reached",
+                "t_end",
+                "cpu_time_s",
+                "nfe",
+                "linearizations",
+                "n_accepted",
+                "n_rejected",
+                "test_loss",
+                "train_loss",
+                "weight_error",
+                "test_loss_error",
+            )
+        },
+        coords={"run": np.arange(n)},
+        attrs={
+            "title": f"gnflow work-precision table ({scale}, {flow} flow)",
+            "Conventions": "CF-1.8",
+            "reference": "{} at rtol {:g}, atol {:g}".format(*reference_of(scale), reference_of(scale)[1] * 1e-3),
+        },
+    )
+    ds["method"] = ds["method"].astype(str)
+    ds["status"] = ds["status"].astype(str)
+    return ds
+
+
+COLOURS = {"kernel_etd3": "C3", "kernel_exponential": "C0", "dopri5": "C1", "dopri8": "C2", "bosh3": "C4", "rk4": "C5"}
+
+
+def plot(ds: xr.Dataset, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tau0s = sorted(set(ds["tau0"].values.tolist()))
+    fig, axes = plt.subplots(2, len(tau0s), figsize=(4.2 * len(tau0s), 7.5), squeeze=False)
+    for j, tau0 in enumerate(tau0s):
+        sub = ds.where(ds["tau0"] == tau0, drop=True)
+        for i, (cost, label) in enumerate((("cpu_time_s", "CPU seconds (one thread)"), ("nfe", "evaluations"))):
+            ax = axes[i][j]
+            for method in COLOURS:
+                m = sub.where(sub["method"] == method, drop=True)
+                if m.sizes.get("run", 0) == 0:
+                    continue
+                ok = np.isfinite(m["weight_error"].values) & (m["weight_error"].values > 0)
+                order = np.argsort(m[cost].values[ok])
+                ax.loglog(
+                    m[cost].values[ok][order],
+                    m["weight_error"].values[ok][order],
+                    "o-",
+                    color=COLOURS[method],
+                    label=method,
+                )
+                lim = ~np.isfinite(m["weight_error"].values)
+                if lim.any():
+                    ax.scatter(
+                        m[cost].values[lim],
+                        np.full(lim.sum(), ax.get_ylim()[1] if ok.any() else 1.0),
+                        marker=">",
+                        color=COLOURS[method],
+                        label=f"{method}: stopped by budget",
+                    )
+            ax.set_xlabel(label)
+            ax.set_ylabel("final-weight error / weight change")
+            ax.set_title(f"tau0 = {tau0:g}")
+            ax.grid(True, which="major", alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(ds.attrs["title"] + f"; reference {ds.attrs['reference']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(ds: xr.Dataset, path: Path) -> Path:
+    lines = [
+        f"# {ds.attrs['title']}",
+        "",
+        f"Reference: {ds.attrs['reference']}. Error of the final weights "
+        "relative to the weight change, relative error of the test loss; CPU seconds of one torch thread. "
+        "Runs stopped by the CPU budget give a lower bound of their cost and no error.",
+        "",
+    ]
+    lines += [
+        "| tau0 | method | rtol / step fraction | status | t reached | CPU s | evaluations | linearizations | "
+        "weight error | test-loss error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in range(ds.sizes["run"]):
+        r = {v: ds[v].values[k] for v in ds.data_vars}
+        lines.append(
+            f"| {r['tau0']:g} | {r['method']} | {r['setting']:.0e} | {r['status']} | {r['t_reached']:.3g} | "
+            f"{r['cpu_time_s']:.1f} | {r['nfe']} | {r['linearizations']} | {r['weight_error']:.2e} | "
+            f"{r['test_loss_error']:.2e} |"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--flow", choices=["gradient", "gauss_newton"], default="gradient")
+    parser.add_argument("--tau0", type=float, nargs="*")
+    parser.add_argument(
+        "--methods", nargs="*", default=["kernel_etd3", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4"]
+    )
+    parser.add_argument("--t-end", type=float)
+    parser.add_argument("--budget-s", type=float, help="CPU seconds per run before it stops (time-limited)")
+    parser.add_argument("-o", "--output", type=Path)
+    args = parser.parse_args(argv)
+    out = args.output or Path("data/studies/long_horizon") / args.scale
+    store = measure(
+        args.scale, args.flow, args.tau0 or SCALES[args.scale]["tau0"], out, args.methods, args.t_end, args.budget_s
+    )
+    ds = table(store, args.scale, args.flow)
+    stem = out / f"work_precision_{args.scale}_{args.flow}"
+    ds.to_netcdf(stem.with_suffix(".nc"))
+    plot(ds, stem.with_suffix(".png"))
+    print(report(ds, stem.with_suffix(".md")).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
