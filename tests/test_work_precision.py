@@ -50,7 +50,7 @@ def test_errors_fall_with_the_tolerance(table) -> None:
 
 
 def test_a_second_invocation_reuses_the_store(wp, table) -> None:
-    out, ds = table
+    out, _ = table
     store = out / "work_precision_smoke_gradient.json"
     before = json.loads(store.read_text())
     assert (

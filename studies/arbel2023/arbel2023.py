@@ -466,7 +466,8 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     figs = figures.draw(s, context, main, by_n)
     lam = float(s["lam"])
     setup = [
-        f"Teacher-student task of docs/mathematics.md (d = 10, teacher of 5 SiLU units, noiseless labels), N = {n_main}, M = "
+        "Teacher-student task of docs/mathematics.md (d = 10, teacher of 5 SiLU units, noiseless labels), "
+        f"N = {n_main}, M = "
         f"{s['width']} particles, mean-field scaling, v = 0 at t = 0, seeds {main.seeds}. The test draw holds "
         f"{int(s['n_val']) + int(s['n_test'])} points: the first {s['n_val']} validate (choose refit times), the "
         f"other {s['n_test']} test (every reported test loss).",
