@@ -20,7 +20,7 @@ from types import FrameType
 import xarray as xr
 
 from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
-from gnflow.config import RunConfig, config_hash
+from gnflow.config import EXPONENTIAL_METHODS, RunConfig, config_hash
 from gnflow.data import run_seeds
 from gnflow.dataset import (
     OutputExistsError,
@@ -33,6 +33,7 @@ from gnflow.dataset import (
 from gnflow.experiment import build_experiment
 from gnflow.observables import validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
+from gnflow.solve._loop import auto_choice
 from gnflow.status import SignalInterrupt
 from gnflow.threads import resolve_threads, torch_threads
 from gnflow.trajectory import trajectory_dataset
@@ -82,7 +83,19 @@ def _simulate(
     schedule = flow.schedule(config.flow, experiment.data.n_train, run_seeds(config).batches)
     # a flow that runs as a step schedule (GGN) is integrated by Euler steps on it
     solver = config.solver if schedule is None else dataclasses.replace(config.solver, method="euler")
-    description = flow.describe(config, experiment.data.n_train)
+    chosen_by_auto = ""
+    if solver.method == "auto":
+        method, why = auto_choice(flow, experiment.weights0, solver)
+        logger.info("solver.method = auto: %s (%s)", method, why)
+        solver, chosen_by_auto = dataclasses.replace(solver, method=method), why
+    elif solver.method in EXPONENTIAL_METHODS and auto_choice(flow, experiment.weights0, solver)[0] == "dopri5":
+        logger.warning(
+            "solver.method = %s will likely be slower than dopri5 here (%s); solver.method = 'auto' chooses by "
+            "the measured crossovers (docs/kernel_exponential.md)",
+            solver.method,
+            auto_choice(flow, experiment.weights0, solver)[1],
+        )
+    description = flow.describe(dataclasses.replace(config, solver=solver), experiment.data.n_train)
     logger.info(
         "%s; %s; N=%d, M=%d, d=%d on %s (%s)",
         description.flow,
@@ -124,7 +137,10 @@ def _simulate(
             stats.cg_steps,
             stats.eigvalsh_fallbacks,
         )
-    return trajectory_dataset(experiment, solution, progress=progress)
+    ds = trajectory_dataset(experiment, solution, progress=progress)
+    if chosen_by_auto:
+        ds.attrs["gnflow_solver"] = f"{description.solver}, chosen by solver.method = auto: {chosen_by_auto}"
+    return ds
 
 
 class _Interruptions:

@@ -243,7 +243,7 @@ def test_every_configured_method_has_its_stepper() -> None:
     kinds = {"euler": FixedStepper, "midpoint": FixedStepper, "rk4": FixedStepper}
     kinds["kernel_exponential"] = kinds["kernel_etd3"] = KernelExponentialStepper
     kinds["kernel_euler"] = KernelEulerStepper
-    assert set(STEPPERS) == set(get_args(SolverMethod))
+    assert set(STEPPERS) == set(get_args(SolverMethod)) - {"auto"}  # auto is resolved before a stepper is made
     for method, stepper in STEPPERS.items():
         assert stepper is kinds.get(method, RungeKuttaStepper), method
 

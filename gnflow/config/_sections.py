@@ -43,7 +43,7 @@ AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg
 FixedMethod = Literal["euler", "midpoint", "rk4"]
 ExponentialMethod = Literal["kernel_exponential", "kernel_etd3"]
 KernelEulerMethod = Literal["kernel_euler"]
-SolverMethod = Literal[AdaptiveMethod, FixedMethod, ExponentialMethod, KernelEulerMethod]  # flattened by typing
+SolverMethod = Literal[AdaptiveMethod, FixedMethod, ExponentialMethod, KernelEulerMethod, "auto"]
 SaveSpacing = Literal["log", "linear"]
 DType = Literal["float64", "float32"]
 
@@ -358,7 +358,8 @@ class SolverConfig:
         midpoint, rk4) torchdiffeq method, ``"kernel_exponential"``: adaptive steps that are
         exact for the linearized (kernel) model, for long-horizon gradient flows
         (:mod:`gnflow.exponential`), ``"kernel_etd3"``: third-order exponential Runge--Kutta
-        steps on the same splitting (:mod:`gnflow.exponential_rk`), or ``"kernel_euler"``: the Euler iterations of step
+        steps on the same splitting (:mod:`gnflow.exponential_rk`), ``"auto"``: chosen from the flow
+        and the horizon (:mod:`gnflow.method_choice`), or ``"kernel_euler"``: the Euler iterations of step
         ``step_size``, taken in adaptive blocks that are exact for the linearized model, for
         long runs of the discrete methods (:mod:`gnflow.kernel_euler`).
     rtol, atol:
@@ -472,7 +473,7 @@ class SolverConfig:
     @property
     def adaptive(self) -> bool:
         """Whether the method chooses its own step sizes (kernel_exponential does)."""
-        return self.method in ADAPTIVE_METHODS or self.method in EXPONENTIAL_METHODS
+        return self.method in ADAPTIVE_METHODS or self.method in EXPONENTIAL_METHODS or self.method == "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

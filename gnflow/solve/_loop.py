@@ -17,15 +17,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from gnflow.config import SolverConfig
+from gnflow.config import SolverConfig, SolverMethod
 from gnflow.damping import GramSolveError
 from gnflow.flows import Flow, FlowError
+from gnflow.method_choice import auto_method
 from gnflow.solve._budget import Budget, ProgressBar, StopWatch
 from gnflow.solve._schedule import StepSchedule, save_times
 from gnflow.solve._solution import Recorder, Solution
@@ -141,6 +142,8 @@ def integrate(
     """
     if schedule is not None and config.adaptive:
         raise ValueError(f"a step schedule needs a fixed-step method, got solver.method = {config.method!r}")
+    if config.method == "auto":
+        config = resolve_auto(flow, weights0, config)
     if schedule is None:
         times = save_times(config) if times is None else np.asarray(times, dtype=np.float64)
         _check_times(times)
@@ -170,6 +173,25 @@ def integrate(
         monotone_rtol=config.rtol if config.adaptive else None,
     )
     return recorder.solution(result, stats, config.method)
+
+
+def resolve_auto(flow: Flow, weights0: torch.Tensor, config: SolverConfig) -> SolverConfig:
+    """``config`` with ``method = "auto"`` replaced by the method :func:`gnflow.method_choice.auto_method`
+    chooses for ``flow`` from ``weights0`` (logged, with the reason)."""
+    if config.method != "auto":
+        return config
+    method, why = auto_choice(flow, weights0, config)
+    logger.info("solver.method = auto: %s (%s)", method, why)
+    return replace(config, method=method)
+
+
+def auto_choice(flow: Flow, weights0: torch.Tensor, config: SolverConfig) -> tuple[SolverMethod, str]:
+    """The (method, reason) of ``solver.method = "auto"`` for ``flow`` from ``weights0``."""
+    lambda_max = math.nan
+    if flow.name == "gradient":
+        gram = flow.model.linearize(weights0, flow.x).gram()
+        lambda_max = float(torch.linalg.eigvalsh(gram)[-1])
+    return auto_method(flow.name, config.t_end, flow.n_samples, lambda_max)
 
 
 def integration_loop(
