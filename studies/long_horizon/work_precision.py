@@ -81,7 +81,7 @@ def reference_of(scale: str) -> tuple[str, float]:
 GRID: dict[str, list[float]] = {
     "kernel_etd3": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
     "kernel_exponential": [1e-3, 1e-4, 1e-5, 1e-6],
-    "dopri5": [1e-6, 1e-8],
+    "dopri5": [1e-6],
     "dopri8": [1e-8],
     "bosh3": [1e-6],
 }
