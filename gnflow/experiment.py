@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +173,10 @@ def build_experiment(config: RunConfig) -> Experiment:
         )
     x = torch.as_tensor(data.x_train, dtype=dtype, device=device)
     y = torch.as_tensor(data.y_train, dtype=dtype, device=device)
-    flow = make_flow(config.flow, model, x, y, allow_tf32=config.compute.allow_tf32)
+    flow_config = config.flow
+    if flow_config.epsilon_scaling == "per_particle":  # eps0 / M: the damping follows A ~ 1/M
+        flow_config = dataclasses.replace(flow_config, epsilon=flow_config.epsilon / config.model.width)
+    flow = make_flow(flow_config, model, x, y, allow_tf32=config.compute.allow_tf32)
     return Experiment(
         config=config, data=data, model=model, flow=flow, weights0=weights0, device=device, dtype=dtype, start=start
     )

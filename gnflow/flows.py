@@ -414,7 +414,10 @@ class GaussNewtonFlow(Flow):
     def describe(cls, config: RunConfig, n_train: int) -> FlowDescription:
         """As :meth:`Flow.describe`, with the damping rule and its parameter in the flow text."""
         base = super().describe(config, n_train)
-        text = f"{cls.name} ({config.flow.damping} damping, epsilon={config.flow.epsilon:g})"
+        epsilon = f"epsilon={config.flow.epsilon:g}"
+        if config.flow.epsilon_scaling == "per_particle":
+            epsilon += f" per particle (eps0 = {config.flow.epsilon / config.model.width:g})"
+        text = f"{cls.name} ({config.flow.damping} damping, {epsilon})"
         return FlowDescription(flow=text, solver=base.solver, title=base.title)
 
     @property

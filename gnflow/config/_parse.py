@@ -158,6 +158,7 @@ LOCATION_KEYS: tuple[str, ...] = (
 # keep their ids, and sweeps still find them.
 LATER_KEYS: dict[str, Any] = {
     "model.init_from": "",
+    "flow.epsilon_scaling": "absolute",
 }
 
 

@@ -45,6 +45,7 @@ ExponentialMethod = Literal["kernel_exponential", "kernel_etd3"]
 KernelEulerMethod = Literal["kernel_euler"]
 SolverMethod = Literal[AdaptiveMethod, FixedMethod, ExponentialMethod, KernelEulerMethod, "auto"]
 SaveSpacing = Literal["log", "linear"]
+EpsilonScaling = Literal["absolute", "per_particle"]
 DType = Literal["float64", "float32"]
 
 ADAPTIVE_METHODS: tuple[str, ...] = get_args(AdaptiveMethod)
@@ -201,6 +202,9 @@ class FlowConfig:
         (kappa * trace(A) / N).
     epsilon:
         eps0 for eigmin and constant damping, kappa for relative damping.
+    epsilon_scaling:
+        ``"absolute"``: eps0 as given (the papers' setting); ``"per_particle"``: eps0 / M, which follows
+        A ~ 1/M (mean field) so that the GN flow has an M -> infinity limit; eigmin and constant only.
     lam:
         GGN: lam > 0 in w <- w - J_B^T (lam A_B + alpha I)^{-1} r_B.
     alpha:
@@ -221,6 +225,7 @@ class FlowConfig:
     kind: str = registered(FLOW_KINDS, "gauss_newton")
     damping: str = registered(DAMPING_RULES, "eigmin")
     epsilon: float = 1e-7
+    epsilon_scaling: EpsilonScaling = "absolute"
     lam: float = 1.0
     alpha: float = 0.1
     batch_size: int = 128
@@ -236,6 +241,11 @@ class FlowConfig:
             math.isfinite(self.epsilon) and self.epsilon >= 0,
             "flow.epsilon",
             f"must be a finite number >= 0, got {self.epsilon}",
+        )
+        _require(
+            self.epsilon_scaling == "absolute" or self.damping in ("eigmin", "constant"),
+            "flow.epsilon_scaling",
+            f"'per_particle' applies to eigmin and constant damping; {self.damping} damping is scale-free already",
         )
         _require(math.isfinite(self.lam) and self.lam > 0, "flow.lam", f"must be a finite number > 0, got {self.lam}")
         _require(
