@@ -58,7 +58,8 @@ class Solution:
 
     @property
     def status(self) -> str:
-        """The result as text, as files store it in ``gnflow_status``: ``completed``, ``converged`` or ``failed: <reason>``."""
+        """The result as files store it in ``gnflow_status``: ``completed``, ``converged`` or
+        ``failed: <reason>``."""
         return str(self.result)
 
     @property
