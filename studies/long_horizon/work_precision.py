@@ -287,7 +287,7 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
             ax.set_ylabel("final-weight error / weight change")
             ax.set_title(f"tau0 = {tau0:g}")
             ax.grid(True, which="major", alpha=0.3)
-            if i == 0 and j == 0:
+            if i == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
     fig.suptitle(ds.attrs["title"] + f"; reference {ds.attrs['reference']}")
     fig.tight_layout()
