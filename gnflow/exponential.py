@@ -246,7 +246,7 @@ def freeze_kernel(flow: Flow, weights: torch.Tensor) -> FrozenKernel:
     )
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class ExponentialStep:
     """An accepted step from t0 to t1, with its interpolant for states in between.
 
@@ -257,9 +257,10 @@ class ExponentialStep:
     start:
         The frozen kernel at the start state.
     one_step:
-        w1, the single exponential step of size t1 - t0, shape (particle, component).
+        w1, the single kernel-exponential step of size t1 - t0, shape (particle, component); None
+        until first needed when the method did not compute it.
     weights:
-        The accepted state 2 w2 - w1 at t1, shape (particle, component).
+        The accepted state at t1, shape (particle, component).
     error_ratio:
         The estimated local error in units of the tolerance (<= 1).
     """
@@ -267,7 +268,7 @@ class ExponentialStep:
     t0: float
     t1: float
     start: FrozenKernel
-    one_step: torch.Tensor
+    one_step: torch.Tensor | None
     weights: torch.Tensor
     error_ratio: float
 
@@ -282,6 +283,8 @@ class ExponentialStep:
         s = t - self.t0
         if s <= 0.0:
             return self.start.weights
+        if self.one_step is None:
+            self.one_step = self.start.step(self.t1 - self.t0)
         theta = s / (self.t1 - self.t0)
         return self.start.step(s) + theta * theta * (self.weights - self.one_step)
 
@@ -341,6 +344,9 @@ class KernelExponentialSolver:
         self.nfe += 1
         return freeze_kernel(self.flow, weights)
 
+    error_exponent = ERROR_EXPONENT
+    """The controller's exponent: the estimate is O(h^(1/exponent))."""
+
     def attempt(self, t_end: float) -> ExponentialStep | None:
         """Try one step towards ``t_end``; the accepted step, or None when it was rejected.
 
@@ -357,12 +363,9 @@ class KernelExponentialSolver:
             raise StepSizeUnderflow(f"step size underflow (h = {self.h:.3g} at t = {t0:.6g})")
         h = t1 - t0
         start = self.kernel
-        one_step = start.step(h)
-        midpoint = self._freeze(start.step(0.5 * h))
-        two_steps = midpoint.step(0.5 * h)
-        error = error_ratio(start.weights, one_step, two_steps, self.rtol, self.atol)
+        weights, error, one_step = self._trial(start, h)
         if math.isfinite(error):
-            growth = MAX_GROWTH if error == 0.0 else SAFETY * error ** (-ERROR_EXPONENT)
+            growth = MAX_GROWTH if error == 0.0 else SAFETY * error ** (-self.error_exponent)
             growth = min(MAX_GROWTH, max(MIN_SHRINK, growth))
         else:
             growth = MIN_SHRINK
@@ -370,8 +373,16 @@ class KernelExponentialSolver:
             self.h = h * min(growth, 1.0)
             logger.debug("rejected h=%.3g at t=%.6g (error ratio %.3g)", h, t0, error)
             return None
-        weights = 2.0 * two_steps - one_step
         self.kernel = self._freeze(weights)
         self.t = t1
         self.h = h * growth
         return ExponentialStep(t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error)
+
+    def _trial(self, start: FrozenKernel, h: float) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+        """The candidate state after a step of size h from ``start``, its error ratio, and the
+        kernel-exponential step of size h (None when the method does not compute it)."""
+        one_step = start.step(h)
+        midpoint = self._freeze(start.step(0.5 * h))
+        two_steps = midpoint.step(0.5 * h)
+        error = error_ratio(start.weights, one_step, two_steps, self.rtol, self.atol)
+        return 2.0 * two_steps - one_step, error, one_step

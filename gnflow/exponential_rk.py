@@ -42,22 +42,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from gnflow.exponential import (
-    MAX_GROWTH,
-    MIN_SHRINK,
-    SAFETY,
-    FrozenKernel,
-    StepSizeUnderflow,
-    error_ratio,
-    freeze_kernel,
-)
-from gnflow.flows import Flow
+from gnflow.exponential import FrozenKernel, KernelExponentialSolver, error_ratio
 
-__all__ = ["ETD3_ERROR_EXPONENT", "KernelETD3Solver", "KernelETD3Step", "phi_functions"]
+__all__ = ["ETD3_ERROR_EXPONENT", "KernelETD3Solver", "phi_functions"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,126 +90,34 @@ class _Vector:
     image: torch.Tensor  # J_n (dense + J^T q), (sample,), float64
 
 
-@dataclass(eq=False)
-class KernelETD3Step:
-    """An accepted step from t0 to t1 (the interpolant of :class:`gnflow.exponential.ExponentialStep`)."""
-
-    t0: float
-    t1: float
-    start: FrozenKernel
-    weights: torch.Tensor
-    error_ratio: float
-    _one_step: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def one_step(self) -> torch.Tensor:
-        """The kernel-exponential step of size t1 - t0 from the start (computed when first asked)."""
-        if self._one_step is None:
-            self._one_step = self.start.step(self.t1 - self.t0)
-        return self._one_step
-
-    def interpolate(self, t: float) -> torch.Tensor:
-        """State at flow time t in [t0, t1]: start.step(s) + (s/h)^2 (weights - one_step).
-
-        Exact when J is frozen (then weights = one_step), second order otherwise.
-        """
-        if t >= self.t1:
-            return self.weights
-        s = t - self.t0
-        if s <= 0.0:
-            return self.start.weights
-        theta = s / (self.t1 - self.t0)
-        return self.start.step(s) + theta * theta * (self.weights - self.one_step)
-
-
-class KernelETD3Solver:
+class KernelETD3Solver(KernelExponentialSolver):
     """Adaptive ETD3RK steps on the kernel splitting, with the embedded second-order estimate.
 
-    Parameters
-    ----------
-    flow:
-        A flow whose direction is a spectral function of A
-        (:meth:`~gnflow.flows.Flow.preconditioner_spectrum`): gradient or Gauss--Newton.
-    weights0:
-        Initial state at t = 0, shape (particle, component).
-    rtol, atol:
-        Tolerances of the local error estimate.
-    first_step:
-        First step size; default N / max_k mu_k, the time scale of the fastest residual mode.
-
-    Notes
-    -----
-    The interface is that of :class:`gnflow.exponential.KernelExponentialSolver`: call
-    :meth:`attempt` until ``t`` reaches the horizon. ``nfe`` counts linearizations plus field
-    evaluations; ``linearizations`` and ``field_evaluations`` count each.
+    The interface, the parameters and the step-size control are those of
+    :class:`gnflow.exponential.KernelExponentialSolver` (call :meth:`attempt` until ``t`` reaches
+    the horizon); the trial step and the controller's exponent (1/3) differ. ``nfe`` counts
+    linearizations plus field evaluations; ``linearizations`` and ``field_evaluations`` count each.
     """
 
-    def __init__(
-        self,
-        flow: Flow,
-        weights0: torch.Tensor,
-        *,
-        rtol: float,
-        atol: float,
-        first_step: float | None = None,
-    ) -> None:
-        if not (rtol > 0 and atol > 0):
-            raise ValueError(f"rtol and atol must be > 0, got {rtol} and {atol}")
-        self.flow = flow
-        self.rtol = rtol
-        self.atol = atol
-        self.t = 0.0
-        self.linearizations = 0
-        self.field_evaluations = 0
-        self.kernel = self._freeze(weights0)
-        if first_step is None:
-            rate = self.kernel.fastest_rate
-            first_step = 1.0 / rate if rate > 0 else math.inf
-        self.h = first_step
+    error_exponent = ETD3_ERROR_EXPONENT
+    field_evaluations = 0
 
     @property
     def nfe(self) -> int:
         """Linearizations plus field evaluations."""
         return self.linearizations + self.field_evaluations
 
-    def _freeze(self, weights: torch.Tensor) -> FrozenKernel:
-        self.linearizations += 1
-        return freeze_kernel(self.flow, weights)
+    @nfe.setter
+    def nfe(self, value: int) -> None:  # the base class counts linearizations through nfe
+        self.linearizations = value - self.field_evaluations
 
     def _field(self, weights: torch.Tensor) -> torch.Tensor:
         self.field_evaluations += 1
         return self.flow(torch.zeros((), dtype=torch.float64), weights)
 
-    def attempt(self, t_end: float) -> KernelETD3Step | None:
-        """Try one step towards ``t_end``; the accepted step, or None when it was rejected.
-
-        Raises
-        ------
-        StepSizeUnderflow
-            If t + h rounds to t.
-        FlowError, GramSolveError
-            If the flow cannot be linearized or evaluated at a new state.
-        """
-        t0 = self.t
-        t1 = t_end if self.h >= t_end - t0 else t0 + self.h
-        if not t1 > t0:
-            raise StepSizeUnderflow(f"step size underflow (h = {self.h:.3g} at t = {t0:.6g})")
-        h = t1 - t0
-        kernel = self.kernel
-        step, error = self._etd3(kernel, h)
-        if math.isfinite(error):
-            growth = MAX_GROWTH if error == 0.0 else SAFETY * error ** (-ETD3_ERROR_EXPONENT)
-            growth = min(MAX_GROWTH, max(MIN_SHRINK, growth))
-        else:
-            growth = MIN_SHRINK
-        if not error <= 1.0:
-            self.h = h * min(growth, 1.0)
-            logger.debug("rejected h=%.3g at t=%.6g (error ratio %.3g)", h, t0, error)
-            return None
-        self.kernel = self._freeze(step)
-        self.t = t1
-        self.h = h * growth
-        return KernelETD3Step(t0=t0, t1=t1, start=kernel, weights=step, error_ratio=error)
+    def _trial(self, start: FrozenKernel, h: float) -> tuple[torch.Tensor, float, None]:
+        weights, error = self._etd3(start, h)
+        return weights, error, None
 
     def _etd3(self, kernel: FrozenKernel, h: float) -> tuple[torch.Tensor, float]:
         """The ETD3RK state w_n + v3 and the error ratio of v3 - v2."""

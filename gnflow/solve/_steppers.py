@@ -27,7 +27,7 @@ import torch
 
 from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, KERNEL_EULER_METHODS, SolverConfig
 from gnflow.exponential import ExponentialStep, KernelExponentialSolver
-from gnflow.exponential_rk import KernelETD3Solver, KernelETD3Step
+from gnflow.exponential_rk import KernelETD3Solver
 from gnflow.flows import Flow
 from gnflow.kernel_euler import KernelEulerBlock, KernelEulerSolver
 from gnflow.solve._schedule import StepSchedule
@@ -289,7 +289,7 @@ class _LinearizedStepper:
 
     loss_every_step = True
     _solver: KernelExponentialSolver | KernelETD3Solver | KernelEulerSolver | None = None
-    _last: ExponentialStep | KernelETD3Step | KernelEulerBlock | None = None
+    _last: ExponentialStep | KernelEulerBlock | None = None
     _name = ""
 
     @property
