@@ -9,7 +9,6 @@ unusual step-size control.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -32,14 +31,7 @@ from gnflow.model import Linearization
 from gnflow.simulation import simulate
 from gnflow.solve import integrate, save_times
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # N <= 60 matrices gain nothing from threads, and on a shared machine they lose a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _experiment(

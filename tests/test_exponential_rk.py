@@ -10,7 +10,6 @@ dopri5 reference, and the adaptive method against dopri5 on the full model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -24,13 +23,7 @@ from gnflow.exponential import freeze_kernel
 from gnflow.exponential_rk import KernelETD3Solver, phi_functions
 from gnflow.solve import integrate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _experiment(kind: str = "gradient", **solver: object):
