@@ -132,6 +132,10 @@ class StudyReport:
     measurements:
         Markdown lines of the ``Measurements`` section (the measured tables of a benchmark),
         written right after the claims.
+    verdict_note:
+        What the study adds to :data:`gnflow.verdicts.VERDICT_RULE` for all of its claims (the seed
+        count, how rows combine). A non-empty note writes the section "How verdicts are decided"
+        even when the claims carry their comparisons as text, so that the rule is stated once.
     """
 
     title: str
@@ -140,6 +144,7 @@ class StudyReport:
     figures: list[tuple[Path, str]] = field(default_factory=list)
     sections: dict[str, list[str]] = field(default_factory=dict)
     measurements: list[str] = field(default_factory=list)
+    verdict_note: str = ""
 
 
 def write_report(
@@ -178,8 +183,9 @@ def write_report(
     notes = [(k, c.note) for k, c in enumerate(report.claims, start=1) if c.note]
     if notes:
         lines += ["", *[f"- Claim {k}: {note}" for k, note in notes]]
-    if any(c.comparisons for c in report.claims):
-        lines += ["", f"## {VERDICTS_SECTION}", "", VERDICT_RULE]
+    if report.verdict_note or any(c.comparisons for c in report.claims):
+        rule = f"{VERDICT_RULE} {report.verdict_note}" if report.verdict_note else VERDICT_RULE
+        lines += ["", f"## {VERDICTS_SECTION}", "", rule]
     if report.measurements:
         lines += ["", "## Measurements", "", *report.measurements]
     lines += ["", "## Setup", "", *[f"- {line}" for line in report.setup]]

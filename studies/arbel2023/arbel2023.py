@@ -207,7 +207,7 @@ def _claim(statement: str, rows: list[tuple[str, Any]], verdict: str, note: str)
     comparison, e.g. a discrete GD that diverged in every seed)."""
     measured = "; ".join(f"{label}: {pc if isinstance(pc, str) else pc.summary()}" for label, pc in rows)
     # the claim's verdict combines its rows (every tau0 or N), so the rows are reported in the measured
-    # cell, each with its interval and seeds, and the rule in the note
+    # cell, each with its interval and seeds; the rule is stated once (verdict_note)
     return Claim(statement, measured, verdict, note)  # type: ignore[arg-type]
 
 
@@ -224,7 +224,6 @@ def _equivalence(pc: Any, tol: float) -> str:
 
 def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[Claim]:
     seeds, lam = p.seeds, float(s["lam"])
-    rule = f"Rule ({len(seeds)} seeds): {protocol.VERDICT_RULE}."
     paper = p.gn_arms[0].name
     claims = []
     rows = [
@@ -237,7 +236,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             f"lam = {lam:g}: the paper's protocol). Ratio: GN iterations / GD iterations to a common train-loss level.",
             rows,
             _combine([pc.verdict for _, pc in rows]),
-            f"{rule} Combined over tau0: supported when every tau0 is, contradicted when any is. A diverged GD "
+            f"Combined over tau0: supported when every tau0 is, contradicted when any is. A diverged GD "
             "counts its whole horizon (the ratio is then an upper bound).",
         )
     )
@@ -267,7 +266,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             "gradient flow at every tau0 (not the paper's protocol: its lam -> 0 limits).",
             rows,
             _combine([pc.verdict for _, pc in rows]),
-            f"{rule} A gradient flow that never reached the level counts its horizon gd_t_end.",
+            f"A gradient flow that never reached the level counts its horizon gd_t_end.",
         )
     )
     tol = float(s["alike_tolerance"])
@@ -292,7 +291,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             f"At large tau0 (kernel regime) GN (lam = {lam:g}) and GD generalize alike (test-loss ratio).",
             rows,
             _combine(verdicts) if verdicts else "inconclusive",
-            f"{rule} 'Alike' (equivalence): supported when the interval lies inside [1/{1 + tol:g}, {1 + tol:g}], "
+            f"'Alike' (equivalence): supported when the interval lies inside [1/{1 + tol:g}, {1 + tol:g}], "
             "contradicted when wholly outside, inconclusive otherwise; a diverged discrete GD makes the row "
             "inconclusive (the converged-flow row is shown beside it). Verdict from the GN/GD(lam) rows.",
         )
@@ -311,7 +310,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             "smaller steps, the paper's h/N and the GN flow are separate rows.",
             rows,
             _combine(verdicts),
-            f"{rule} Verdict from the GN lam = {lam:g} rows only (h/N = {lam / p.n:.3g} at N = {p.n}); the other rows "
+            f"Verdict from the GN lam = {lam:g} rows only (h/N = {lam / p.n:.3g} at N = {p.n}); the other rows "
             "are reported, not voted. Smaller steps stop at the fixed budget of sweep_iterations iterations.",
         )
     )
@@ -335,7 +334,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             "refit of its features beats its own test loss and the fast GN's (hidden learning).",
             rows,
             _combine(verdicts),
-            f"{rule} All arms at the same budget of {budget:g} iterations; the refit time is chosen on the "
+            f"All arms at the same budget of {budget:g} iterations; the refit time is chosen on the "
             "validation half among the saved times within the budget. Verdict: refit/own and refit/fast GN of the "
             "smallest lam; the GD row is reported.",
         )
@@ -352,7 +351,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             "Slowing GN down (lam -> 0: the GN flow) improves its test loss at small tau0.",
             rows,
             _combine(verdicts),
-            f"{rule} Both converged (stop level or horizon); test half.",
+            f"Both converged (stop level or horizon); test half.",
         )
     )
     rows = []
@@ -370,7 +369,7 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             f"GN is faster than GD at every training-set size N as well (iterations at lam = {lam:g}).",
             rows,
             _combine([pc.verdict for _, pc in rows]),
-            rule,
+            "Combined over N and tau0 as claim 1.",
         )
     )
     return claims
@@ -500,4 +499,11 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     for n, q in by_n.items():
         if q is not main:
             sections[f"Arms at N = {n}"] = _arm_table(q)
-    return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figs, sections=sections)
+    note = (
+        f"Every claim here has {len(main.seeds)} seeds, paired by seed. A claim over several rows (tau0, N, "
+        "arms) combines the rows that vote, as its note says: supported when every voting row is, contradicted "
+        "when any is, inconclusive otherwise."
+    )
+    return StudyReport(
+        title=TITLE, setup=setup, claims=claims, figures=figs, sections=sections, verdict_note=note
+    )
