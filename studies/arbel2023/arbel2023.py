@@ -143,6 +143,18 @@ class Protocol:
         raw = [protocol.budget_state(self.splits[(arm, tau, k)], t_max) for k in self.seeds]
         return refit, raw
 
+    def unstable_gd(self, tau: float) -> list[int]:
+        """Seeds whose discrete GD exceeded its stability limit (lam lambda_max(A)/N > 2 at a saved
+        state) and ended above 10 x the stop level without diverging: an oscillating, untrained GD."""
+        level = 10 * float(self.s["stop_loss_ratio"])
+        return [
+            k
+            for k in self.seeds
+            if not self.measures[("gd", tau, k)].diverged
+            and self.ratio_run[(tau, k)] > 2
+            and self.measures[("gd", tau, k)].final_ratio > level
+        ]
+
     def values(self, arm: str, tau: float, what: str) -> list[float]:
         return [float(getattr(self.measures[(arm, tau, seed)], what)) for seed in self.seeds]
 
@@ -202,13 +214,43 @@ def _combine(verdicts: list[str]) -> str:
     return "contradicted" if "contradicted" in verdicts else "inconclusive"
 
 
-def _claim(statement: str, rows: list[tuple[str, Any]], verdict: str, note: str) -> Claim:
-    """A claim from its rows (label, PairedComparison, or label and a text for a row with no
-    comparison, e.g. a discrete GD that diverged in every seed)."""
-    measured = "; ".join(f"{label}: {pc if isinstance(pc, str) else pc.summary()}" for label, pc in rows)
-    # the claim's verdict combines its rows (every tau0 or N), so the rows are reported in the measured
-    # cell, each with its interval and seeds; the rule is stated once (verdict_note)
-    return Claim(statement, measured, verdict, note)  # type: ignore[arg-type]
+Row = tuple[str, Any, "str | None"]  # (label, PairedComparison or text, the row's verdict if it votes)
+
+
+def _claim(statement: str, rows: list[Row], note: str) -> tuple[Claim, list[Row]]:
+    """A claim from its rows, and the rows for the detail table.
+
+    Each row is (label, PairedComparison, or a text for a row with no comparison, e.g. a discrete
+    GD that diverged in every seed; the row's verdict when it votes, None when it is reported only).
+    The claim's verdict combines the voting rows (:func:`_combine`); the claims table shows the
+    voting rows, the detail table every row; the rule is stated once (``verdict_note``).
+    """
+    votes = [r for r in rows if r[2] is not None]
+    measured = "; ".join(f"{label}: {_summary(pc)}" for label, pc, _ in votes)
+    if len(votes) < len(rows):
+        measured += f"; {len(rows) - len(votes)} more rows reported, not voted (details below)"
+    verdict = _combine([v for _, _, v in votes if v is not None])
+    return Claim(statement, measured, verdict, note), rows  # type: ignore[arg-type]
+
+
+def _summary(pc: Any) -> str:
+    return pc if isinstance(pc, str) else pc.summary()
+
+
+def _detail_table(k: int, rows: list[Row]) -> list[str]:
+    """The rows of claim ``k``: ratio, interval, sign count, the row's verdict and whether it votes."""
+    body = []
+    for label, pc, vote in rows:
+        if isinstance(pc, str) or not hasattr(pc, "center"):
+            body.append([label, _summary(pc), "", "", vote or "", "yes" if vote else "no"])
+            continue
+        interval = "no interval" if math.isnan(pc.low) else f"[{fmt(pc.low)}, {fmt(pc.high)}]"
+        side = "< 1" if pc.direction == "less" else "> 1"
+        body.append(
+            [label, fmt(pc.center), interval, f"{pc.n_favour}/{pc.n_seeds} {side}", vote or "", "yes" if vote else "no"]
+        )
+    head = ["row", "ratio (geo. mean)", "95% interval", "seeds", "row verdict", "votes"]
+    return [f"**Claim {k}**", "", *table(head, body), ""]
 
 
 def _equivalence(pc: Any, tol: float) -> str:
@@ -222,21 +264,21 @@ def _equivalence(pc: Any, tol: float) -> str:
     return "contradicted" if pc.high < lo or pc.low > hi else "inconclusive"
 
 
-def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[Claim]:
+def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[tuple[Claim, list[Row]]]:
+    """The seven claims, each with the rows of its detail table."""
     seeds, lam = p.seeds, float(s["lam"])
     paper = p.gn_arms[0].name
     claims = []
-    rows = [
-        (f"tau0={t:g}", _pc(p.iterations_to_level(t, paper), [1.0] * len(seeds), "faster", "GN", "GD", seeds, "less"))
-        for t in p.taus
-    ]
+    rows: list[Row] = []
+    for t in p.taus:
+        pc = _pc(p.iterations_to_level(t, paper), [1.0] * len(seeds), "faster", "GN", "GD", seeds, "less")
+        rows.append((f"tau0={t:g}", pc, pc.verdict))
     claims.append(
         _claim(
             f"GN reaches the training optimum faster than GD at every tau0 (iterations of the discrete methods at "
             f"lam = {lam:g}: the paper's protocol). Ratio: GN iterations / GD iterations to a common train-loss level.",
             rows,
-            _combine([pc.verdict for _, pc in rows]),
-            f"Combined over tau0: supported when every tau0 is, contradicted when any is. A diverged GD "
+            "Combined over tau0: supported when every tau0 is, contradicted when any is. A diverged GD "
             "counts its whole horizon (the ratio is then an upper bound).",
         )
     )
@@ -259,116 +301,122 @@ def _claims(s: dict[str, Any], p: Protocol, by_n: dict[int, Protocol]) -> list[C
             for k in seeds
         ]
         t_gd = [x if math.isfinite(x) else float(s["gd_t_end"]) for x in t_gd]
-        rows.append((f"tau0={t:g}", _pc(t_gn, t_gd, "faster (flows)", "GN flow", "GD flow", seeds, "less")))
+        pc = _pc(t_gn, t_gd, "faster (flows)", "GN flow", "GD flow", seeds, "less")
+        rows.append((f"tau0={t:g}", pc, pc.verdict))
     claims.append(
         _claim(
             "The continuous GN flow reaches 10 x the stop level (1e-7 L0) in less flow time than the converged "
             "gradient flow at every tau0 (not the paper's protocol: its lam -> 0 limits).",
             rows,
-            _combine([pc.verdict for _, pc in rows]),
-            f"A gradient flow that never reached the level counts its horizon gd_t_end.",
+            "A gradient flow that never reached the level counts its horizon gd_t_end.",
         )
     )
     tol = float(s["alike_tolerance"])
-    rows, verdicts = [], []
+    rows = []
     for t in [t for t in s["large_tau0"] if t in p.taus]:
         gn, gd = p.values(paper, t, "final_test"), p.values("gd", t, "final_test")
         n_div = sum(not math.isfinite(x) for x in gd)
+        unstable = p.unstable_gd(t)
         label = f"tau0={t:g} GN/GD(lam={lam:g})"
         if n_div:
             # divergence is reported as such; the ratio is not a number then
-            rows.append((label, f"discrete GD diverged in {n_div}/{len(seeds)} seeds"))
-            verdicts.append("inconclusive")
+            rows.append((label, f"discrete GD diverged in {n_div}/{len(seeds)} seeds", "inconclusive"))
+        elif unstable:
+            # an iteration beyond its stability limit that never converged is not a trained GD: its
+            # ratio is reported, the row does not vote
+            pc = _pc(gn, gd, "alike", "GN", "GD", seeds, "less")
+            worst = max(p.ratio_run[(t, k)] for k in unstable)
+            final = max(p.measures[("gd", t, k)].final_ratio for k in unstable)
+            rows.append(
+                (
+                    f"{label} [not voted: discrete GD unstable and unconverged in {len(unstable)}/{len(seeds)} "
+                    f"seeds, lam lambda_max(A)/N up to {worst:.3g} > 2, final L/L0 up to {final:.2g}]",
+                    pc,
+                    "inconclusive",
+                )
+            )
         else:
             pc = _pc(gn, gd, "alike", "GN", "GD", seeds, "less")
-            rows.append((label, pc))
-            verdicts.append(_equivalence(pc, tol))
+            rows.append((label, pc, _equivalence(pc, tol)))
         pc_flow = _pc(gn, p.values("gd_flow", t, "final_test"), "alike", "GN", "GD flow", seeds, "less")
-        rows.append((f"tau0={t:g} GN/converged GD flow", pc_flow))
-        rows.append((f"tau0={t:g} GN/RF", _pc(gn, p.values(paper, t, "rf_test"), "alike", "GN", "RF", seeds, "less")))
+        rows.append((f"tau0={t:g} GN/converged GD flow", pc_flow, None))
+        pc_rf = _pc(gn, p.values(paper, t, "rf_test"), "alike", "GN", "RF", seeds, "less")
+        rows.append((f"tau0={t:g} GN/RF", pc_rf, None))
     claims.append(
         _claim(
             f"At large tau0 (kernel regime) GN (lam = {lam:g}) and GD generalize alike (test-loss ratio).",
             rows,
-            _combine(verdicts) if verdicts else "inconclusive",
             f"'Alike' (equivalence): supported when the interval lies inside [1/{1 + tol:g}, {1 + tol:g}], "
-            "contradicted when wholly outside, inconclusive otherwise; a diverged discrete GD makes the row "
-            "inconclusive (the converged-flow row is shown beside it). Verdict from the GN/GD(lam) rows.",
+            "contradicted when wholly outside, inconclusive otherwise. A discrete GD that diverged, or that ended "
+            "unconverged (above 10 x the stop level) after exceeding its stability limit lam lambda_max(A)/N > 2, "
+            "makes its row inconclusive: it is not a trained GD (its ratio is shown; the converged-flow row beside "
+            "it). Verdict from the GN/GD(lam) rows.",
         )
     )
-    rows, verdicts = [], []
+    rows = []
     for t in [t for t in s["small_tau0"] if t in p.taus]:
         gd = p.values("gd", t, "final_test")
         for arm in p.gn_arms:
             pc = _pc(p.values(arm.name, t, "final_test"), gd, "worse", arm.label, "GD", seeds, "greater")
-            rows.append((f"tau0={t:g} {arm.label} / GD(lam={lam:g})", pc))
-            if arm.role == "paper":
-                verdicts.append(pc.verdict)
+            rows.append((f"tau0={t:g} {arm.label} / GD(lam={lam:g})", pc, pc.verdict if arm.role == "paper" else None))
     claims.append(
         _claim(
             f"At small tau0 (feature regime) GN at lam = {lam:g} generalizes worse than GD (test-loss ratio > 1); the "
             "smaller steps, the paper's h/N and the GN flow are separate rows.",
             rows,
-            _combine(verdicts),
             f"Verdict from the GN lam = {lam:g} rows only (h/N = {lam / p.n:.3g} at N = {p.n}); the other rows "
             "are reported, not voted. Smaller steps stop at the fixed budget of sweep_iterations iterations.",
         )
     )
-    rows, verdicts = [], []
+    rows = []
     budget = float(s["sweep_iterations"])
     for t in [t for t in s["hidden_tau0"] if t in p.taus]:
         fast, gd = p.values(paper, t, "final_test"), p.values("gd", t, "final_test")
         for arm in [a for a in p.gn_arms if a.role in ("paper", "sweep")]:
             refit, raw = p.hidden(arm.name, t)
-            pcs = [
-                (f"tau0={t:g} {arm.label}: refit / own test", _pc(refit, raw, "hidden", "refit", "raw", seeds, "less")),
-                (f"refit / GN lam={lam:g} final", _pc(refit, fast, "hidden", "refit", "fast GN", seeds, "less")),
-                ("refit / GD final", _pc(refit, gd, "hidden", "refit", "GD", seeds, "less")),
+            votes = arm.lam == min(a.lam for a in p.gn_arms if a.role in ("paper", "sweep"))
+            own = _pc(refit, raw, "hidden", "refit", "raw", seeds, "less")
+            over_fast = _pc(refit, fast, "hidden", "refit", "fast GN", seeds, "less")
+            over_gd = _pc(refit, gd, "hidden", "refit", "GD", seeds, "less")
+            head = f"tau0={t:g} {arm.label}: refit"
+            rows += [
+                (f"{head} / own test", own, own.verdict if votes else None),
+                (f"{head} / GN lam={lam:g} final", over_fast, over_fast.verdict if votes else None),
+                (f"{head} / GD final", over_gd, None),
             ]
-            rows += pcs
-            if arm.lam == min(a.lam for a in p.gn_arms if a.role in ("paper", "sweep")):
-                verdicts += [pcs[0][1].verdict, pcs[1][1].verdict]
     claims.append(
         _claim(
             "Slowed GN (the smallest lam, small tau0) learns good features under an under-fitted output layer: the "
             "refit of its features beats its own test loss and the fast GN's (hidden learning).",
             rows,
-            _combine(verdicts),
             f"All arms at the same budget of {budget:g} iterations; the refit time is chosen on the "
             "validation half among the saved times within the budget. Verdict: refit/own and refit/fast GN of the "
             "smallest lam; the GD row is reported.",
         )
     )
-    rows, verdicts = [], []
+    rows = []
     for t in [t for t in s["small_tau0"] if t in p.taus]:
         pc = _pc(
             p.values("gn_flow", t, "final_test"), p.values(paper, t, "final_test"), "slow", "flow", "lam", seeds, "less"
         )
-        rows.append((f"tau0={t:g} GN flow / GN lam={lam:g}", pc))
-        verdicts.append(pc.verdict)
+        rows.append((f"tau0={t:g} GN flow / GN lam={lam:g}", pc, pc.verdict))
     claims.append(
         _claim(
             "Slowing GN down (lam -> 0: the GN flow) improves its test loss at small tau0.",
             rows,
-            _combine(verdicts),
-            f"Both converged (stop level or horizon); test half.",
+            "Both converged (stop level or horizon); test half.",
         )
     )
     rows = []
     for n, q in by_n.items():
         qa = q.gn_arms[0].name
         for t in q.taus:
-            rows.append(
-                (
-                    f"N={n} tau0={t:g}",
-                    _pc(q.iterations_to_level(t, qa), [1.0] * len(seeds), "faster", "GN", "GD", seeds, "less"),
-                )
-            )
+            pc = _pc(q.iterations_to_level(t, qa), [1.0] * len(seeds), "faster", "GN", "GD", seeds, "less")
+            rows.append((f"N={n} tau0={t:g}", pc, pc.verdict))
     claims.append(
         _claim(
             f"GN is faster than GD at every training-set size N as well (iterations at lam = {lam:g}).",
             rows,
-            _combine([pc.verdict for _, pc in rows]),
             "Combined over N and tau0 as claim 1.",
         )
     )
@@ -461,7 +509,8 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
             by_n[n] = main
             continue
         by_n[n] = Protocol(context, f"n{n}", s, int(n), n_taus, sweep=False)
-    claims = _claims(s, main, by_n)
+    decided = _claims(s, main, by_n)
+    claims = [claim for claim, _ in decided]
     figs = figures.draw(s, context, main, by_n)
     lam = float(s["lam"])
     setup = [
@@ -490,7 +539,9 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         "budget of the sweep are ours (the paper's are not recoverable); the long discrete runs (GD, the GN "
         "sweep) are computed in kernel_euler blocks, not one iteration at a time.",
     ]
-    sections = {"Arms (test half, over seeds)": _arm_table(main)}
+    details = [line for k, (_, rows) in enumerate(decided, start=1) for line in _detail_table(k, rows)]
+    sections = {"Claims in detail (every row; only voting rows decide)": details}
+    sections["Arms (test half, over seeds)"] = _arm_table(main)
     if main.check_taus:
         sections[
             f"Agreement: plain iterations against kernel_euler ({s['agreement_iterations']:g} iterations, seed "
@@ -504,6 +555,4 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         "arms) combines the rows that vote, as its note says: supported when every voting row is, contradicted "
         "when any is, inconclusive otherwise."
     )
-    return StudyReport(
-        title=TITLE, setup=setup, claims=claims, figures=figs, sections=sections, verdict_note=note
-    )
+    return StudyReport(title=TITLE, setup=setup, claims=claims, figures=figs, sections=sections, verdict_note=note)
