@@ -181,3 +181,51 @@ def test_rows_combine_into_a_claim_verdict_and_divergence_gives_no_ratio() -> No
         far.verdict == "contradicted"
         and study._pc([0.3] * 4 + [0.31], [1.0] * 5, "c", "a", "b", seeds, "less").verdict == "supported"
     )
+
+
+def test_only_voting_rows_decide_a_claim_and_every_row_is_in_its_detail_table() -> None:
+    study = study_module("arbel2023")
+    seeds = [1, 2, 3, 4, 5]
+    good = study._pc([0.3, 0.31, 0.29, 0.3, 0.32], [1.0] * 5, "c", "a", "b", seeds, "less")
+    bad = study._pc([3.0, 3.1, 2.9, 3.2, 3.0], [1.0] * 5, "c", "a", "b", seeds, "less")
+    # a contradicting row that does not vote leaves the claim supported; the same row voting flips it
+    claim, rows = study._claim("s", [("voted", good, good.verdict), ("reported", bad, None)], "note")
+    assert claim.verdict == "supported" and "voted: " in claim.measured and "reported:" not in claim.measured
+    flipped, _ = study._claim("s", [("voted", good, good.verdict), ("reported", bad, bad.verdict)], "note")
+    assert flipped.verdict == "contradicted"
+    table = "\n".join(
+        study._detail_table(3, [*rows, ("diverged", "discrete GD diverged in 5/5 seeds", "inconclusive")])
+    )
+    assert "**Claim 3**" in table
+    assert "| reported | 3.04 |" in table and "| 0/5 < 1 |  | no |" in table
+    assert "| diverged | discrete GD diverged in 5/5 seeds |" in table and "| inconclusive | yes |" in table
+
+
+class _Measures:
+    def __init__(self, diverged: bool, final_ratio: float) -> None:
+        self.diverged, self.final_ratio = diverged, final_ratio
+
+
+def test_an_unconverged_gd_beyond_its_stability_limit_is_unstable_and_a_converged_one_is_not() -> None:
+    study = study_module("arbel2023")
+    p = study.Protocol.__new__(study.Protocol)  # only the fields unstable_gd reads
+    p.s, p.seeds = {"stop_loss_ratio": 1e-8}, [1, 2, 3, 4]
+    # seed 1: beyond the limit and stuck (a catapult that never settled); seed 2: beyond the limit but
+    # converged; seed 3: stuck but within the limit (merely slow); seed 4: diverged (counted elsewhere)
+    p.ratio_run = {(10.0, 1): 5.6, (10.0, 2): 8.1, (10.0, 3): 0.5, (10.0, 4): 500.0}
+    p.measures = {
+        ("gd", 10.0, 1): _Measures(False, 0.047),
+        ("gd", 10.0, 2): _Measures(False, 1e-8),
+        ("gd", 10.0, 3): _Measures(False, 0.047),
+        ("gd", 10.0, 4): _Measures(True, math.inf),
+    }
+    assert p.unstable_gd(10.0) == [1]
+
+
+def test_the_setup_names_the_sizes_that_differ_from_the_papers() -> None:
+    study = study_module("arbel2023")
+    medium = load_study_settings("arbel2023", "medium")
+    (line,) = study._size_differences(medium, 10.0)
+    assert "N = 200 (paper: 500)" in line and "M = 2000 (paper: 5000)" in line and "h/N = 0.05" in line
+    paper = load_study_settings("arbel2023", "paper")
+    assert study._size_differences(paper, 10.0) == []

@@ -497,6 +497,27 @@ def _agreement_table(s: dict[str, Any], p: Protocol) -> list[str]:
     )
 
 
+#: The published sizes (Arbel et al. 2023): training points, particles, test points, GN's iteration cap.
+PAPER_SIZES = {"n_train": 500, "width": 5000, "n_test": 10000, "gn_iterations": 2000000}
+
+
+def _size_differences(s: dict[str, Any], lam: float) -> list[str]:
+    """The setup lines for sizes that differ from the published ones (empty at the paper's sizes)."""
+    names = {"n_train": "N", "width": "M", "n_test": "test points", "gn_iterations": "GN's iteration cap"}
+    diffs = [f"{names[k]} = {s[k]:g} (paper: {v:g})" for k, v in PAPER_SIZES.items() if float(s[k]) != v]
+    if not diffs:
+        return []
+    line = "Sizes that differ from the paper's: " + "; ".join(diffs) + "."
+    n = int(s["n_train"])
+    if n != PAPER_SIZES["n_train"]:
+        line += (
+            f" The step's effect scales with lam / N: lam = {lam:g} is h/N = {lam / n:.3g} here against "
+            f"{lam / PAPER_SIZES['n_train']:.3g} in the paper, so the paper's h/N is its own arm "
+            f"(lam = {float(s['paper_h_over_n']) * n:.3g}); the verdicts use lam = {lam:g}."
+        )
+    return [line]
+
+
 def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
     """Execute every arm, decide the claims over seeds, draw the figures and write the study's NetCDF."""
     n_main = int(s["n_train"])
@@ -538,6 +559,7 @@ def run(s: dict[str, Any], context: StudyContext) -> StudyReport:
         "half (they have no validation set, and never call their refit); the step-size grid and the "
         "budget of the sweep are ours (the paper's are not recoverable); the long discrete runs (GD, the GN "
         "sweep) are computed in kernel_euler blocks, not one iteration at a time.",
+        *_size_differences(s, lam),
     ]
     details = [line for k, (_, rows) in enumerate(decided, start=1) for line in _detail_table(k, rows)]
     sections = {"Claims in detail (every row; only voting rows decide)": details}
