@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-import numpy as np
 import torch
 
+from gnflow import _host as host
+from gnflow._lanczos import LanczosTop
 from gnflow.registry import DAMPING_RULES
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "EigminDamping",
     "GramSolveError",
     "LambdaMinDamping",
+    "NonFiniteSolveError",
     "RelativeDamping",
     "cholesky_shifted",
     "make_damping",
@@ -157,8 +159,8 @@ class ConstantDamping:
     requires: ClassVar[tuple[str, ...]] = ()
 
     def epsilon(self, gram: torch.Tensor, lambda_min: torch.Tensor | float | None = None) -> torch.Tensor:
-        """eps0."""
-        return torch.tensor(self.eps0, dtype=torch.float64, device=gram.device)
+        """eps0 (filled on the device: no copy from the host)."""
+        return torch.full((), self.eps0, dtype=torch.float64, device=gram.device)
 
 
 @register_damping
@@ -189,7 +191,7 @@ def make_damping(kind: str, epsilon: float) -> Damping:
     return DAMPING_RULES.get(kind)(epsilon)
 
 
-def _damped_copy(gram: torch.Tensor, shift: float) -> torch.Tensor:
+def _damped_copy(gram: torch.Tensor, shift: torch.Tensor | float) -> torch.Tensor:
     damped = gram.clone()
     damped.diagonal().add_(shift)
     return damped
@@ -198,15 +200,47 @@ def _damped_copy(gram: torch.Tensor, shift: float) -> torch.Tensor:
 DAMPING_HINT = 'use flow.damping = "eigmin" or flow.epsilon > 0'
 """What to change in a run config when A + eps I cannot be solved (GGN names ``flow.alpha`` instead)."""
 
+#: Lanczos steps per host read of :class:`DampedGramSolver` on a device: along dopri5 runs of the
+#: default task at N = 200, M = 1000 (tau0 = 1 and 0.1) a solve needed 1 to 22 steps, so one
+#: block nearly always holds them all
+DEVICE_LANCZOS_BLOCK = 24
+
+#: conjugate-gradient steps per host read on a device (the same runs needed 0 to 7, and 14 once,
+#: at the cold first call)
+DEVICE_CG_BLOCK = 8
+
+
+class NonFiniteSolveError(GramSolveError):
+    """The right-hand side of the damped solve has non-finite entries (the state has diverged)."""
+
 
 def _singular(gram: torch.Tensor, lambda_min: float) -> bool:
     """Whether ``lambda_min`` is zero to the rounding of the eigenvalues of A (n * eps * max A_ii)."""
-    scale = float(torch.diagonal(gram).abs().max()) if gram.numel() else 0.0
+    scale = host.read_float(torch.diagonal(gram).abs().max()) if gram.numel() else 0.0
     return abs(lambda_min) <= 1e3 * gram.shape[0] * torch.finfo(torch.float64).eps * scale
 
 
-def cholesky_shifted(gram: torch.Tensor, shift: float, *, hint: str = DAMPING_HINT) -> torch.Tensor:
-    """Lower Cholesky factor of A + shift I, float64.
+def _factorization_error(column: int, shift: torch.Tensor | float, hint: str) -> GramSolveError:
+    """The error of a Cholesky factorization of A + shift I that failed at ``column``."""
+    value = host.read_float(shift) if isinstance(shift, torch.Tensor) else float(shift)
+    if value == 0:
+        return GramSolveError(
+            f"the Gram matrix A is singular (Cholesky failed at column {column}) and eps = 0 leaves the "
+            f"Gauss-Newton solve undamped; {hint}"
+        )
+    return GramSolveError(
+        "the damped Gram matrix A + eps I is not positive definite "
+        f"(Cholesky failed at column {column}, eps = {value:.3g}); {hint}"
+    )
+
+
+def _status(info: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(Cholesky status, whether rhs is finite) as a float64 tensor of 2 entries, read together."""
+    return torch.stack([info.to(torch.float64), torch.isfinite(rhs).all().to(torch.float64)])
+
+
+def cholesky_shifted(gram: torch.Tensor, shift: torch.Tensor | float, *, hint: str = DAMPING_HINT) -> torch.Tensor:
+    """Lower Cholesky factor of A + shift I, float64 (one host read: the factorization's status).
 
     Raises
     ------
@@ -215,23 +249,16 @@ def cholesky_shifted(gram: torch.Tensor, shift: float, *, hint: str = DAMPING_HI
         A is singular, and ``hint`` what to change.
     """
     factor, info = torch.linalg.cholesky_ex(_damped_copy(gram.to(torch.float64), shift))
-    if int(info) != 0:
-        if shift == 0:
-            raise GramSolveError(
-                f"the Gram matrix A is singular (Cholesky failed at column {int(info)}) and eps = 0 leaves the "
-                f"Gauss-Newton solve undamped; {hint}"
-            )
-        raise GramSolveError(
-            "the damped Gram matrix A + eps I is not positive definite "
-            f"(Cholesky failed at column {int(info)}, eps = {shift:.3g}); {hint}"
-        )
+    column = host.read_int(info)
+    if column != 0:
+        raise _factorization_error(column, shift, hint)
     return factor
 
 
 def solve_damped(
     gram: torch.Tensor, rhs: torch.Tensor, epsilon: torch.Tensor | float, *, hint: str = DAMPING_HINT
 ) -> torch.Tensor:
-    """(A + eps I)^{-1} rhs in float64 by a Cholesky factorization.
+    """(A + eps I)^{-1} rhs in float64 by a Cholesky factorization (one host read).
 
     Parameters
     ----------
@@ -240,7 +267,7 @@ def solve_damped(
     rhs:
         Right-hand side, shape (sample,).
     epsilon:
-        Damping eps >= 0.
+        Damping eps >= 0 (a float, or a 0-d tensor that stays on its device).
     hint:
         What to change in the config, for the message of a failed solve.
 
@@ -249,7 +276,7 @@ def solve_damped(
     GramSolveError
         If A + eps I is not numerically positive definite (e.g. eps = 0 and A singular).
     """
-    factor = cholesky_shifted(gram, float(epsilon), hint=hint)
+    factor = cholesky_shifted(gram, epsilon, hint=hint)
     return torch.cholesky_solve(rhs.to(torch.float64)[:, None], factor)[:, 0]
 
 
@@ -264,9 +291,10 @@ class DampedSolveStats:
     factorizations:
         Cholesky factorizations (one per call, plus retries and exact fallbacks).
     lanczos_steps:
-        Applications of (A + p I)^{-1} by the Lanczos iteration for lambda_min(A).
+        Applications of (A + p I)^{-1} by the Lanczos iteration for lambda_min(A), counting every
+        step of a block (also those after the step that met the tolerance).
     cg_steps:
-        Preconditioned conjugate-gradient steps of the solve with A + eps I.
+        Preconditioned conjugate-gradient steps of the solve with A + eps I, counted likewise.
     eigvalsh_fallbacks:
         Calls whose lambda_min came from a full eigendecomposition because Lanczos did not meet
         its tolerance within ``max_lanczos`` steps.
@@ -312,6 +340,14 @@ class DampedGramSolver:
     smallest eigenvalue), lambda_min is taken from ``torch.linalg.eigvalsh`` and the event is
     counted in :attr:`stats`; CG likewise falls back to a Cholesky factorization of A + eps I.
 
+    Host reads (see :mod:`gnflow._host`): the iterations run in blocks of steps queued on the
+    device without reading anything; one read per block brings every step's stopping quantities to
+    the host, where the tests are made step by step as before, and the result is that of the first
+    step that meets them (the remaining steps of the block are wasted work). The Cholesky status
+    and the finiteness of g travel with the first Lanczos block. A call therefore reads twice in
+    steady state (the first Lanczos block, the first CG block) and once when eps = p; eps, the
+    direction and the Ritz vector do not depend on the block sizes.
+
     The solver keeps (p, Ritz vector) between calls; :meth:`reset` forgets them.
 
     Parameters
@@ -332,6 +368,10 @@ class DampedGramSolver:
         (about 2N^3/3 more flops per call) instead of two triangular solves per application.
         None (default): on CUDA devices, where a triangular solve with one right-hand side is a
         chain of small dependent kernels and dominates the Lanczos and CG steps; not on the CPU.
+    lanczos_block, cg_block:
+        Steps per host read of each iteration. 0 (default): :data:`DEVICE_LANCZOS_BLOCK` and
+        :data:`DEVICE_CG_BLOCK` on a device, where a read waits for the device, and 1 on the CPU,
+        where it costs nothing and the steps after convergence would be wasted work.
     hint:
         What to change in the run config when A + eps I is singular (:data:`DAMPING_HINT`).
     """
@@ -344,14 +384,20 @@ class DampedGramSolver:
         max_lanczos: int = 60,
         max_cg: int = 40,
         explicit_inverse: bool | None = None,
+        lanczos_block: int = 0,
+        cg_block: int = 0,
         hint: str = DAMPING_HINT,
     ) -> None:
+        if lanczos_block < 0 or cg_block < 0:
+            raise ValueError(f"block sizes must be >= 0 (0: by device), got {lanczos_block} and {cg_block}")
         self.damping = damping
         self.hint = hint
         self.explicit_inverse = explicit_inverse
         self.lanczos_rtol = lanczos_rtol
         self.max_lanczos = max_lanczos
         self.max_cg = max_cg
+        self.lanczos_block = lanczos_block
+        self.cg_block = cg_block
         self.stats = DampedSolveStats()
         self._shift: float | None = None
         self._vector: torch.Tensor | None = None
@@ -374,68 +420,92 @@ class DampedGramSolver:
         self._vector = None
 
     def __call__(self, gram: torch.Tensor, rhs: torch.Tensor) -> DampedSolve:
-        """(A + eps I)^{-1} rhs and eps for A of shape (sample, sample), rhs of shape (sample,)."""
+        """(A + eps I)^{-1} rhs and eps for A of shape (sample, sample), rhs of shape (sample,).
+
+        Raises
+        ------
+        NonFiniteSolveError
+            If rhs has non-finite entries.
+        GramSolveError
+            If A + eps I is not numerically positive definite.
+        """
         a = gram.to(torch.float64)
         g = rhs.to(torch.float64)
         self.stats.calls += 1
         if "lambda_min" not in self.damping.requires:
-            eps = self.damping.epsilon(a)
-            self.stats.factorizations += 1
-            return DampedSolve(solve_damped(a, g, eps, hint=self.hint), eps.to(torch.float64))
+            return self._solve_known(a, g)
         return self._solve_with_lambda_min(a, g, cast(LambdaMinDamping, self.damping))
+
+    def _solve_known(self, a: torch.Tensor, g: torch.Tensor) -> DampedSolve:
+        """One Cholesky of A + eps I with eps known beforehand; one host read."""
+        eps = self.damping.epsilon(a).to(torch.float64)
+        self.stats.factorizations += 1
+        factor, info = torch.linalg.cholesky_ex(_damped_copy(a, eps))
+        column, finite = host.read_values(_status(info, g))
+        if not finite:
+            raise NonFiniteSolveError("non-finite right-hand side of the damped Gram solve")
+        if column != 0:
+            raise _factorization_error(int(column), eps, self.hint)
+        return DampedSolve(torch.cholesky_solve(g[:, None], factor)[:, 0], eps)
 
     # --- rules that require lambda_min (eigmin) --------------------------------------------------
 
-    def _factor(self, a: torch.Tensor, shift: float) -> torch.Tensor:
-        self.stats.factorizations += 1
-        return cholesky_shifted(a, shift)
-
-    def _factor_positive(self, a: torch.Tensor, shift: float) -> tuple[torch.Tensor, float]:
-        """Cholesky of A + p I for the first p >= shift (growing geometrically) that succeeds."""
-        floor = 1e-14 * float(torch.diagonal(a).mean())
-        p = max(shift, 0.0)
-        for _ in range(40):
-            try:
-                return self._factor(a, p), p
-            except GramSolveError:
-                p = max(4.0 * p, floor)
-        raise GramSolveError("the Gram matrix has non-finite entries or is not positive semi-definite")
+    def _start_vector(self, a: torch.Tensor) -> torch.Tensor:
+        """The previous call's Ritz vector, or a seeded random vector at the first call."""
+        start = self._vector
+        if start is not None and start.device != a.device:
+            start = start.to(a.device, non_blocking=True)  # a warm start restored from a checkpoint
+        if start is None or start.shape[0] != a.shape[0]:
+            generator = torch.Generator(device="cpu").manual_seed(0)
+            start = torch.randn(a.shape[0], generator=generator, dtype=torch.float64).to(a.device, non_blocking=True)
+        return start
 
     def _solve_with_lambda_min(self, a: torch.Tensor, g: torch.Tensor, rule: LambdaMinDamping) -> DampedSolve:
         eps0 = rule.lambda_min_floor
         n = a.shape[0]
-        shift = eps0 if self._shift is None else self._shift
-        factor, p = self._factor_positive(a, shift)
-
-        explicit = a.is_cuda if self.explicit_inverse is None else self.explicit_inverse
-        if explicit:
-            inverse = torch.cholesky_inverse(factor)
-
-            def apply_inverse(x: torch.Tensor) -> torch.Tensor:
-                return inverse @ x
-
+        on_device = host.synchronizes(a)
+        explicit = on_device if self.explicit_inverse is None else self.explicit_inverse
+        lanczos_block = self.lanczos_block or (DEVICE_LANCZOS_BLOCK if on_device else 1)
+        cg_block = self.cg_block or (DEVICE_CG_BLOCK if on_device else 1)
+        start = self._start_vector(a)
+        p = max(eps0 if self._shift is None else self._shift, 0.0)
+        floor: float | None = None
+        for _ in range(40):
+            # Cholesky of A + p I, and the first Lanczos block queued on its factor before the
+            # status is known: one host read for both (the block is discarded if it failed)
+            self.stats.factorizations += 1
+            factor, info = torch.linalg.cholesky_ex(_damped_copy(a, p))
+            apply_inverse = _inverse_operator(factor, explicit=explicit)
+            lanczos = LanczosTop(apply_inverse, start, steps=min(self.max_lanczos, n))
+            block = lanczos.extend(lanczos_block)
+            column, finite, *values = host.read_values(torch.cat([_status(info, g), block]))
+            if not finite:
+                raise NonFiniteSolveError("non-finite right-hand side of the damped Gram solve")
+            if column == 0:
+                break
+            if floor is None:
+                floor = 1e-14 * host.read_float(torch.diagonal(a).mean())
+            p = max(4.0 * p, floor)
         else:
+            raise GramSolveError("the Gram matrix has non-finite entries or is not positive semi-definite")
 
-            def apply_inverse(x: torch.Tensor) -> torch.Tensor:
-                return torch.cholesky_solve(x[:, None], factor)[:, 0]
-
-        start = self._vector
-        if start is not None and start.device != a.device:
-            start = start.to(a.device)  # a warm start restored from a checkpoint
-        if start is None or start.shape[0] != n:
-            generator = torch.Generator(device="cpu").manual_seed(0)
-            start = torch.randn(n, generator=generator, dtype=torch.float64).to(a.device)
         # once a Ritz value exceeds 1 / (eps0 + p), lambda_min < eps0 is certain and eps = eps0
-        found = self._lanczos_top(apply_inverse, start, certain_above=1.0 / (eps0 + p) if eps0 > 0 else math.inf)
+        certain_above = 1.0 / (eps0 + p) if eps0 > 0 else math.inf
+        found = lanczos.check(values, rtol=self.lanczos_rtol, certain_above=certain_above)
+        while found is None and not lanczos.exhausted:
+            values = host.read_values(lanczos.extend(lanczos_block))
+            found = lanczos.check(values, rtol=self.lanczos_rtol, certain_above=certain_above)
+        self.stats.lanczos_steps += lanczos.done
         if found is None:
             self.stats.eigvalsh_fallbacks += 1
             logger.debug("Lanczos did not converge in %d steps; lambda_min from eigvalsh", self.max_lanczos)
-            lam_min = float(torch.linalg.eigvalsh(a)[0])
+            lam_min = host.read_float(torch.linalg.eigvalsh(a)[0])
             self._vector = None
         else:
             nu, vector = found
             lam_min = 1.0 / nu - p
             self._vector = vector
+        # the rule computes eps from the host value lambda_min: no read of the device
         eps = float(rule.epsilon(a, lambda_min=lam_min))
         if lam_min + eps <= 0.0:
             if _singular(a, lam_min):
@@ -449,47 +519,8 @@ class DampedGramSolver:
         self._shift = eps
         z0 = apply_inverse(g)
         # eps == p: the preconditioner solve is already exact
-        direction = z0 if eps == p else self._pcg(a, g, eps, apply_inverse, z0)
-        return DampedSolve(direction, torch.tensor(eps, dtype=torch.float64, device=a.device))
-
-    def _lanczos_top(
-        self, apply: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor, certain_above: float
-    ) -> tuple[float, torch.Tensor] | None:
-        """Largest eigenpair (nu, unit vector) of the SPD operator ``apply``, or None if unconverged.
-
-        Ritz values increase towards nu with the steps, so the iteration also stops as soon as one
-        exceeds ``certain_above`` (the caller then only needs nu > certain_above).
-        """
-        n = start.shape[0]
-        steps = min(self.max_lanczos, n)
-        basis = torch.empty(steps, n, dtype=torch.float64, device=start.device)
-        basis[0] = start / torch.linalg.vector_norm(start)
-        alphas: list[float] = []
-        betas: list[float] = []
-        for k in range(steps):
-            w = apply(basis[k])
-            self.stats.lanczos_steps += 1
-            # full reorthogonalization, twice: the basis is short and the Ritz vector is reused
-            q = basis[: k + 1]
-            alpha_k = float(q[k] @ w)
-            w -= q.T @ (q @ w)
-            w -= q.T @ (q @ w)
-            beta_k = float(torch.linalg.vector_norm(w))
-            alphas.append(alpha_k)
-            theta, s = _tridiagonal_eigh(alphas, betas)
-            nu, s_top = float(theta[-1]), s[:, -1]
-            residual = beta_k * abs(float(s_top[-1]))
-            # Kato--Temple: nu - theta <= r^2 / (theta - nu_2), with nu_2 <= theta_2 + r_2 once the
-            # second Ritz pair has settled on the second eigenvalue
-            below = float(theta[-2]) + beta_k * abs(float(s[-1, -2])) if k >= 1 else nu
-            error = residual if below >= nu else min(residual, residual * residual / (nu - below))
-            if error <= self.lanczos_rtol * nu or nu > certain_above or k + 1 == n:
-                vector = torch.as_tensor(s_top, dtype=torch.float64, device=start.device) @ q
-                return nu, vector / torch.linalg.vector_norm(vector)
-            if k + 1 < steps:
-                basis[k + 1] = w / beta_k
-                betas.append(beta_k)
-        return None
+        direction = z0 if eps == p else self._pcg(a, g, eps, apply_inverse, z0, block=cg_block)
+        return DampedSolve(direction, torch.full((), eps, dtype=torch.float64, device=a.device))
 
     def _pcg(
         self,
@@ -498,39 +529,62 @@ class DampedGramSolver:
         eps: float,
         precondition: Callable[[torch.Tensor], torch.Tensor],
         x: torch.Tensor,
+        *,
+        block: int,
     ) -> torch.Tensor:
-        """(A + eps I)^{-1} g by CG preconditioned with (A + p I)^{-1}, from the guess x."""
+        """(A + eps I)^{-1} g by CG preconditioned with (A + p I)^{-1}, from the guess x.
+
+        The steps run in blocks of ``block``; one host read per block brings, for each step, the
+        quantities of the stopping tests (before the step: ||r||, ||x||; after it: r^T z), and the
+        iterate of the first step that passes is returned.
+        """
         # backward-error stopping test: ||r|| <= tol (||A + eps I|| ||x|| + ||g||), trace >= ||A||
-        norm_a = float(torch.diagonal(a).sum()) + eps
-        norm_g = float(torch.linalg.vector_norm(g))
         tol = 4.0 * torch.finfo(torch.float64).eps
         r = g - (a @ x + eps * x)
         zr = precondition(r)
         d = zr.clone()
-        rz = float(r @ zr)
-        for _ in range(self.max_cg):
-            if float(torch.linalg.vector_norm(r)) <= tol * (norm_a * float(torch.linalg.vector_norm(x)) + norm_g):
-                return x
-            self.stats.cg_steps += 1
-            ad = a @ d + eps * d
-            step = rz / float(d @ ad)
-            x = x + step * d
-            r = r - step * ad
-            zr = precondition(r)
-            rz_new = float(r @ zr)
-            d = zr + (rz_new / rz) * d
-            rz = rz_new
-            if rz <= 0.0:
-                return x
+        rz = r @ zr
+        norms: list[torch.Tensor] | None = [torch.diagonal(a).sum(), torch.linalg.vector_norm(g)]
+        norm_a = norm_g = 0.0
+        taken = 0
+        while taken < self.max_cg:
+            count = min(block, self.max_cg - taken)
+            iterates = [x]
+            quantities = list(norms) if norms is not None else []
+            for _ in range(count):
+                quantities += [torch.linalg.vector_norm(r), torch.linalg.vector_norm(x)]
+                ad = a @ d + eps * d
+                step = rz / (d @ ad)
+                x = x + step * d
+                r = r - step * ad
+                zr = precondition(r)
+                rz_new = r @ zr
+                d = zr + (rz_new / rz) * d
+                rz = rz_new
+                quantities.append(rz)
+                iterates.append(x)
+            quantities += [torch.linalg.vector_norm(r), torch.linalg.vector_norm(x)]
+            values = host.read_values(torch.stack(quantities))
+            if norms is not None:
+                norm_a, norm_g = values[0] + eps, values[1]
+                values = values[2:]
+                norms = None
+            self.stats.cg_steps += count
+            taken += count
+            for j in range(count + 1):
+                r_norm, x_norm = values[3 * j], values[3 * j + 1]
+                if r_norm <= tol * (norm_a * x_norm + norm_g):
+                    return iterates[j]
+                if j < count and values[3 * j + 2] <= 0.0:
+                    return iterates[j + 1]
         logger.debug("CG did not converge in %d steps; direct Cholesky solve", self.max_cg)
         self.stats.factorizations += 1
         return solve_damped(a, g, eps)
 
 
-def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of the symmetric tridiagonal Lanczos matrix."""
-    t = np.diag(np.asarray(alphas))
-    if betas:
-        off = np.asarray(betas[: len(alphas) - 1])
-        t += np.diag(off, 1) + np.diag(off, -1)
-    return np.linalg.eigh(t)
+def _inverse_operator(factor: torch.Tensor, *, explicit: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x -> (L L^T)^{-1} x, by two triangular solves or by the explicit inverse."""
+    if explicit:
+        inverse = torch.cholesky_inverse(factor)
+        return lambda x: inverse @ x
+    return lambda x: torch.cholesky_solve(x[:, None], factor)[:, 0]

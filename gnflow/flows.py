@@ -16,12 +16,13 @@ The fields remember the residual of the last state they saw, so that the solver 
 train loss of an accepted state without another forward pass. Evaluations are counted by the
 integration (:mod:`gnflow.solve`), once per run, not by the fields.
 
-Host synchronisation: the Gauss--Newton field synchronises anyway (its Cholesky status, Lanczos and
-CG stopping tests are read on the host), and checks the residual for non-finite values at no extra
-cost. The gradient field on a GPU does not check, so that an evaluation never waits for the device:
-a non-finite state is caught once per step by the solver (torchdiffeq checks the state, and
-:func:`gnflow.solve.integrate` the train loss of every accepted step). On the CPU the check is free and
-is always made.
+Host synchronisation (:mod:`gnflow._host`, which also counts the reads): the Gauss--Newton field
+reads the device twice per evaluation in steady state (its Cholesky status with the first block of
+Lanczos steps, and the first block of CG steps; see :class:`~gnflow.damping.DampedGramSolver`), and
+the finiteness of the residual travels with the first read. The gradient field on a GPU reads
+nothing, so that an evaluation never waits for the device: a non-finite state is caught once per
+step by the solver (torchdiffeq checks the state, and :func:`gnflow.solve.integrate` the train loss
+of every accepted step). On the CPU a read is free and the residual is always checked.
 """
 
 from __future__ import annotations
@@ -36,8 +37,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 import numpy as np
 import torch
 
+from gnflow import _host as host
 from gnflow.config import KERNEL_EULER_METHODS, ConfigError, FlowConfig, RunConfig
-from gnflow.damping import DampedGramSolver, DampedSolveStats, Damping, GramSolveError, make_damping
+from gnflow.damping import (
+    DampedGramSolver,
+    DampedSolveStats,
+    Damping,
+    GramSolveError,
+    NonFiniteSolveError,
+    make_damping,
+)
 from gnflow.model import Linearization, ParticleModel
 from gnflow.registry import FLOW_KINDS
 
@@ -124,7 +133,8 @@ class Flow(ABC):
     #: the damping rule eps(w), for flows that solve with A + eps I (None: no damping)
     damping: Damping | None = None
 
-    #: whether each evaluation checks the residual for non-finite values (a host synchronisation)
+    #: whether each evaluation checks the residual for non-finite values on a device (a host
+    #: synchronisation; on the CPU the check is always made)
     check_finite: bool = True
 
     def __init__(self, model: ParticleModel, x: torch.Tensor, y: torch.Tensor, *, allow_tf32: bool = False) -> None:
@@ -212,7 +222,9 @@ class Flow(ABC):
     def _linearize(self, weights: torch.Tensor) -> tuple[Linearization, torch.Tensor]:
         lin = self.model.linearize(weights, self.x)
         residual = lin.predict() - self.y
-        if (self.check_finite or self.x.device.type == "cpu") and not bool(torch.isfinite(residual).all()):
+        if (self.check_finite or not host.synchronizes(residual)) and not host.read_bool(
+            torch.isfinite(residual).all()
+        ):
             raise FlowError("non-finite network output: the state has diverged")
         self._last_state = weights
         self._last_residual = residual
@@ -387,6 +399,8 @@ class GaussNewtonFlow(Flow):
 
     name = "gauss_newton"
     second_order = True
+    # the damped solve reads the finiteness of g = r / N with its first block: no read of its own
+    check_finite = False
     damping: Damping
 
     def __init__(
@@ -447,7 +461,10 @@ class GaussNewtonFlow(Flow):
 
     def function_space_direction(self, lin: Linearization, residual: torch.Tensor) -> torch.Tensor:
         """(A + eps I)^{-1} g in float64."""
-        solved = self.solver(lin.gram(), residual.double() / self.n_samples)
+        try:
+            solved = self.solver(lin.gram(), residual.double() / self.n_samples)
+        except NonFiniteSolveError:
+            raise FlowError("non-finite network output: the state has diverged") from None
         self.last_epsilon = solved.epsilon
         return solved.direction
 

@@ -1,0 +1,162 @@
+"""Share of a run's time spent measuring its saved states, against its integration.
+
+A run integrates its flow (:func:`gnflow.solve.integrate`), then measures every saved state
+(:func:`gnflow.trajectory.trajectory_dataset`): the train loss, the Gram spectrum (extreme
+eigenvalues of A = J J^T and the damping) and the test loss. This script times both on one
+Gauss--Newton run (Arbel et al.'s teacher--student task, eigmin damping, dopri5, to 1e-8 x the
+initial train loss, SPEC's 201 log-spaced saved times) and reports the share
+measurement / integration, both timed in the same process, so that the ratio stands on a shared
+machine even where the seconds do not.
+
+It also times, on the run's saved states, what one measurement is made of (linearization, Gram
+matrix, its eigenvalues, the test forward pass) against one Gauss--Newton evaluation, interleaved,
+so that the report says where the measuring time goes.
+
+Usage::
+
+    python studies/performance/saved_states.py                        # paper size: N = 500, M = 5000, 10^4 test points
+    python studies/performance/saved_states.py --n-train 200 --width 2000 --n-test 4000
+    python studies/performance/saved_states.py --label after -o data/studies/performance/saved_states.json
+
+Results are appended to the JSON file under ``--label`` (one entry per label), with the load
+average before and after, since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import gnflow
+from gnflow.config import config_from_dict
+from gnflow.experiment import build_experiment
+from gnflow.solve import integrate
+from gnflow.trajectory import trajectory_dataset
+
+OUTPUT = Path("data/studies/performance/saved_states.json")
+
+
+def run_config(n_train: int, width: int, n_test: int, n_save: int, threads: int) -> dict[str, Any]:
+    """The Gauss--Newton run (config defaults: eigmin, dopri5, rtol 1e-6, tau0 = 1)."""
+    return {
+        "seed": 1,
+        "device": "cpu",
+        "dtype": "float64",
+        "data": {"n_train": n_train, "n_test": n_test},
+        "model": {"width": width, "init_scale": 1.0},
+        "solver": {"t_end": 1e5, "n_save": n_save, "stop_loss_ratio": 1e-8},
+        "compute": {"threads": threads},
+    }
+
+
+def _median_time(function: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measurement_parts(experiment: Any, weights: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Seconds of each part of one saved-state measurement, and of one GN evaluation, interleaved."""
+    model, flow = experiment.model, experiment.flow
+    x_test = experiment.tensor(experiment.data.x_test)
+    lin = model.linearize(weights, flow.x)
+    gram = lin.gram()
+    t = torch.tensor(0.0)
+    flow(t, weights)  # warm the Lanczos start vector, as inside a solve
+    parts: dict[str, list[float]] = {}
+    timed: dict[str, Callable[[], object]] = {
+        "gn_evaluation": lambda: flow(t, weights),
+        "linearization": lambda: model.linearize(weights, flow.x).predict(),
+        "gram": lin.gram,
+        "eigenvalues": lambda: torch.linalg.eigvalsh(gram),
+        "test_forward": lambda: model.predict(weights, x_test),
+    }
+    for _ in range(repeats):
+        for name, function in timed.items():
+            parts.setdefault(name, []).append(_median_time(function, 1))
+    return {name: statistics.median(values) for name, values in parts.items()}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, args.threads))
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    experiment = build_experiment(config)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=False)
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    trajectory_dataset(experiment, solution, progress=False)
+    cpu2, wall2 = time.process_time(), time.perf_counter()
+    parts = measurement_parts(experiment, solution.weights[len(solution.t) // 2], args.repeats)
+    load_after = os.getloadavg()
+    integration = {"wall_s": wall1 - wall0, "cpu_s": cpu1 - cpu0}
+    measuring = {"wall_s": wall2 - wall1, "cpu_s": cpu2 - cpu1}
+    n_saved = len(solution.t)
+    per_state = measuring["cpu_s"] / n_saved
+    package = Path(gnflow.__file__).parent
+    commit = subprocess.run(
+        ["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return {
+        "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "n_save": args.n_save},
+        "torch_threads": args.threads,
+        "status": str(solution.status),
+        "t_final": float(solution.t[-1]),
+        "saved_states_measured": n_saved,
+        "evaluations": int(solution.nfe[-1]),
+        "integration": integration,
+        "measuring": measuring,
+        "share_cpu": measuring["cpu_s"] / integration["cpu_s"],
+        "share_wall": measuring["wall_s"] / integration["wall_s"],
+        "measuring_cpu_s_per_state": per_state,
+        "integration_cpu_s_per_evaluation": integration["cpu_s"] / int(solution.nfe[-1]),
+        "parts_s": parts,
+        "parts_over_gn_evaluation": {name: value / parts["gn_evaluation"] for name, value in parts.items()},
+        "load_average_before": list(load_before),
+        "load_average_after": list(load_after),
+        "note": "measured under load on a shared machine (see the load averages); compare ratios, not seconds",
+        "gnflow": gnflow.__version__,
+        "gnflow_path": str(package),
+        "git_commit": commit.stdout.strip() or "gnflow not in a git checkout",
+        "torch": torch.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=500)
+    parser.add_argument("--width", type=int, default=5000)
+    parser.add_argument("--n-test", type=int, default=10_000)
+    parser.add_argument("--n-save", type=int, default=201)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed parts of one measurement")
+    parser.add_argument("--label", default="current", help="key of this measurement in the output file")
+    parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    result = measure(args)
+    stored = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    stored[args.label] = result
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(stored, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
