@@ -159,6 +159,11 @@ class ModelConfig:
         Start from a saved state of a run file, not a random draw (``gnflow run --from``):
         ``"PATH"`` (its last state) or ``"PATH@T"`` (the state at flow time T); it must match the
         run's width, input dimension and training data. Flow time restarts at 0. Empty: the draw.
+    init_seed:
+        Seed of the initial particles alone: unset (the default), they are drawn from the run's
+        ``seed`` like everything else; set to k, they are the particles that ``seed = k`` would
+        draw, while the data stay those of ``seed``. Two runs that differ only in ``init_seed``
+        start from independent draws of the same initial law on the same data.
     """
 
     width: int = 5000
@@ -168,9 +173,15 @@ class ModelConfig:
     output_init: OutputInit = "zero"
     train: Trainable = "all"
     init_from: str = ""
+    init_seed: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        _require(
+            self.init_seed is None or self.init_seed >= 0,
+            "model.init_seed",
+            f"must be an integer >= 0 (or unset: the run's seed), got {self.init_seed}",
+        )
         _check_init_from(self.init_from)
         _require(
             math.isfinite(self.init_scale) and self.init_scale > 0,
