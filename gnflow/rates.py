@@ -15,12 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from gnflow.verdicts import PairedComparison, Verdict, all_of, paired_comparison
 
-__all__ = ["RATE_RULE", "RateComparison", "rate_comparison", "seed_slopes"]
+Direction = Literal["less", "greater"]
+
+__all__ = ["RATE_RULE", "RateComparison", "rate_comparison", "seed_slopes", "slope_comparison"]
 
 RATE_RULE = (
     "A rate claim 'the error falls like M^b' is decided on the per-seed least-squares slopes of log "
@@ -124,6 +127,50 @@ def seed_slopes(widths: Sequence[float], errors: np.ndarray) -> np.ndarray:
     return slopes
 
 
+def slope_comparison(
+    widths: Sequence[float],
+    slopes: np.ndarray,
+    *,
+    seeds: Sequence[int],
+    claim: str,
+    bound: float,
+    direction: Direction,
+    level: float = 0.95,
+) -> PairedComparison:
+    """Decide "the slope is below ``bound``" (``"less"``) or above it (``"greater"``) over seeds.
+
+    Per seed k the paired ratio is R^(slope_k) / R^bound with R = max(widths) / min(widths), so
+    the interval of the ratio is the interval of the mean slope mapped by R^(. - bound); a seed
+    whose slope is NaN is an unusable pair.
+
+    Parameters
+    ----------
+    widths:
+        Widths M of the fit (only their range enters).
+    slopes:
+        Per-seed slopes, shape (seed,) (:func:`seed_slopes`).
+    seeds, claim, level:
+        As for :func:`gnflow.verdicts.paired_comparison`.
+    bound, direction:
+        The claim is slope < bound (``"less"``) or slope > bound (``"greater"``).
+    """
+    slopes = np.asarray(slopes, dtype=np.float64)
+    finite = np.isfinite(slopes)
+    span = math.log(max(widths) / min(widths))
+    fitted = np.where(finite, np.exp(span * np.where(finite, slopes, 0.0)), np.nan)
+    reference = np.where(finite, math.exp(span * bound), np.nan)
+    return paired_comparison(
+        fitted,
+        reference,
+        claim=f"{claim}: slope {'<' if direction == 'less' else '>'} {bound:.3g}",
+        numerator_label="fitted reduction R^slope",
+        denominator_label=f"R^({bound:.3g})",
+        seeds=seeds,
+        direction=direction,
+        level=level,
+    )
+
+
 def rate_comparison(
     widths: Sequence[float],
     errors: np.ndarray,
@@ -157,27 +204,14 @@ def rate_comparison(
     seed_tuple = tuple(int(s) for s in seeds)
     if len(seed_tuple) != slopes.size:
         raise ValueError(f"rate_comparison {claim!r}: {slopes.size} rows of errors but {len(seed_tuple)} seeds")
+    below = slope_comparison(
+        widths, slopes, seeds=seed_tuple, claim=claim, bound=rate + tolerance, direction="less", level=level
+    )
+    above = slope_comparison(
+        widths, slopes, seeds=seed_tuple, claim=claim, bound=rate - tolerance, direction="greater", level=level
+    )
     finite = np.isfinite(slopes)
     span = math.log(max(widths) / min(widths))
-    # per seed, the fitted reduction R^slope of the error over the grid against R^(band edge);
-    # NaN (no slope) is an unusable pair when both arms are NaN
-    fitted = np.where(finite, np.exp(span * np.where(finite, slopes, 0.0)), np.nan)
-
-    def edge(bound: float, direction: str, side: str) -> PairedComparison:
-        reference = np.where(finite, math.exp(span * bound), np.nan)
-        return paired_comparison(
-            fitted,
-            reference,
-            claim=f"{claim}: slope {side} {bound:.3g}",
-            numerator_label="fitted reduction R^slope",
-            denominator_label=f"R^({bound:.3g})",
-            seeds=seed_tuple,
-            direction=direction,  # type: ignore[arg-type]
-            level=level,
-        )
-
-    below = edge(rate + tolerance, "less", "<")
-    above = edge(rate - tolerance, "greater", ">")
     slope = float(np.mean(slopes[finite])) if finite.any() else math.nan
     low = high = math.nan
     if math.isfinite(below.low) and math.isfinite(below.high) and below.low > 0:

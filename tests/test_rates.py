@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gnflow.rates import rate_comparison, seed_slopes
+from gnflow.rates import rate_comparison, seed_slopes, slope_comparison
 
 WIDTHS = [100, 300, 1000, 3000, 10000]
 SEEDS = [1, 2, 3, 4, 5]
@@ -74,3 +74,13 @@ def test_bad_input_is_refused_with_one_line() -> None:
         rate_comparison(WIDTHS, _errors(-0.5, 0.0), seeds=SEEDS, claim="c", tolerance=0.0)
     with pytest.raises(ValueError, match="seeds"):
         rate_comparison(WIDTHS, _errors(-0.5, 0.0), seeds=[1], claim="c")
+
+
+def test_slope_comparison_decides_a_decrease() -> None:
+    def decrease(slope: float, noise: float) -> str:
+        slopes = seed_slopes(WIDTHS, _errors(slope, noise, seed=5))
+        return slope_comparison(WIDTHS, slopes, seeds=SEEDS, claim="c", bound=0.0, direction="less").verdict
+
+    assert decrease(-0.3, 0.05) == "supported"
+    assert decrease(0.3, 0.05) == "contradicted"
+    assert decrease(0.0, 1.5) == "inconclusive"
