@@ -574,12 +574,12 @@ def _densities(s: dict[str, Any], context: StudyContext, runs: dict[Any, GridRun
         s_value = float(ref["t"].values[ti]) / max(widths)
         axes[r, 0].set_title(f"s = t/M = {s_value:.3g}", fontsize=9, loc="left")
         axes[r, 0].legend(fontsize=6)
-        for q, key in enumerate(shown):
+        for q, key in reversed(list(enumerate(shown))):  # the widest first, so the narrow runs show on top
             w = datasets[key]["weights"].values[ti]
             axes[r, 3].scatter(
                 w[:, columns[1]],
                 w[:, columns[2]],
-                s=2 if key[0] < 1000 else 0.3,
+                s=4 if key[0] < 1000 else 0.3,
                 alpha=0.4,
                 color=cmap(q / max(1, len(shown) - 1)),
                 label=f"M = {key[0]} ({key[1]})",
