@@ -160,8 +160,8 @@ def slope_comparison(
     fitted = np.where(finite, np.exp(span * np.where(finite, slopes, 0.0)), np.nan)
     reference = np.where(finite, math.exp(span * bound), np.nan)
     return paired_comparison(
-        fitted,
-        reference,
+        fitted.tolist(),
+        reference.tolist(),
         claim=f"{claim}: slope {'<' if direction == 'less' else '>'} {bound:.3g}",
         numerator_label="fitted reduction R^slope",
         denominator_label=f"R^({bound:.3g})",

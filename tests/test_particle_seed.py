@@ -30,5 +30,5 @@ def test_init_seed_draws_other_particles_on_the_same_data() -> None:
 
 
 def test_init_seed_must_be_nonnegative() -> None:
-    with pytest.raises(ConfigError, match=r"model\.init_seed: must be an integer >= 0"):
+    with pytest.raises(ConfigError, match=r"model\.init_seed: must be >= 0 \(or unset\), got -3"):
         load_config(overrides=[*SMALL, "model.init_seed=-3"])
