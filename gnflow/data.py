@@ -456,8 +456,14 @@ class RunSeeds(NamedTuple):
 
 
 def run_seeds(config: RunConfig) -> RunSeeds:
-    """The seed streams of the run ``config``: the one place where ``seed`` is split."""
+    """The seed streams of the run ``config``: the one place where ``seed`` is split.
+
+    ``model.init_seed``, when set, replaces the particle stream by the one of that seed (the
+    particles ``seed = model.init_seed`` would draw), leaving the data and batch streams alone.
+    """
     data, init, batches = np.random.SeedSequence(config.seed).spawn(3)
+    if config.model.init_seed is not None:
+        init = np.random.SeedSequence(config.model.init_seed).spawn(3)[1]
     return RunSeeds(data=data, init=init, batches=batches)
 
 

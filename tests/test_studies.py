@@ -234,3 +234,55 @@ def test_loglog_slope_recovers_a_power_law() -> None:
     m = np.array([250.0, 1000.0, 4000.0])
     assert loglog_slope(m, 3.0 * m**-0.5) == pytest.approx(-0.5, rel=1e-12)
     assert math.isnan(loglog_slope([1.0], [1.0]))
+
+
+def _mean_field_runs(out: Path, grid: str) -> dict[tuple[float, int, int, int], Path]:
+    """Run files of one grid of the mean_field_limit study by (tau0, seed, init_seed, width)."""
+    from gnflow.dataset import run_config_of
+
+    found = {}
+    for path in sorted((out / grid / "runs").glob("*.nc")):
+        config = run_config_of(read_dataset(path))
+        key = (config.model.init_scale, config.seed, config.model.init_seed, config.model.width)
+        found[key] = path
+    return found
+
+
+def _silu_network(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """f(x) = mean_i v_i silu(u_i . x + b_i), written out: weights (t, particle, component)."""
+    z = np.einsum("tpd,nd->tnp", weights[..., :-2], x) + weights[:, None, :, -2]
+    return np.mean(z / (1 + np.exp(-z)) * weights[:, None, :, -1], axis=-1)
+
+
+@pytest.mark.slow
+def test_mean_field_limit_measures_against_an_independent_reference(smoke_study: tuple[str, Path]) -> None:
+    name, out = smoke_study
+    if name != "mean_field_limit":
+        pytest.skip("mean_field_limit only")
+    s = load_study_settings(name, "smoke")
+    tau0, seed, widths = float(s["tau0"][0]), int(s["seeds"][0]), [int(m) for m in s["widths"]]
+    ref, small = max(widths), min(widths)
+    runs = _mean_field_runs(out, "gn")
+    references = _mean_field_runs(out, "gn_reference")
+    a_ref, a_small = (read_dataset(runs[(tau0, seed, None, m)]) for m in (ref, small))
+    b_ref = read_dataset(references[(tau0, seed, seed + int(s["reference_seed_offset"]), ref)])
+    # the same data, nested prefixes within draw A, an independent draw B
+    np.testing.assert_array_equal(a_ref["x_train"].values, b_ref["x_train"].values)
+    np.testing.assert_array_equal(a_small["weights"].values[0], a_ref["weights"].values[0][:small])
+    assert not np.allclose(b_ref["weights"].values[0][:small, :-1], a_small["weights"].values[0][:, :-1])
+    # the recorded function distance at the smallest width, recomputed from the run files
+    x_test = b_ref["x_test"].values
+    f_m, f_a, f_b = (_silu_network(ds["weights"].values, x_test) for ds in (a_small, a_ref, b_ref))
+    d2 = np.mean((f_m - f_b) ** 2, axis=1) - np.mean((f_a - f_b) ** 2, axis=1) / 2
+    summary = read_dataset(out / "mean_field_limit.nc")
+    recorded = summary["error"].sel(flow="gn", tau0=tau0, metric="function_distance", seed=seed, width=small)
+    assert float(recorded) == pytest.approx(math.sqrt(d2.max()), rel=1e-8)
+    # the coupling distance needs a nested run: none at the reference width
+    assert np.isnan(summary["error"].sel(metric="coupling", width=ref).values).all()
+    slopes = summary["slope"].sel(flow="gd", metric="function_distance").values
+    means = summary["slope_interval"].sel(flow="gd", metric="function_distance", stat="mean").values
+    np.testing.assert_allclose(means, np.nanmean(slopes, axis=-1))
+    text = (out / "report.md").read_text()
+    assert "lies inside [b - delta, b + delta]" in text
+    for row in claims_table(text)[:4]:
+        assert re.search(rf"slope -?\d.*, {len(s['seeds'])}/{len(s['seeds'])} seeds", row[2]) or "no interval" in row[2]

@@ -1,10 +1,9 @@
 """The sections of the run config: one frozen dataclass per TOML table, validated on construction.
 
-Keys whose values are names of implementations (``data.kind``, ``flow.kind``, ``flow.damping``,
-``observe.names``) are checked against the registries of :mod:`gnflow.registry` when a section is
-built, so the allowed values are those registered by the modules imported at that time. The
-annotations are evaluated eagerly (no ``from __future__ import annotations``): the parser and the
-generated reference read them as objects, whichever module re-exports the classes.
+Keys whose values are names of implementations (``data.kind``, ``flow.kind``, ``flow.damping``, ``observe.names``) are
+checked against the registries of :mod:`gnflow.registry` when a section is built, so the allowed values are those
+registered by the modules imported at that time. The annotations are evaluated eagerly (no ``from __future__ import
+annotations``): the parser and the generated reference read them as objects, whichever module re-exports the classes.
 """
 
 import itertools
@@ -73,8 +72,7 @@ class DataConfig:
     noise:
         Standard deviation of Gaussian label noise added to the teacher's outputs (0 = noiseless).
     path:
-        ``kind = "file"``: a NetCDF, CSV or ``.npz`` file with ``x``, ``y`` (and optionally
-        ``x_test``, ``y_test``).
+        ``kind = "file"``: a NetCDF, CSV or ``.npz`` file with ``x``, ``y`` (and optionally ``x_test``, ``y_test``).
     test_fraction:
         Named real data sets (e.g. ``"diabetes"``, ``"concrete"``): fraction of the samples held
         out as the test set by a seeded random split (0 = no test set).
@@ -150,15 +148,15 @@ class ModelConfig:
     init_scale:
         tau0: hidden weights and biases start as N(0, tau0^2).
     output_init:
-        Output weights v at t = 0: ``"zero"``, ``"normal"`` (N(0, 1)) or ``"sign"`` (+-1, equal
-        probability).
+        Output weights v at t = 0: ``"zero"``, ``"normal"`` (N(0, 1)) or ``"sign"`` (+-1, equal probability).
     train:
-        Which components move: ``"all"``, ``"hidden"`` (u and b) or ``"output"`` (v: random
-        features).
+        Which components move: ``"all"``, ``"hidden"`` (u and b) or ``"output"`` (v: random features).
     init_from:
-        Start from a saved state of a run file, not a random draw (``gnflow run --from``):
-        ``"PATH"`` (its last state) or ``"PATH@T"`` (the state at flow time T); it must match the
-        run's width, input dimension and training data. Flow time restarts at 0. Empty: the draw.
+        Start from a saved state of a run file, not a random draw (``gnflow run --from``): ``"PATH"`` (its last
+        state) or ``"PATH@T"`` (the state at flow time T); it must match the run's width, input dimension and
+        training data. Flow time restarts at 0. Empty: the draw.
+    init_seed:
+        Unset: the particles of ``seed``; k: those ``seed = k`` would draw, on the data of ``seed``.
     """
 
     width: int = 5000
@@ -168,9 +166,11 @@ class ModelConfig:
     output_init: OutputInit = "zero"
     train: Trainable = "all"
     init_from: str = ""
+    init_seed: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.width >= 1, "model.width", f"must be >= 1, got {self.width}")
+        _require((self.init_seed or 0) >= 0, "model.init_seed", f"must be >= 0 (or unset), got {self.init_seed}")
         _check_init_from(self.init_from)
         _require(
             math.isfinite(self.init_scale) and self.init_scale > 0,
