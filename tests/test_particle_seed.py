@@ -32,3 +32,24 @@ def test_init_seed_draws_other_particles_on_the_same_data() -> None:
 def test_init_seed_must_be_nonnegative() -> None:
     with pytest.raises(ConfigError, match=r"model\.init_seed: must be >= 0 \(or unset\), got -3"):
         load_config(overrides=[*SMALL, "model.init_seed=-3"])
+
+
+def test_an_unset_init_seed_keeps_the_run_ids_of_runs_written_before_the_key() -> None:
+    import hashlib
+    import json
+
+    from gnflow.config import config_hash
+    from gnflow.config._parse import LOCATION_KEYS, config_to_dict
+
+    config = load_config(overrides=SMALL)
+    values = config_to_dict(config)
+    values["model"].pop("init_seed", None)  # what a config without the key hashed
+    for key in LOCATION_KEYS:
+        section, name = key.split(".")
+        values.get(section, {}).pop(name, None)
+    for key in ("model.init_from", "flow.epsilon_scaling"):  # the other later keys, at their defaults
+        section, name = key.split(".")
+        values[section].pop(name, None)
+    before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(config) == before
+    assert config_hash(load_config(overrides=[*SMALL, "model.init_seed=3"])) != before
