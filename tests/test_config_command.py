@@ -145,3 +145,13 @@ def test_history_records_the_command_line(tiny_config: Path, tmp_path: Path) -> 
     lines = read_dataset(tmp_path / "h.nc").attrs["history"].splitlines()
     assert len(lines) == 2 and lines[0] == history
     assert shlex.join(["gnflow", "observe", str(tmp_path / "h.nc"), "weight_movement", "-q"]) in lines[1]
+
+
+def test_a_run_started_from_a_file_is_named_after_the_file_without_its_extension() -> None:
+    from gnflow.cli._config_command import override_output_path
+
+    base = load_config(None)
+    for source, expected in (("data/runs/gd.nc", "init_from=data_runs_gd"), ("runs/a.nc@5", "init_from=runs_a_5")):
+        config = load_config(None, [f"model.init_from={source}"])
+        name = override_output_path(config, base).name
+        assert name.endswith(f"-{expected}.nc") and ".nc.nc" not in name, name

@@ -154,6 +154,8 @@ def override_output_path(config: RunConfig, base: RunConfig) -> Path:
         text = "none" if value is None else _toml_value(value, key).strip("[]").replace('"', "").replace(" ", "")
         if isinstance(value, float) and value.is_integer() and text.endswith(".0"):
             text = text[:-2]
+        if key == "model.init_from":  # a run file: its name without ".nc" (the output adds its own)
+            text = re.sub(r"\.nc(?=@|$)", "", text)
         label = name if names.count(name) == 1 else key
         parts.append(f"{label}={re.sub(r'[^A-Za-z0-9._+,=-]', '_', text)}")
     suffix = "-".join(parts)
