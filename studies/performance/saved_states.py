@@ -128,7 +128,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "parts_over_gn_evaluation": {name: value / parts["gn_evaluation"] for name, value in parts.items()},
         "load_average_before": list(load_before),
         "load_average_after": list(load_after),
-        "note": "measured under load on a shared machine (see the load averages); compare ratios, not seconds",
+        "note": (
+            "measured under load on a shared machine (see the load averages); compare ratios, not seconds"
+            if max(load_before[0], load_after[0]) > 1.5
+            else "measured on an otherwise idle machine (load averages below 1.5 before and after)"
+        ),
         "gnflow": gnflow.__version__,
         "gnflow_path": str(package),
         "git_commit": commit.stdout.strip() or "gnflow not in a git checkout",
