@@ -11,6 +11,7 @@ Every kernel of the infinite-width network is an expectation over this 2 x 2 Gau
 - the random-features kernel k(x, x') = E[sigma(z) sigma(z')] (:func:`random_features_kernel`),
 - the derivative kernel k1(x, x') = E[sigma'(z) sigma'(z')] (:func:`derivative_kernel`),
 - the neural tangent kernel of either scaling (:func:`neural_tangent_kernel`),
+- the limit of the random-features kernel as tau0 -> infinity (:func:`large_scale_limit_kernel`),
 
     E[A_M(x, x')] = M c(M)^2 ( [output trains] k(x, x') + [hidden trains] E[v^2] k1(x, x') (x.x' + 1) ),
 
@@ -39,16 +40,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gnflow._kernel_forms import _DERIVATIVES, _VALUES, _angle, _arc_cosine, _williams
 from gnflow.model import ACTIVATIONS
 
 __all__ = [
     "CLOSED_FORM_ACTIVATIONS",
     "KERNEL_ACTIVATIONS",
+    "LARGE_SCALE_LIMITS",
     "KernelPrediction",
     "QuadratureRule",
     "derivative_kernel",
     "gaussian_expectation",
     "kernel_regression",
+    "large_scale_limit_kernel",
     "neural_tangent_kernel",
     "output_second_moment",
     "pre_activation_covariance",
@@ -132,41 +136,6 @@ class QuadratureRule:
         return nodes, weights
 
 
-# sigma alone, as torch's fused kernels (the functions gnflow's model evaluates), and sigma' alone:
-# each about seven times cheaper than gnflow.model.activation_and_derivative, which computes both
-# into fresh buffers; tests/test_kernels.py checks both tables against it
-_VALUES: dict[str, Function] = {
-    "silu": torch.nn.functional.silu,
-    "tanh": torch.tanh,
-    "gelu": torch.nn.functional.gelu,
-    "relu": torch.relu,
-    "erf": torch.erf,
-}
-
-
-def _silu_derivative(z: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(z)
-    return s * (1.0 + z * (1.0 - s))
-
-
-def _tanh_derivative(z: torch.Tensor) -> torch.Tensor:
-    return 1.0 - torch.tanh(z) ** 2
-
-
-def _gelu_derivative(z: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
-# sigma' alone (the same test checks them against the model's pairs)
-_DERIVATIVES: dict[str, Function] = {
-    "silu": _silu_derivative,
-    "tanh": _tanh_derivative,
-    "gelu": _gelu_derivative,
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "erf": lambda z: (2.0 / math.sqrt(math.pi)) * torch.exp(-z * z),
-}
-
-
 def _activation(name: str, derivative: bool) -> Function:
     """sigma (or sigma') of a kernel activation, as a function of a float64 tensor."""
     if name not in KERNEL_ACTIVATIONS:
@@ -207,27 +176,6 @@ def pre_activation_covariance(
         raise ValueError(f"x and x2 must have the same input_dim, got {a.shape[1]} and {b.shape[1]}")
     tau2 = init_scale * init_scale
     return tau2 * ((a * a).sum(1) + 1.0), tau2 * ((b * b).sum(1) + 1.0), tau2 * (a @ b.T + 1.0)
-
-
-def _arc_cosine(order: int, s1: torch.Tensor, s2: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """E[relu(z) relu(z')] (order 1) or E[1{z>0} 1{z'>0}] (order 0), Cho and Saul (2009)."""
-    if order == 0:
-        return (math.pi - theta) / (2.0 * math.pi)
-    return s1 * s2 * (torch.sin(theta) + (math.pi - theta) * torch.cos(theta)) / (2.0 * math.pi)
-
-
-def _williams(derivative: bool, var1: torch.Tensor, var2: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """E[erf(z) erf(z')] (Williams 1998) or E[erf'(z) erf'(z')] = 4 / (pi sqrt(det(I + 2 Sigma)))."""
-    if derivative:
-        det = (1.0 + 2.0 * var1) * (1.0 + 2.0 * var2) - 4.0 * cov * cov
-        return 4.0 / (math.pi * torch.sqrt(det))
-    argument = 2.0 * cov / torch.sqrt((1.0 + 2.0 * var1) * (1.0 + 2.0 * var2))
-    return (2.0 / math.pi) * torch.asin(argument.clamp(-1.0, 1.0))
-
-
-def _angle(var1: torch.Tensor, var2: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """theta = arccos of the correlation, in [0, pi]."""
-    return torch.arccos((cov / torch.sqrt(var1 * var2)).clamp(-1.0, 1.0))
 
 
 def gaussian_expectation(
@@ -375,6 +323,65 @@ def random_features_kernel(
     return _kernel(
         x, x2, activation=activation, init_scale=init_scale, derivative=False, rule=rule, closed_form=closed_form
     )
+
+
+#: The limit of sigma(a z) / a^p as a -> infinity for each kernel activation: (p, limit), where the
+#: limit is relu (p = 1) for the activations that grow linearly and sign (p = 0) for the bounded ones.
+LARGE_SCALE_LIMITS = {
+    "silu": (1, "relu"),
+    "gelu": (1, "relu"),
+    "relu": (1, "relu"),
+    "tanh": (0, "sign"),
+    "erf": (0, "sign"),
+}
+
+
+def large_scale_limit_kernel(
+    x: torch.Tensor | np.ndarray,
+    x2: torch.Tensor | np.ndarray | None = None,
+    *,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """lim_{tau0 -> inf} k_tau0(x, x') / tau0^(2p), the random-features kernel at a large init scale.
+
+    With u, b ~ N(0, tau0^2), z = tau0 (u'.x + b') for standard normal u', b', and
+    sigma(tau0 z') / tau0^p converges to relu(z') (silu, gelu, relu: p = 1) or sign(z')
+    (tanh, erf: p = 0). The limit kernels are closed forms of the correlation
+    cos(theta) = (x.x' + 1) / sqrt((x.x + 1)(x'.x' + 1)):
+
+    - p = 1: the arc-cosine kernel of order 1 of the inputs (x, 1),
+      sqrt((x.x + 1)(x'.x' + 1)) (sin(theta) + (pi - theta) cos(theta)) / (2 pi);
+    - p = 0: E[sign(z) sign(z')] = 1 - 2 theta / pi.
+
+    Kernel regression without a ridge does not change when the kernel is scaled, so the
+    minimum-norm interpolant of this kernel is the tau0 -> infinity limit of the interpolant of
+    k_tau0, that is of the random-features refit as M -> infinity and then tau0 -> infinity (the
+    lazy limit of training from v = 0). Between distinct inputs k_tau0 / tau0^(2p) approaches the
+    limit as O(1/tau0^2); on the diagonal of tanh and erf as O(1/tau0) (E[sigma^2] misses 1 by
+    the mass of the band where z is below 1/tau0 in size). tests/test_kernels.py measures both orders.
+
+    Parameters
+    ----------
+    x, x2:
+        Inputs (n, d) and (m, d); x2 None means x2 = x (then the result is exactly symmetric).
+    activation:
+        One of :data:`KERNEL_ACTIVATIONS`.
+
+    Returns
+    -------
+    torch.Tensor
+        (n, m) float64.
+    """
+    if activation not in LARGE_SCALE_LIMITS:
+        raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(LARGE_SCALE_LIMITS)}")
+    power, _ = LARGE_SCALE_LIMITS[activation]
+    var1, var2, cov = pre_activation_covariance(x, x if x2 is None else x2, 1.0)
+    theta = _angle(var1[:, None], var2[None, :], cov)
+    if x2 is None:
+        theta = (theta + theta.T) / 2  # symmetric exactly, not only up to rounding
+    if power == 1:
+        return _arc_cosine(1, torch.sqrt(var1)[:, None], torch.sqrt(var2)[None, :], theta)
+    return 1.0 - 2.0 * theta / math.pi
 
 
 def derivative_kernel(

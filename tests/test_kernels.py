@@ -17,9 +17,11 @@ from scipy import integrate, special
 
 from gnflow.kernels import (
     KERNEL_ACTIVATIONS,
+    LARGE_SCALE_LIMITS,
     QuadratureRule,
     derivative_kernel,
     kernel_regression,
+    large_scale_limit_kernel,
     neural_tangent_kernel,
     random_features_kernel,
 )
@@ -299,3 +301,72 @@ def test_kernel_regression_refuses_a_gram_matrix_that_is_not_symmetric() -> None
     gram[0, 1] += 1e-3
     with pytest.raises(ValueError, match="gram must be symmetric"):
         kernel_regression(gram, gram[:1], np.ones(4))
+
+
+@pytest.mark.parametrize("limit", ["relu", "sign"])
+def test_large_scale_limit_kernel_agrees_with_monte_carlo_over_a_million_units(limit: str) -> None:
+    activation = "silu" if limit == "relu" else "tanh"
+    assert LARGE_SCALE_LIMITS[activation][1] == limit
+    x = _points(5, 10, seed=21)
+    rng = np.random.default_rng(22)
+    z = x @ rng.standard_normal((MC_UNITS, 10)).T + rng.standard_normal(MC_UNITS)
+    s = np.maximum(z, 0.0) if limit == "relu" else np.sign(z)
+    rows, cols = np.triu_indices(x.shape[0])
+    products = s[rows] * s[cols]
+    standard_error = products.std(1, ddof=1) / math.sqrt(MC_UNITS)
+    exact = large_scale_limit_kernel(x, activation=activation).numpy()[rows, cols]
+    off_diagonal = rows != cols  # sign(z)^2 = 1 on the diagonal: no spread, compared exactly
+    z_scores = (exact - products.mean(1))[off_diagonal] / standard_error[off_diagonal]
+    assert np.all(np.abs(z_scores) < 4.0), z_scores
+    if limit == "sign":
+        np.testing.assert_allclose(exact[~off_diagonal], 1.0, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("activation", "pairs", "order"),
+    [
+        ("silu", "cross", 2),
+        ("gelu", "cross", 2),
+        ("tanh", "cross", 2),
+        ("erf", "cross", 2),
+        ("tanh", "diagonal", 1),
+        ("erf", "diagonal", 1),
+    ],
+)
+def test_random_features_kernel_approaches_its_large_scale_limit_at_its_order(
+    activation: str, pairs: str, order: int
+) -> None:
+    # sigma(tau0 z) / tau0^p - limit(z) lives on |z| < 1/tau0: between distinct inputs the kernel
+    # error is O(1/tau0^2); on the diagonal E[sigma(tau0 z)^2] of a bounded activation misses
+    # E[sign^2] = 1 by the mass of that band, O(1/tau0). A decade in tau0 gains 10^order
+    x = _points(8, 10, seed=23)
+    x2 = _points(6, 10, seed=24) if pairs == "cross" else None
+    power = LARGE_SCALE_LIMITS[activation][0]
+
+    def entries(k: torch.Tensor) -> torch.Tensor:
+        return k if pairs == "cross" else k.diag()
+
+    limit = entries(large_scale_limit_kernel(x, x2, activation=activation))
+    errors = []
+    for tau0 in (10.0, 100.0):
+        k = entries(random_features_kernel(x, x2, activation=activation, init_scale=tau0)) / tau0 ** (2 * power)
+        errors.append(float((k - limit).abs().max() / limit.abs().max()))
+    gain = errors[0] / errors[1]
+    assert 10**order / 2 < gain < 10**order * 2, errors
+
+
+def test_large_scale_limit_of_relu_is_its_kernel_at_every_scale() -> None:
+    # relu is positively homogeneous: k_tau0 / tau0^2 does not depend on tau0
+    x = _points(6, 4, seed=25)
+    for tau0 in (0.1, 3.0):
+        torch.testing.assert_close(
+            random_features_kernel(x, activation="relu", init_scale=tau0) / tau0**2,
+            large_scale_limit_kernel(x, activation="relu"),
+            rtol=1e-12,
+            atol=0,
+        )
+
+
+def test_large_scale_limit_kernel_names_an_unknown_activation() -> None:
+    with pytest.raises(ValueError, match="unknown activation 'softsign'; allowed: silu, gelu, relu, tanh, erf"):
+        large_scale_limit_kernel(_points(3, 2, seed=26), activation="softsign")

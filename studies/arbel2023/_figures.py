@@ -75,6 +75,14 @@ def draw(s: dict[str, Any], context: StudyContext, p: Any, by_n: dict[int, Any])
             ls="-" if name.startswith("g") else ":",
         )
         data[f"fig1_test_{name}"] = (("tau0", "stat"), st, {"long_name": f"final test loss: {label}", "units": "1"})
+    lazy = np.array(_geo(p.lazy_limit))
+    ax.axhline(lazy[0], color="0.3", lw=1.0, ls="--", label="kernel limit (M -> inf, tau0 -> inf; lazy)")
+    ax.axhspan(lazy[1], lazy[2], color="0.3", alpha=0.12, lw=0)
+    data["fig1_test_lazy_limit"] = (
+        ("stat",),
+        lazy,
+        {"long_name": "test loss of the kernel limit of the random-features refit (M, tau0 -> infinity)", "units": "1"},
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tau0")
@@ -86,7 +94,8 @@ def draw(s: dict[str, Any], context: StudyContext, p: Any, by_n: dict[int, Any])
     out.append(
         (
             save_study_figure(fig, context, "test_loss_vs_tau0"),
-            "Final test loss against tau0 for every arm, random features and the refits (intervals over seeds).",
+            "Final test loss against tau0 for every arm, random features, the refits and the kernel limit of the "
+            "random features (dashed, its band the interval over seeds).",
         )
     )
 

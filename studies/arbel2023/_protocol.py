@@ -33,6 +33,7 @@ import torch
 import xarray as xr
 
 from gnflow.dataset import atomic_write, cf_attributes, dataset_result, read_dataset, run_config_of
+from gnflow.kernels import kernel_regression, large_scale_limit_kernel
 from gnflow.model import ParticleModel
 from gnflow.observables import refit_output_layer
 from gnflow.studies import GridRun
@@ -291,6 +292,26 @@ def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bo
     result.attrs.update(cf_attributes(f"validation/test split of {run.path.name}", "arbel2023 study", n_val=int(n_val)))
     atomic_write(cache, lambda tmp: result.to_netcdf(tmp))
     return result
+
+
+def lazy_limit_test_loss(run: GridRun, n_val: int) -> float:
+    """Test-half loss of the lazy, infinite-width limit of the random-features refit on ``run``'s data.
+
+    The refit at t = 0 is the minimum-norm least-squares fit of the output layer on the M features
+    sigma(u.x + b), u, b ~ N(0, tau0^2). As M -> infinity it becomes the minimum-norm interpolant of
+    the random-features kernel k_tau0, and as tau0 -> infinity (the kernel regime, where the features
+    do not move) the interpolant of the closed-form limit kernel
+    (:func:`gnflow.kernels.large_scale_limit_kernel`: arc-cosine of order 1 for silu). Depends on the
+    data (the seed) only.
+    """
+    ds = run.dataset
+    config = run_config_of(ds)
+    x_test = torch.as_tensor(ds["x_test"].values[n_val:], dtype=torch.float64)
+    x_train = torch.as_tensor(ds["x_train"].values, dtype=torch.float64)
+    activation = config.model.activation
+    gram = large_scale_limit_kernel(x_train, activation=activation)
+    cross = large_scale_limit_kernel(x_test, x_train, activation=activation)
+    return kernel_regression(gram, cross, ds["y_train"].values, y_test=ds["y_test"].values[n_val:]).test_loss
 
 
 def _loss(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
