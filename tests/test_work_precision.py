@@ -60,3 +60,28 @@ def test_a_second_invocation_reuses_the_store(wp, table) -> None:
     assert json.loads(store.read_text()) == before
     assert (out / "work_precision_smoke_gradient.png").stat().st_size > 0
     assert "| kernel_etd3 |" in (out / "work_precision_smoke_gradient.md").read_text()
+
+
+def test_gauss_newton_flow_table_against_its_dopri8_reference(wp, tmp_path) -> None:
+    # the GN flow has no kernel method: its reference is dopri8 at rtol 1e-10 (smoke), checked here
+    # against dopri5 at rtol 1e-8, an independent solve; dopri5's error falls with its tolerance
+    args = ["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "dopri5", "rk4"]
+    assert wp.main(args) == 0
+    with xr.open_dataset(tmp_path / "work_precision_smoke_gauss_newton.nc") as ds:
+        ds = ds.load()
+    assert ds.attrs["reference"].startswith("dopri8 at rtol 1e-10")
+    assert float(ds["t_end"].values[0]) == wp.GN_T_END_PER_N * wp.SCALES["smoke"]["n_train"]
+    dopri5 = ds.where((ds["method"] == "dopri5") & (ds["status"] == "completed"), drop=True)
+    order = np.argsort(-dopri5["setting"].values)
+    errors = dopri5["weight_error"].values[order]
+    assert errors[-1] < 1e-8, errors  # rtol 1e-8 against the reference
+    assert np.all(np.diff(np.log10(errors)) < -1.0), errors
+    rk4 = ds.where(ds["method"] == "rk4", drop=True)
+    assert rk4.sizes["run"] == len(wp.RK4_FRACTIONS["gauss_newton"])
+    rk4_errors = rk4["weight_error"].values[np.argsort(rk4["setting"].values)]
+    assert np.all(np.diff(np.log10(rk4_errors)) > 0), rk4_errors  # larger steps, larger errors
+
+
+def test_a_method_without_the_flow_is_refused(wp, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="kernel_etd3 not measured for the gauss_newton flow; allowed: dopri5"):
+        wp.main(["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "kernel_etd3"])

@@ -9,13 +9,14 @@ sizes), and compared at t_end with a tight reference solve:
 
 against process CPU seconds (one torch thread) and evaluations (field evaluations; for the kernel
 methods also linearizations, each a Gram matrix and an eigendecomposition). The reference is
-kernel_etd3 at rtol 1e-10 and, as an independent check, its distance to the tightest dopri5 or
-dopri8 run that reached T is reported with it. A run that exceeds its CPU budget stops there and is
+kernel_etd3 at rtol 1e-10 for the gradient flow and dopri8 at rtol 1e-12 for the Gauss-Newton flow
+(``REFERENCE``); as an independent check, the tightest run of another method that reached T is
+reported against it. A run that exceeds its CPU budget stops there and is
 reported as time-limited (its cost a lower bound, no error). Every finished run is kept in
 ``work_precision_<scale>_<flow>.json``, so a stopped invocation resumes where it was.
 
     python studies/long_horizon/work_precision.py --scale small                  # N = 100, M = 1000, GD, tau0 0.1 1 10
-    python studies/long_horizon/work_precision.py --scale small --flow gauss_newton --tau0 1
+    python studies/long_horizon/work_precision.py --scale small --flow gauss_newton --tau0 1     # to t = 40 N
     python studies/long_horizon/work_precision.py --scale smoke -o /tmp/wp       # seconds
 
 Outputs in ``data/studies/long_horizon/<scale>/``: ``work_precision_<scale>_<flow>.{json,nc,png,md}``.
@@ -70,25 +71,48 @@ SCALES: dict[str, dict[str, Any]] = {
     },
 }
 
-REFERENCE = ("kernel_etd3", 1e-10)
-"""The reference solve: kernel_etd3 at rtol 1e-10 (atol 1e-13); the smoke scale uses rtol 1e-9."""
+REFERENCE = {"gradient": ("kernel_etd3", 1e-10), "gauss_newton": ("dopri8", 1e-12)}
+"""The reference solve per flow (atol = rtol * 1e-3): kernel_etd3 at rtol 1e-10 for the gradient flow
+(the smoke scale: 1e-9), dopri8 at rtol 1e-12 for the Gauss-Newton flow (smoke: 1e-10), which is
+not stiff and has no kernel method."""
+
+REFERENCE_SMOKE = {"gradient": 1e-9, "gauss_newton": 1e-10}
 
 
-def reference_of(scale: str) -> tuple[str, float]:
-    return REFERENCE[0], SCALES[scale].get("reference_rtol", REFERENCE[1])
+def reference_of(scale: str, flow: str = "gradient") -> tuple[str, float]:
+    method, rtol = REFERENCE[flow]
+    return method, REFERENCE_SMOKE[flow] if scale == "smoke" else rtol
 
 
-GRID: dict[str, list[float]] = {
-    "kernel_etd3": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
-    "kernel_exponential": [1e-3, 1e-4, 1e-5, 1e-6],
-    "dopri5": [1e-6],
-    "dopri8": [1e-8],
-    "bosh3": [1e-6],
+GRID: dict[str, dict[str, list[float]]] = {
+    "gradient": {
+        "kernel_etd3": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
+        "kernel_exponential": [1e-3, 1e-4, 1e-5, 1e-6],
+        "dopri5": [1e-6],
+        "dopri8": [1e-8],
+        "bosh3": [1e-6],
+    },
+    "gauss_newton": {
+        "dopri5": [1e-4, 1e-6, 1e-8],
+        "dopri8": [1e-6, 1e-8, 1e-10],
+        "bosh3": [1e-4, 1e-6],
+    },
 }
-"""Tolerances per method (atol = rtol * 1e-3). Fixed-step rk4 runs at fractions of its stability
-limit 2.78 N / lambda_max(A(0)) (``RK4_FRACTIONS``)."""
+"""Tolerances per flow and method (atol = rtol * 1e-3). Fixed-step rk4 runs at fractions
+(``RK4_FRACTIONS``) of its stability limit 2.78 / rate, the rate lambda_max(A(0)) / N for the
+gradient flow and 1 / N for the Gauss-Newton flow (its residual decays at rates
+lambda / (lambda + eps) / N <= 1 / N). The gradient flow's steps are capped by that limit; the
+Gauss-Newton flow's by accuracy (its nonlinearity), so its fractions are smaller."""
 
-RK4_FRACTIONS = [0.25, 0.5, 0.9]
+RK4_FRACTIONS = {"gradient": [0.25, 0.5, 0.9], "gauss_newton": [0.01, 0.03, 0.1, 0.3]}
+
+DEFAULT_METHODS = {
+    "gradient": ["kernel_etd3", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4"],
+    "gauss_newton": ["dopri5", "dopri8", "bosh3", "rk4"],
+}
+
+GN_T_END_PER_N = 40.0
+"""The Gauss-Newton flow's horizon in units of N (its residual is below e^{-20} of r(0) there)."""
 
 
 def base_config(scale: str, flow: str, tau0: float, t_end: float | None) -> dict[str, Any]:
@@ -98,7 +122,8 @@ def base_config(scale: str, flow: str, tau0: float, t_end: float | None) -> dict
     run["data"].update(n_train=s["n_train"], n_test=s["n_test"])
     run["model"].update(width=s["width"], init_scale=tau0)
     run["flow"] = {"kind": flow, "damping": "eigmin", "epsilon": 1e-7}
-    run["solver"].update(t_end=t_end or s["t_end"], n_save=2, save_spacing="linear", stop_loss_ratio=0.0)
+    default_t_end = s["t_end"] if flow == "gradient" else GN_T_END_PER_N * s["n_train"]
+    run["solver"].update(t_end=t_end or default_t_end, n_save=2, save_spacing="linear", stop_loss_ratio=0.0)
     run["compute"] = {"threads": 1}
     return run
 
@@ -120,10 +145,17 @@ def _linearizations(method: str, nfe: int, accepted: int, rejected: int) -> int:
 def one_run(experiment: Experiment, method: str, setting: float, budget_s: float) -> dict[str, Any]:
     solver = experiment.config.solver
     if method == "rk4":
-        lam_max = float(
-            torch.linalg.eigvalsh(experiment.model.linearize(experiment.weights0, experiment.flow.x).gram())[-1]
-        )
-        n_steps = math.ceil(solver.t_end / (setting * 2.78 * experiment.flow.x.shape[0] / lam_max))
+        n = experiment.flow.x.shape[0]
+        if experiment.config.flow.kind == "gradient":
+            rate = (
+                float(
+                    torch.linalg.eigvalsh(experiment.model.linearize(experiment.weights0, experiment.flow.x).gram())[-1]
+                )
+                / n
+            )
+        else:
+            rate = 1.0 / n
+        n_steps = math.ceil(solver.t_end / (setting * 2.78 / rate))
         step = solver.t_end / n_steps  # the grid ends at t_end
         solver = replace(solver, method="rk4", step_size=step, max_steps=n_steps + 10, max_cpu_time_s=budget_s)
     else:
@@ -177,8 +209,14 @@ def measure(
     for tau0 in tau0s:
         config = config_from_dict(base_config(scale, flow, tau0, t_end))
         experiment = build_experiment(config)
-        reference = reference_of(scale)
-        plan = [reference] + [(m, s) for m in methods for s in (RK4_FRACTIONS if m == "rk4" else GRID[m])]
+        reference = reference_of(scale, flow)
+        unknown = [m for m in methods if m != "rk4" and m not in GRID[flow]]
+        if unknown:
+            raise SystemExit(
+                f"--methods: {', '.join(unknown)} not measured for the {flow} flow; allowed: "
+                f"{', '.join([*GRID[flow], 'rk4'])}"
+            )
+        plan = [reference] + [(m, s) for m in methods for s in (RK4_FRACTIONS[flow] if m == "rk4" else GRID[flow][m])]
         for method, setting in plan:
             key = f"{tau0:g}|{config.solver.t_end:g}|{method}|{setting:g}"
             if key in done:
@@ -202,7 +240,7 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
     tau0s = sorted({r["tau0"] for r in rows})
     records = []
     for tau0 in tau0s:
-        ref = next(r for r in rows if r["tau0"] == tau0 and (r["method"], r["setting"]) == reference_of(scale))
+        ref = next(r for r in rows if r["tau0"] == tau0 and (r["method"], r["setting"]) == reference_of(scale, flow))
         config = config_from_dict(base_config(scale, flow, tau0, ref["t_end"]))
         w0 = build_experiment(config).weights0.flatten().numpy()
         for r in rows:
@@ -238,7 +276,9 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
         attrs={
             "title": f"gnflow work-precision table ({scale}, {flow} flow)",
             "Conventions": "CF-1.8",
-            "reference": "{} at rtol {:g}, atol {:g}".format(*reference_of(scale), reference_of(scale)[1] * 1e-3),
+            "reference": "{} at rtol {:g}, atol {:g}".format(
+                *reference_of(scale, flow), reference_of(scale, flow)[1] * 1e-3
+            ),
         },
     )
     ds["method"] = ds["method"].astype(str)
@@ -256,7 +296,9 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tau0s = sorted(set(ds["tau0"].values.tolist()))
-    fig, axes = plt.subplots(2, len(tau0s), figsize=(4.2 * len(tau0s), 7.5), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(2, len(tau0s), figsize=(max(4.2 * len(tau0s), 6.5), 7.5), squeeze=False)
     for j, tau0 in enumerate(tau0s):
         sub = ds.where(ds["tau0"] == tau0, drop=True)
         for i, (cost, label) in enumerate((("cpu_time_s", "CPU seconds (one thread)"), ("nfe", "evaluations"))):
@@ -283,13 +325,14 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
                         color=COLOURS[method],
                         label=f"{method}: stopped by budget",
                     )
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label)
             ax.set_ylabel("final-weight error / weight change")
             ax.set_title(f"tau0 = {tau0:g}")
             ax.grid(True, which="major", alpha=0.3)
             if i == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.suptitle(ds.attrs["title"] + f"; reference {ds.attrs['reference']}")
+    fig.suptitle(ds.attrs["title"] + f"\nreference {ds.attrs['reference']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -326,16 +369,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--flow", choices=["gradient", "gauss_newton"], default="gradient")
     parser.add_argument("--tau0", type=float, nargs="*")
-    parser.add_argument(
-        "--methods", nargs="*", default=["kernel_etd3", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4"]
-    )
+    parser.add_argument("--methods", nargs="*", help="default: every method measured for the flow (DEFAULT_METHODS)")
     parser.add_argument("--t-end", type=float)
     parser.add_argument("--budget-s", type=float, help="CPU seconds per run before it stops (time-limited)")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
     out = args.output or Path("data/studies/long_horizon") / args.scale
     store = measure(
-        args.scale, args.flow, args.tau0 or SCALES[args.scale]["tau0"], out, args.methods, args.t_end, args.budget_s
+        args.scale,
+        args.flow,
+        args.tau0 or SCALES[args.scale]["tau0"],
+        out,
+        args.methods or DEFAULT_METHODS[args.flow],
+        args.t_end,
+        args.budget_s,
     )
     ds = table(store, args.scale, args.flow)
     stem = out / f"work_precision_{args.scale}_{args.flow}"
