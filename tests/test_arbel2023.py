@@ -6,6 +6,7 @@ the paper's 2e6-iteration GD by kernel_euler against its plain iterations."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -229,3 +230,40 @@ def test_the_setup_names_the_sizes_that_differ_from_the_papers() -> None:
     assert "N = 200 (paper: 500)" in line and "M = 2000 (paper: 5000)" in line and "h/N = 0.05" in line
     paper = load_study_settings("arbel2023", "paper")
     assert study._size_differences(paper, 10.0) == []
+
+
+def test_splits_computed_on_worker_processes_equal_the_serial_ones(tmp_path) -> None:
+    from gnflow import run
+    from gnflow.dataset import read_dataset
+    from gnflow.studies import StudyContext, map_in_workers
+
+    runs = tmp_path / "grid" / "runs"
+    runs.mkdir(parents=True)
+    items = []
+    for seed in (1, 2):
+        config = config_from_dict(
+            {
+                "seed": seed,
+                "data": {"kind": "teacher", "n_train": 20, "n_test": 60},
+                "model": {"width": 40, "init_scale": 0.5},
+                "flow": {"kind": "gauss_newton", "damping": "eigmin"},
+                "solver": {"t_end": 200.0, "n_save": 9},
+                "output": {"save_test": True},
+            }
+        )
+        _, path = run(config, path=runs / f"run{seed}.nc", progress=False)
+        items.append((str(path), 30, 4, True))
+    for item in items:
+        protocol.split_file(item)  # serially, in this process
+    serial = {p: read_dataset(protocol.split_cache(Path(p))).load() for p, *_ in items}
+    for p, *_ in items:
+        protocol.split_cache(Path(p)).unlink()
+    context = StudyContext(name="arbel2023", scale="smoke", out_dir=tmp_path, executor="dask", workers=2)
+    assert map_in_workers(context, protocol.split_file, items) == [None, None]
+    for p, *_ in items:
+        parallel = read_dataset(protocol.split_cache(Path(p))).load()
+        assert np.isfinite(parallel["refit_test_half_loss"].values).sum() == 4
+        xr.testing.assert_identical(parallel.drop_attrs(), serial[p].drop_attrs())
+    # a failing call is raised in the study process
+    with pytest.raises(FileNotFoundError):
+        map_in_workers(context, protocol.split_file, [(str(runs / "missing.nc"), 30, 4, True)] * 2)

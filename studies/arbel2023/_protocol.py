@@ -254,7 +254,7 @@ def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bo
 
     Cached next to the run (``<grid>/split/<run id>.nc``, keyed by ``n_val`` and the refit times).
     """
-    cache = run.path.parent.parent / "split" / run.path.name
+    cache = split_cache(run.path)
     idx = refit_indices(run.dataset.sizes["t"], refit_points) if refit else np.zeros(0, dtype=np.int64)
     if cache.is_file():
         cached = read_dataset(cache)
@@ -292,6 +292,19 @@ def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bo
     result.attrs.update(cf_attributes(f"validation/test split of {run.path.name}", "arbel2023 study", n_val=int(n_val)))
     atomic_write(cache, lambda tmp: result.to_netcdf(tmp))
     return result
+
+
+def split_cache(run_path: Path) -> Path:
+    """Where :func:`split_measurements` caches the split of the run file ``run_path``."""
+    return run_path.parent.parent / "split" / run_path.name
+
+
+def split_file(item: tuple[str, int, int, bool]) -> None:
+    """:func:`split_measurements` of one run file, cached: ``(path, n_val, refit_points, refit)``.
+    The unit of work of the parallel split pass (:func:`gnflow.studies.map_in_workers`)."""
+    path, n_val, refit_points, refit = item
+    run = GridRun(label=None, values={}, path=Path(path), dataset=read_dataset(path))
+    split_measurements(run, n_val, refit_points, refit=refit)
 
 
 def lazy_limit_test_loss(run: GridRun, n_val: int) -> float:

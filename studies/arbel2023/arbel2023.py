@@ -23,7 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from gnflow.studies import Claim, GridRun, StudyContext, StudyReport, fmt, run_grid, table, time_to_level
+from gnflow.studies import (
+    Claim,
+    GridRun,
+    StudyContext,
+    StudyReport,
+    fmt,
+    map_in_workers,
+    run_grid,
+    table,
+    time_to_level,
+)
 
 
 def _sibling(name: str) -> Any:
@@ -109,11 +119,20 @@ class Protocol:
         self.check_taus = check_taus
         self.measures: dict[Key, Any] = {}
         self.splits: dict[Key, Any] = {}
+        n_val, refit_points = int(s["n_val"]), int(s["refit_points"])
+
+        def refit(arm: str) -> bool:
+            return arm.startswith("gn") or arm == "gd"
+
+        # the splits not cached yet, on the study's workers (each is a pass over every saved state)
+        missing = [
+            (str(r.path), n_val, refit_points, refit(key[0]))
+            for key, r in self.runs.items()
+            if not protocol.split_cache(r.path).is_file()
+        ]
+        map_in_workers(context, protocol.split_file, missing)
         for key, r in self.runs.items():
-            is_gn = key[0].startswith("gn")
-            split = protocol.split_measurements(
-                r, int(s["n_val"]), int(s["refit_points"]), refit=is_gn or key[0] == "gd"
-            )
+            split = protocol.split_measurements(r, n_val, refit_points, refit=refit(key[0]))
             self.splits[key] = split
             self.measures[key] = protocol.measure(r, split)
         first = self.gn_arms[0].name
