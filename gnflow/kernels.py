@@ -374,13 +374,12 @@ def large_scale_limit_kernel(
     """
     if activation not in LARGE_SCALE_LIMITS:
         raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(LARGE_SCALE_LIMITS)}")
-    power, _ = LARGE_SCALE_LIMITS[activation]
+    if LARGE_SCALE_LIMITS[activation][1] == "relu":
+        return random_features_kernel(x, x2, activation="relu")  # scale-free: its own limit
     var1, var2, cov = pre_activation_covariance(x, x if x2 is None else x2, 1.0)
     theta = _angle(var1[:, None], var2[None, :], cov)
     if x2 is None:
         theta = (theta + theta.T) / 2  # symmetric exactly, not only up to rounding
-    if power == 1:
-        return _arc_cosine(1, torch.sqrt(var1)[:, None], torch.sqrt(var2)[None, :], theta)
     return 1.0 - 2.0 * theta / math.pi
 
 

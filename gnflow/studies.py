@@ -248,13 +248,12 @@ def study_module(name: str) -> Any:
     return module
 
 
-def _call_in_study(study: str, module: str, function: str, threads: int | None, item: Any) -> Any:
-    """Run ``module.function(item)`` of study ``study`` in a worker process (imports the study first,
-    which registers its sibling modules)."""
+def _call_in_study(study: str, module: str, function: str, threads: int, item: Any) -> Any:
+    """Run ``module.function(item)`` of study ``study`` in a worker process with ``threads`` torch
+    threads (imports the study first, which registers its sibling modules)."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     study_module(study)
     return getattr(sys.modules[module], function)(item)
 
@@ -264,22 +263,23 @@ def map_in_workers(context: StudyContext, function: Callable[[Any], Any], items:
 
     For the work of a study that is not a run (measurements over finished runs): with a serial
     executor, one worker, or at most one item it runs in this process; otherwise on
-    ``context.workers`` spawned processes (the sweep engine's default when None), each with the
-    scale's torch threads. ``function`` is a top-level function of the study's script or of one of
-    its sibling modules, and ``items`` and the results must pickle. The first exception raised by a
-    call is raised here.
+    ``context.workers`` spawned processes (one per CPU core when None), each with the scale's torch
+    threads, or the cores shared out among the workers when the scale sets none. ``function`` is a
+    top-level function of the study's script or of one of its sibling modules, and ``items`` and the
+    results must pickle. The first exception raised by a call is raised here.
     """
     n_workers = context.workers if context.workers is not None else (os.cpu_count() or 1)
     if context.executor == "serial" or n_workers <= 1 or len(items) <= 1:
         return [function(item) for item in items]
     n_workers = min(n_workers, len(items))
+    threads = context.threads or max(1, (os.cpu_count() or 1) // n_workers)
     logger.info("%s: %d items on %d worker processes", function.__name__, len(items), n_workers)
     from concurrent.futures import ProcessPoolExecutor
 
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=spawn) as pool:
         futures = [
-            pool.submit(_call_in_study, context.name, function.__module__, function.__name__, context.threads, item)
+            pool.submit(_call_in_study, context.name, function.__module__, function.__name__, threads, item)
             for item in items
         ]
         return [f.result() for f in futures]

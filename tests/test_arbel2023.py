@@ -267,3 +267,35 @@ def test_splits_computed_on_worker_processes_equal_the_serial_ones(tmp_path) -> 
     # a failing call is raised in the study process
     with pytest.raises(FileNotFoundError):
         map_in_workers(context, protocol.split_file, [(str(runs / "missing.nc"), 30, 4, True)] * 2)
+
+
+def test_lazy_limit_is_the_wide_random_features_refit_on_the_test_half(tmp_path) -> None:
+    # relu's random-features kernel is scale-free, so the lazy limit is the M -> infinity limit of the
+    # minimum-norm refit on relu features at any tau0: the oracle is that refit with NumPy at
+    # M = 10^5 (its spread over draws is 0.3% here; the validation half's loss differs by 40%)
+    from gnflow import run
+    from gnflow.dataset import read_dataset
+    from gnflow.studies import GridRun
+
+    config = config_from_dict(
+        {
+            "seed": 3,
+            "data": {"kind": "teacher", "n_train": 15, "n_test": 80},
+            "model": {"width": 20, "activation": "relu"},
+            "flow": {"kind": "gradient"},
+            "solver": {"t_end": 1.0, "n_save": 2},
+            "output": {"save_test": True},
+        }
+    )
+    _, path = run(config, path=tmp_path / "relu.nc", progress=False)
+    ds = read_dataset(path)
+    n_val = 30
+    exact = protocol.lazy_limit_test_loss(GridRun(label=None, values={}, path=path, dataset=ds), n_val)
+    x, y = ds["x_train"].values, ds["y_train"].values
+    x_test, y_test = ds["x_test"].values[n_val:], ds["y_test"].values[n_val:]
+    rng = np.random.default_rng(4)
+    hidden, bias = rng.standard_normal((x.shape[1], 100_000)), rng.standard_normal(100_000)
+    output = np.linalg.lstsq(np.maximum(x @ hidden + bias, 0.0), y, rcond=None)[0]
+    residual = np.maximum(x_test @ hidden + bias, 0.0) @ output - y_test
+    refit = float(residual @ residual) / (2 * residual.size)
+    assert abs(exact / refit - 1) < 0.02, (exact, refit)

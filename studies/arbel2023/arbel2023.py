@@ -136,9 +136,7 @@ class Protocol:
             self.splits[key] = split
             self.measures[key] = protocol.measure(r, split)
         first = self.gn_arms[0].name
-        self.lazy_limit = [
-            protocol.lazy_limit_test_loss(self.runs[(first, taus[0], k)], int(s["n_val"])) for k in self.seeds
-        ]
+        self.lazy_limit = [protocol.lazy_limit_test_loss(self.runs[(first, taus[0], k)], n_val) for k in self.seeds]
 
     def agreement(self) -> list[tuple[str, float, float, float, float, float]]:
         """Per checked method and tau0: (method, tau0, train and test differences between the plain
