@@ -15,7 +15,7 @@ import xarray as xr
 
 from gnflow import simulate
 from gnflow.config import config_from_dict
-from gnflow.studies import load_study_settings, study_module, study_scales
+from gnflow.studies import GridRun, load_study_settings, study_module, study_scales
 
 protocol = study_module("arbel2023").protocol
 
@@ -269,13 +269,45 @@ def test_splits_computed_on_worker_processes_equal_the_serial_ones(tmp_path) -> 
         map_in_workers(context, protocol.split_file, [(str(runs / "missing.nc"), 30, 4, True)] * 2)
 
 
+def test_split_measures_the_network_at_the_last_state_and_the_budgets_only(tmp_path) -> None:
+    from gnflow import run
+
+    runs = tmp_path / "grid" / "runs"
+    runs.mkdir(parents=True)
+    config = config_from_dict(
+        {
+            "seed": 3,
+            "data": {"kind": "teacher", "n_train": 20, "n_test": 60},
+            "model": {"width": 40, "init_scale": 0.5},
+            "flow": {"kind": "gauss_newton", "damping": "eigmin"},
+            "solver": {"t_end": 200.0, "n_save": 9},
+            "output": {"save_test": True},
+        }
+    )
+    ds, path = run(config, path=runs / "run.nc", progress=False)
+    grid_run = GridRun(label=None, values={}, path=path, dataset=ds)
+    t = ds["t"].values
+    budget = 0.5 * (t[3] + t[4])  # the last saved time <= budget is index 3
+    split = protocol.split_measurements(grid_run, 30, 4, refit=False, budgets=(budget,))
+    measured = np.flatnonzero(np.isfinite(split["test_half_loss"].values))
+    assert measured.tolist() == [3, t.size - 1]
+    # the two equal halves average to the run's own test loss on the whole draw (an independent pass)
+    both = 0.5 * (split["val_loss"].values + split["test_half_loss"].values)
+    np.testing.assert_allclose(both[measured], ds["test_loss"].values[measured], rtol=1e-12)
+    assert protocol.budget_state(split, budget) == split["test_half_loss"].values[3]
+    with pytest.raises(ValueError, match="no network loss at the budget"):
+        protocol.budget_state(split, 0.5 * (t[1] + t[2]))
+    # a cache without the budget's state is not served: the state is measured
+    again = protocol.split_measurements(grid_run, 30, 4, refit=False, budgets=(0.5 * (t[1] + t[2]),))
+    assert np.flatnonzero(np.isfinite(again["test_half_loss"].values)).tolist() == [1, t.size - 1]
+
+
 def test_lazy_limit_is_the_wide_random_features_refit_on_the_test_half(tmp_path) -> None:
     # relu's random-features kernel is scale-free, so the lazy limit is the M -> infinity limit of the
     # minimum-norm refit on relu features at any tau0: the oracle is that refit with NumPy at
     # M = 10^5 (its spread over draws is 0.3% here; the validation half's loss differs by 40%)
     from gnflow import run
     from gnflow.dataset import read_dataset
-    from gnflow.studies import GridRun
 
     config = config_from_dict(
         {

@@ -247,18 +247,49 @@ _SPLIT_VARS = {
 }
 
 
-def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bool) -> xr.Dataset:
-    """Losses of the run on the validation half (the first ``n_val`` test points) and the test half
-    (the rest), of the network and (``refit``) of the output layer refit by minimum-norm least squares
-    on the training set, at every saved time (refit at ``refit_indices``; NaN elsewhere).
+def network_indices(t: np.ndarray, budgets: tuple[float, ...] = ()) -> np.ndarray:
+    """Saved-time indices where the study reads the network's own losses: the last saved time, and
+    the last saved time <= each flow-time budget (:func:`budget_state`)."""
+    t = np.asarray(t, dtype=np.float64)
+    idx = {t.size - 1}
+    for b in budgets:
+        below = np.nonzero(t <= float(b) * (1 + 1e-12))[0]
+        if below.size:
+            idx.add(int(below[-1]))
+    return np.array(sorted(idx), dtype=np.int64)
 
-    Cached next to the run (``<grid>/split/<run id>.nc``, keyed by ``n_val`` and the refit times).
+
+def _network_index(split: xr.Dataset) -> np.ndarray:
+    """Indices where ``split`` holds the network's losses (every saved time in caches that predate
+    ``network_index``)."""
+    if "network_index" in split:
+        return np.asarray(split["network_index"].values, dtype=np.int64)
+    return np.arange(split.sizes["t"])
+
+
+def split_measurements(
+    run: GridRun, n_val: int, refit_points: int, *, refit: bool, budgets: tuple[float, ...] = ()
+) -> xr.Dataset:
+    """Losses on the validation half (the first ``n_val`` test points) and the test half (the rest),
+    of the network at :func:`network_indices` (the last saved time and the budgets ``budgets``) and
+    (``refit``) of the output layer refit by minimum-norm least squares on the training set at
+    :func:`refit_indices`; NaN elsewhere. Each is one pass over 10^4 test points at the paper's size,
+    so only the states the study reads are measured.
+
+    Cached next to the run (``<grid>/split/<run id>.nc``, keyed by ``n_val``, the refit times and
+    the network times, a cache with more network times serving).
     """
     cache = split_cache(run.path)
-    idx = refit_indices(run.dataset.sizes["t"], refit_points) if refit else np.zeros(0, dtype=np.int64)
+    n_t = run.dataset.sizes["t"]
+    idx = refit_indices(n_t, refit_points) if refit else np.zeros(0, dtype=np.int64)
+    net_idx = network_indices(run.dataset["t"].values, budgets)
     if cache.is_file():
         cached = read_dataset(cache)
-        if int(cached.attrs["n_val"]) == n_val and np.array_equal(cached["refit_index"].values, idx):
+        if (
+            int(cached.attrs["n_val"]) == n_val
+            and np.array_equal(cached["refit_index"].values, idx)
+            and set(net_idx.tolist()) <= set(_network_index(cached).tolist())
+        ):
             return cached
     ds = run.dataset
     config = run_config_of(ds)
@@ -270,16 +301,16 @@ def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bo
     y_train = torch.as_tensor(ds["y_train"].values, dtype=torch.float64)
     model = ParticleModel.from_config(config, x_train.shape[1])
     halves = ((x_test[:n_val], y_test[:n_val]), (x_test[n_val:], y_test[n_val:]))
-    n_t = ds.sizes["t"]
     out = {name: np.full(n_t, np.nan) for name in _SPLIT_VARS}
-    weights_all = ds["weights"].values
-    refit_set = set(idx.tolist())
-    for k in range(n_t):
-        w = torch.as_tensor(weights_all[k], dtype=torch.float64)
+    weights = ds["weights"]
+    refit_set, net_set = set(idx.tolist()), set(net_idx.tolist())
+    for k in sorted(refit_set | net_set):
+        w = torch.as_tensor(weights.values[k], dtype=torch.float64)
         if not torch.all(torch.isfinite(w)):
             continue
-        for name, (x, y) in zip(("val_loss", "test_half_loss"), halves, strict=True):
-            out[name][k] = _loss(model, w, x, y)
+        if k in net_set:
+            for name, (x, y) in zip(("val_loss", "test_half_loss"), halves, strict=True):
+                out[name][k] = _loss(model, w, x, y)
         if k in refit_set:
             w_refit = refit_output_layer(model, w, x_train, y_train, rcond=config.observe.refit_rcond)
             for name, (x, y) in zip(("refit_val_loss", "refit_test_half_loss"), halves, strict=True):
@@ -289,6 +320,11 @@ def split_measurements(run: GridRun, n_val: int, refit_points: int, *, refit: bo
         coords={"t": ("t", ds["t"].values, {"long_name": "flow time", "units": "1"})},
     )
     result["refit_index"] = ("refit", idx, {"long_name": "saved-time indices of the refits", "units": "1"})
+    result["network_index"] = (
+        "network",
+        net_idx,
+        {"long_name": "saved-time indices of the network's own losses", "units": "1"},
+    )
     result.attrs.update(cf_attributes(f"validation/test split of {run.path.name}", "arbel2023 study", n_val=int(n_val)))
     atomic_write(cache, lambda tmp: result.to_netcdf(tmp))
     return result
@@ -299,12 +335,14 @@ def split_cache(run_path: Path) -> Path:
     return run_path.parent.parent / "split" / run_path.name
 
 
-def split_file(item: tuple[str, int, int, bool]) -> None:
-    """:func:`split_measurements` of one run file, cached: ``(path, n_val, refit_points, refit)``.
-    The unit of work of the parallel split pass (:func:`gnflow.studies.map_in_workers`)."""
-    path, n_val, refit_points, refit = item
+def split_file(item: tuple) -> None:
+    """:func:`split_measurements` of one run file, cached: ``(path, n_val, refit_points, refit)`` or
+    ``(path, n_val, refit_points, refit, budgets)``. The unit of work of the parallel split pass
+    (:func:`gnflow.studies.map_in_workers`)."""
+    path, n_val, refit_points, refit, *rest = item
+    budgets = tuple(rest[0]) if rest else ()
     run = GridRun(label=None, values={}, path=Path(path), dataset=read_dataset(path))
-    split_measurements(run, n_val, refit_points, refit=refit)
+    split_measurements(run, n_val, refit_points, refit=refit, budgets=budgets)
 
 
 def lazy_limit_test_loss(run: GridRun, n_val: int) -> float:
@@ -389,6 +427,11 @@ def budget_state(split: xr.Dataset, t_budget: float) -> float:
     """Test-half loss of the network at the last saved time <= ``t_budget``."""
     t = split["t"].values
     k = int(np.nonzero(t <= t_budget * (1 + 1e-12))[0][-1])
+    if k not in set(_network_index(split).tolist()):
+        raise ValueError(
+            f"the split has no network loss at the budget t = {t_budget:g} (saved index {k}); "
+            "pass the budget to split_measurements"
+        )
     return float(split["test_half_loss"].values[k])
 
 

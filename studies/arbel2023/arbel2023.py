@@ -124,15 +124,19 @@ class Protocol:
         def refit(arm: str) -> bool:
             return arm.startswith("gn") or arm == "gd"
 
-        # the splits not cached yet, on the study's workers (each is a pass over every saved state)
+        def budgets(arm: str) -> tuple[float, ...]:
+            lam = self.arms[arm].lam
+            return () if lam is None else (lam * float(s["sweep_iterations"]),)
+
+        # the splits not cached yet, on the study's workers (each measures the saved states it reads)
         missing = [
-            (str(r.path), n_val, refit_points, refit(key[0]))
+            (str(r.path), n_val, refit_points, refit(key[0]), budgets(key[0]))
             for key, r in self.runs.items()
             if not protocol.split_cache(r.path).is_file()
         ]
         map_in_workers(context, protocol.split_file, missing)
         for key, r in self.runs.items():
-            split = protocol.split_measurements(r, n_val, refit_points, refit=refit(key[0]))
+            split = protocol.split_measurements(r, n_val, refit_points, refit=refit(key[0]), budgets=budgets(key[0]))
             self.splits[key] = split
             self.measures[key] = protocol.measure(r, split)
         first = self.gn_arms[0].name
