@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -263,6 +264,9 @@ class ExponentialStep:
         The accepted state at t1, shape (particle, component).
     error_ratio:
         The estimated local error in units of the tolerance (<= 1).
+    dense:
+        The method's own continuous extension, theta in (0, 1) -> the state at t0 + theta h
+        (kernel_etd4); None: the interpolant below.
     """
 
     t0: float
@@ -271,6 +275,7 @@ class ExponentialStep:
     one_step: torch.Tensor | None
     weights: torch.Tensor
     error_ratio: float
+    dense: Callable[[float], torch.Tensor] | None = None
 
     def interpolate(self, t: float) -> torch.Tensor:
         """State at flow time t in [t0, t1], shape (particle, component).
@@ -283,6 +288,8 @@ class ExponentialStep:
         s = t - self.t0
         if s <= 0.0:
             return self.start.weights
+        if self.dense is not None:
+            return self.dense(s / (self.t1 - self.t0))
         if self.one_step is None:
             self.one_step = self.start.step(self.t1 - self.t0)
         theta = s / (self.t1 - self.t0)
@@ -376,7 +383,13 @@ class KernelExponentialSolver:
         self.kernel = self._freeze(weights)
         self.t = t1
         self.h = h * growth
-        return ExponentialStep(t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error)
+        return ExponentialStep(
+            t0=t0, t1=t1, start=start, one_step=one_step, weights=weights, error_ratio=error, dense=self._dense_output()
+        )
+
+    def _dense_output(self) -> Callable[[float], torch.Tensor] | None:
+        """The continuous extension of the last trial step, where the method has one."""
+        return None
 
     def _trial(self, start: FrozenKernel, h: float) -> tuple[torch.Tensor, float, torch.Tensor | None]:
         """The candidate state after a step of size h from ``start``, its error ratio, and the

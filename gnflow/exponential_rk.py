@@ -1,4 +1,5 @@
-"""Third-order exponential Runge--Kutta steps on the kernel splitting (``solver.method = "kernel_etd3"``).
+"""Exponential Runge--Kutta steps of third and fourth order on the kernel splitting
+(``solver.method = "kernel_etd3"`` and ``"kernel_etd4"``).
 
 Write the flow dw/dt = F(w) = -J^T B(A) r / N, from the state w_n of a step, as
 
@@ -34,6 +35,10 @@ One step costs one linearization at w_n (forward pass, Gram matrix, eigendecompo
 evaluations F(w_n + a) and F(w_n + b), and a few products J_n x and J_n^T q. For the gradient
 flow a field evaluation is a gradient (a fraction of a linearization); for Gauss--Newton it is a
 Gram solve, so this method pays mainly on long gradient flows (``docs/kernel_exponential.md``).
+``kernel_etd4`` (:class:`KernelETD4Solver`) is Cox and Matthews' ETD4RK on the same splitting,
+with three field evaluations per step and the same second-order embedded estimate: the same
+steps for a given tolerance as kernel_etd3, about ten times more accurate.
+
 States inside a step come from the interpolant of :class:`gnflow.exponential.ExponentialStep`:
 the kernel-exponential flow from w_n plus (s/h)^2 times the difference to the accepted state.
 """
@@ -42,13 +47,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from gnflow.exponential import FrozenKernel, KernelExponentialSolver, error_ratio
 
-__all__ = ["ETD3_ERROR_EXPONENT", "KernelETD3Solver", "phi_functions"]
+__all__ = ["ETD3_ERROR_EXPONENT", "KernelETD3Solver", "KernelETD4Solver", "phi_functions"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +196,154 @@ class KernelETD3Solver(KernelExponentialSolver):
         err = lin.vjp(err_q).to(w0.dtype) + (h / 6.0) * (gb.dense - 2.0 * ga.dense)
         new = weights_of(v3)
         return new, error_ratio(w0, new - err, new, self.rtol, self.atol)
+
+
+# ---- fourth order: Cox and Matthews' ETD4RK -----------------------------------------------------
+
+
+class _Splitting:
+    """The linear algebra of one step on the kernel splitting: functions of L on
+    :class:`_Vector` (``dense + J_n^T q`` with its image J_n x), linear combinations, the map back
+    to weights, and the remainder G."""
+
+    def __init__(self, solver: KernelETD3Solver, kernel: FrozenKernel) -> None:
+        self.solver = solver
+        self.n = kernel.n_samples
+        self.lam, self.basis, self.beta = kernel.eigenvalues, kernel.eigenvectors, kernel.multiplier
+        self.mu_n = self.lam * self.beta / self.n  # L's eigenvalues are -mu_n
+        self.lin = kernel.linearization
+        self.w0 = kernel.weights
+
+    def _spectral(self, c: torch.Tensor, image: torch.Tensor) -> torch.Tensor:  # Q diag(c) Q^T image
+        return self.basis @ (c * (self.basis.T @ image))
+
+    def apply(self, f0: float, divided: torch.Tensor, x: _Vector) -> _Vector:
+        """f(L) x for the f with f(0) = ``f0`` and (f(-mu_n) - f(0)) / (-mu_n) = ``divided``:
+        f(0) x - (1/N) J^T Q diag(beta divided) Q^T (J x); its image J f(L) x is
+        f(0) J x - Q diag(mu_n divided) Q^T (J x), with no product with J."""
+        return _Vector(
+            dense=None if x.dense is None else f0 * x.dense,
+            q=f0 * x.q - self._spectral(self.beta * divided, x.image) / self.n,
+            image=f0 * x.image - self._spectral(self.mu_n * divided, x.image),
+        )
+
+    @staticmethod
+    def combine(*terms: tuple[float, _Vector]) -> _Vector:
+        """sum_i c_i x_i."""
+        dense: torch.Tensor | None = None
+        q = torch.zeros_like(terms[0][1].q)
+        image = torch.zeros_like(terms[0][1].image)
+        for c, x in terms:
+            if x.dense is not None:
+                dense = c * x.dense if dense is None else dense + c * x.dense
+            q = q + c * x.q
+            image = image + c * x.image
+        return _Vector(dense=dense, q=q, image=image)
+
+    def weights(self, v: _Vector) -> torch.Tensor:
+        """w_n + v as weights, shape (particle, component)."""
+        out = self.w0 + self.lin.vjp(v.q).to(self.w0.dtype)
+        return out if v.dense is None else out + v.dense
+
+    def remainder(self, v: _Vector) -> _Vector:
+        """G(v) = F(w_n + v) - L v: one field evaluation and one product J_n F."""
+        f = self.solver._field(self.weights(v))
+        q = self._spectral(self.beta, v.image) / self.n
+        return _Vector(dense=f, q=q, image=self.lin.jvp(f).double() + self._spectral(self.lam, q))
+
+    def remainder_at_start(self, residual: torch.Tensor) -> _Vector:
+        """G(0) = F(w_n) = -J^T Q diag(beta) Q^T r / N, from the linearization alone."""
+        q0 = -self._spectral(self.beta, residual) / self.n
+        return _Vector(dense=None, q=q0, image=self._spectral(self.lam, q0))
+
+
+class KernelETD4Solver(KernelETD3Solver):
+    """Adaptive ETD4RK steps on the kernel splitting (``solver.method = "kernel_etd4"``).
+
+    Cox and Matthews' fourth-order scheme (J. Comput. Phys. 176, 2002), with phi functions at hL
+    (h/2 for the stages):
+
+        a  = (h/2) phi_1(hL/2) G(0)
+        b  = (h/2) phi_1(hL/2) G(a)
+        c  = e^(hL/2) a + (h/2) phi_1(hL/2) (2 G(b) - G(0))
+        v4 = h [ (phi_1 - 3 phi_2 + 4 phi_3) G(0) + 2 (phi_2 - 2 phi_3) (G(a) + G(b)) + (4 phi_3 - phi_2) G(c) ]
+
+    and the embedded second-order solution v2 = h [phi_1 G(0) + 2 phi_2 (G(a) - G(0))] (ETD3's).
+    The estimate v4 - v2 is O(h^3) (exponent 1/3, as kernel_etd3) and zero when J does not move,
+    so the step is exact for random features at any h; the accepted state w_n + v4 is fourth order
+    (local extrapolation), so at the same tolerance it is more accurate than kernel_etd3 by about
+    one order of magnitude, for the same steps. One step costs one linearization and three field
+    evaluations (one more than kernel_etd3).
+    """
+
+    _dense: Callable[[float], torch.Tensor] | None = None
+
+    def _trial(self, start: FrozenKernel, h: float) -> tuple[torch.Tensor, float, None]:
+        weights, error = self._etd4(start, h)
+        return weights, error, None
+
+    def _dense_output(self) -> Callable[[float], torch.Tensor] | None:
+        return self._dense
+
+    def _etd4(self, kernel: FrozenKernel, h: float) -> tuple[torch.Tensor, float]:
+        """The ETD4RK state w_n + v4 and the error ratio of v4 - v2; records the step's continuous
+        extension (``_dense_output``)."""
+        s = _Splitting(self, kernel)
+        full = phi_functions(-h * s.mu_n, 4)
+        half = phi_functions(-0.5 * h * s.mu_n, 2)
+        half_phi1 = (0.5 * h, (0.25 * h * h) * half[2])  # (h/2) phi_1(hL/2)
+        half_exp = (1.0, (0.5 * h) * half[1])  # e^(hL/2)
+        g0 = s.remainder_at_start(kernel.residual)
+        a = s.apply(*half_phi1, g0)
+        ga = s.remainder(a)
+        b = s.apply(*half_phi1, ga)
+        gb = s.remainder(b)
+        c = s.combine((1.0, s.apply(*half_exp, a)), (1.0, s.apply(*half_phi1, s.combine((2.0, gb), (-1.0, g0)))))
+        gc = s.remainder(c)
+        middle = s.combine((1.0, ga), (1.0, gb))
+        v4 = _etd4_combination(s, h, 1.0, full, g0, middle, gc)
+        # v4 - v2 with v2 = h [phi_1 G(0) + 2 phi_2 (G(a) - G(0))]
+        v2 = s.combine(
+            (1.0, s.apply(*_h_phi(h, 1.0, full, {1: 1.0}), g0)),
+            (1.0, s.apply(*_h_phi(h, 1.0, full, {2: 2.0}), s.combine((1.0, ga), (-1.0, g0)))),
+        )
+        d = s.combine((1.0, v4), (-1.0, v2))
+        new = s.weights(v4)
+        err = s.lin.vjp(d.q).to(s.w0.dtype)
+        if d.dense is not None:
+            err = err + d.dense
+        mu_n = s.mu_n
+
+        def dense(theta: float) -> torch.Tensor:
+            phis = phi_functions(-theta * h * mu_n, 4)
+            return s.weights(_etd4_combination(s, h, theta, phis, g0, middle, gc))
+
+        self._dense = dense
+        return new, error_ratio(s.w0, new - err, new, self.rtol, self.atol)
+
+
+def _h_phi(
+    h: float, theta: float, phis: list[torch.Tensor], coefficients: dict[int, float]
+) -> tuple[float, torch.Tensor]:
+    """f(z) = h sum_k c_k theta^k phi_k(theta h z) as (f(0), (f(-mu) - f(0)) / (-mu)) for
+    :meth:`_Splitting.apply`, with ``phis`` = phi_k(-theta h mu): f(0) = h sum_k c_k theta^k / k!
+    and the divided difference h^2 sum_k c_k theta^(k+1) phi_(k+1)."""
+    f0 = h * sum(c * theta**k / math.factorial(k) for k, c in coefficients.items())
+    divided = torch.zeros_like(phis[0])
+    for k, c in coefficients.items():
+        divided = divided + (c * theta ** (k + 1)) * phis[k + 1]
+    return f0, (h * h) * divided
+
+
+def _etd4_combination(
+    s: _Splitting, h: float, theta: float, phis: list[torch.Tensor], g0: _Vector, middle: _Vector, gc: _Vector
+) -> _Vector:
+    """v(theta h) = h [b_0 G(0) + b_m (G(a) + G(b)) + b_c G(c)] with the weights of ETD4RK's
+    continuous extension at theta h L: b_0 = theta phi_1 - 3 theta^2 phi_2 + 4 theta^3 phi_3,
+    b_m = 2 theta^2 phi_2 - 4 theta^3 phi_3, b_c = -theta^2 phi_2 + 4 theta^3 phi_3 (at theta = 1 the
+    step v4; third order inside the step, exact for constant G: the weights sum to theta phi_1)."""
+    return s.combine(
+        (1.0, s.apply(*_h_phi(h, theta, phis, {1: 1.0, 2: -3.0, 3: 4.0}), g0)),
+        (1.0, s.apply(*_h_phi(h, theta, phis, {2: 2.0, 3: -4.0}), middle)),
+        (1.0, s.apply(*_h_phi(h, theta, phis, {2: -1.0, 3: 4.0}), gc)),
+    )

@@ -311,7 +311,8 @@ class Flow(ABC):
             beta_k, shape (sample,), float64.
         """
         raise ConfigError(
-            "solver.method: 'kernel_exponential', 'kernel_etd3' and 'kernel_euler' need a flow whose direction is a "
+            "solver.method: 'kernel_exponential', 'kernel_etd3', 'kernel_etd4' and 'kernel_euler' need a flow whose "
+            "direction is a "
             f"function of the Gram matrix (gradient, gauss_newton); the {self.name} flow is not"
         )
 

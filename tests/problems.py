@@ -156,7 +156,7 @@ def module_ggn_step(
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 FIXED = ("euler", "midpoint", "rk4")
-EXPONENTIAL = ("kernel_exponential", "kernel_etd3")
+EXPONENTIAL = ("kernel_exponential", "kernel_etd3", "kernel_etd4")
 KERNEL_EULER = ("kernel_euler",)
 """The Euler iterations in blocks: wherever euler holds a law, so does kernel_euler at the same step
 (its blocks agree with the iterations to their tolerance, exactly for random features)."""
@@ -282,15 +282,17 @@ class ExactLaw(ABC):
     save_at: tuple[float, ...] = (0.01, 0.1, 0.3, 1.0, 2.0, 3.5, 5.0)
 
     def __post_init__(self) -> None:
-        # kernel_etd3 is exact wherever kernel_exponential is (J frozen) and of higher order
-        # elsewhere: it joins every law at kernel_exponential's tolerance and bound, and is
-        # excluded where kernel_exponential is, for the same reason
-        if "kernel_etd3" not in self.methods and "kernel_etd3" not in self.excluded:
+        # kernel_etd3 and kernel_etd4 are exact wherever kernel_exponential is (J frozen) and of
+        # higher order elsewhere: they join every law at kernel_exponential's tolerance and bound,
+        # and are excluded where kernel_exponential is, for the same reason
+        for higher in ("kernel_etd3", "kernel_etd4"):
+            if higher in self.methods or higher in self.excluded:
+                continue
             if "kernel_exponential" in self.methods:
-                object.__setattr__(self, "methods", {**self.methods, "kernel_etd3": self.methods["kernel_exponential"]})
+                object.__setattr__(self, "methods", {**self.methods, higher: self.methods["kernel_exponential"]})
             elif "kernel_exponential" in self.excluded:
                 reason = f"as for kernel_exponential, on the same splitting: {self.excluded['kernel_exponential']}"
-                object.__setattr__(self, "excluded", {**self.excluded, "kernel_etd3": reason})
+                object.__setattr__(self, "excluded", {**self.excluded, higher: reason})
         # kernel_euler computes euler's iterations: it joins every law at euler's step and bound
         # (blocks at rtol 1e-10), and is excluded where euler is, for the same reason
         if "kernel_euler" in self.methods or "kernel_euler" in self.excluded:

@@ -212,7 +212,7 @@ def test_mini_batch_ggn_run_resumes_exactly(tmp_path, monkeypatch):
     np.testing.assert_array_equal(resumed["nfe"].values, reference["nfe"].values)
 
 
-@pytest.mark.parametrize("method", ["kernel_exponential", "kernel_etd3"])
+@pytest.mark.parametrize("method", ["kernel_exponential", "kernel_etd3", "kernel_etd4"])
 def test_kernel_exponential_run_resumes_exactly(tmp_path, monkeypatch, method):
     import gnflow.exponential as exponential
 

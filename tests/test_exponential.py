@@ -240,7 +240,7 @@ def test_flow_without_a_spectral_direction_is_a_config_error() -> None:
 
     experiment, _ = _experiment()
     flow = ShiftedFlow(experiment.model, experiment.flow.x, experiment.flow.y)
-    message = r"solver\.method: 'kernel_exponential', 'kernel_etd3' and 'kernel_euler' need"
+    message = r"solver\.method: 'kernel_exponential', 'kernel_etd3', 'kernel_etd4' and 'kernel_euler' need"
     with pytest.raises(ConfigError, match=message):
         KernelExponentialSolver(flow, experiment.weights0, rtol=1e-6, atol=1e-9)
 

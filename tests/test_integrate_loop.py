@@ -57,6 +57,7 @@ def _cases() -> list[Case]:
         Case("rk4", replace(base, method="rk4", step_size=1.0)),
         Case("kernel_exponential", replace(base, method="kernel_exponential", rtol=1e-5, atol=1e-8)),
         Case("kernel_etd3", replace(base, method="kernel_etd3", rtol=1e-5, atol=1e-8)),
+        Case("kernel_etd4", replace(base, method="kernel_etd4", rtol=1e-5, atol=1e-8)),
         Case("kernel_euler", replace(base, method="kernel_euler", step_size=0.5, rtol=1e-5, atol=1e-8)),
         Case("ggn", replace(base, method="euler"), ggn_schedule(ggn, N_TRAIN, 11)),
     ]
@@ -231,6 +232,7 @@ def test_stats_agree_with_the_per_time_arrays(case) -> None:
         "rk4": 4 * n_acc,
         "kernel_exponential": 1 + 2 * n_acc + n_rej,  # linearizations of step doubling
         "kernel_etd3": 1 + 3 * n_acc + 2 * n_rej,  # two fields per attempt, a linearization per accepted step
+        "kernel_etd4": 1 + 4 * n_acc + 3 * n_rej,  # three fields per attempt
         "ggn": n_acc,  # one batch field per Euler step
     }[case_.name]
     assert stats["nfe"] == expected_nfe
@@ -241,7 +243,7 @@ def test_stats_agree_with_the_per_time_arrays(case) -> None:
 
 def test_every_configured_method_has_its_stepper() -> None:
     kinds = {"euler": FixedStepper, "midpoint": FixedStepper, "rk4": FixedStepper}
-    kinds["kernel_exponential"] = kinds["kernel_etd3"] = KernelExponentialStepper
+    kinds["kernel_exponential"] = kinds["kernel_etd3"] = kinds["kernel_etd4"] = KernelExponentialStepper
     kinds["kernel_euler"] = KernelEulerStepper
     assert set(STEPPERS) == set(get_args(SolverMethod)) - {"auto"}  # auto is resolved before a stepper is made
     for method, stepper in STEPPERS.items():

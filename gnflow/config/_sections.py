@@ -40,7 +40,7 @@ BatchOrder = Literal["cyclic", "shuffled"]
 GGNSave = Literal["epoch", "iteration"]
 AdaptiveMethod = Literal["dopri5", "bosh3", "adaptive_heun", "dopri8", "fehlberg2"]
 FixedMethod = Literal["euler", "midpoint", "rk4"]
-ExponentialMethod = Literal["kernel_exponential", "kernel_etd3"]
+ExponentialMethod = Literal["kernel_exponential", "kernel_etd3", "kernel_etd4"]
 KernelEulerMethod = Literal["kernel_euler"]
 SolverMethod = Literal[AdaptiveMethod, FixedMethod, ExponentialMethod, KernelEulerMethod, "auto"]
 SaveSpacing = Literal["log", "linear"]
@@ -367,9 +367,9 @@ class SolverConfig:
         Adaptive (dopri5, bosh3, adaptive_heun, dopri8, fehlberg2) or fixed-step (euler,
         midpoint, rk4) torchdiffeq method, ``"kernel_exponential"``: adaptive steps that are
         exact for the linearized (kernel) model, for long-horizon gradient flows
-        (:mod:`gnflow.exponential`), ``"kernel_etd3"``: third-order exponential Runge--Kutta
-        steps on the same splitting (:mod:`gnflow.exponential_rk`), ``"auto"``: chosen from the flow
-        and the horizon (:mod:`gnflow.method_choice`), or ``"kernel_euler"``: the Euler iterations of step
+        (:mod:`gnflow.exponential`), ``"kernel_etd3"`` and ``"kernel_etd4"``: exponential Runge--Kutta steps
+        of third and fourth order on the same splitting (:mod:`gnflow.exponential_rk`), ``"auto"``: chosen
+        from the flow and the horizon (:mod:`gnflow.method_choice`), or ``"kernel_euler"``: the Euler iterations of step
         ``step_size``, taken in adaptive blocks that are exact for the linearized model, for
         long runs of the discrete methods (:mod:`gnflow.kernel_euler`).
     rtol, atol:

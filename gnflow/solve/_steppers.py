@@ -12,7 +12,8 @@ every stepper the same way.
   :class:`~gnflow.solve.StepSchedule` (uniform steps, or GGN's per-step sizes and mini-batches
   through :meth:`Flow.restrict <gnflow.flows.Flow.restrict>`);
 - :class:`KernelExponentialStepper`: :class:`gnflow.exponential.KernelExponentialSolver`
-  (``kernel_exponential``) or :class:`gnflow.exponential_rk.KernelETD3Solver` (``kernel_etd3``);
+  (``kernel_exponential``) or :class:`gnflow.exponential_rk.KernelETD3Solver` (``kernel_etd3``;
+  ``KernelETD4Solver``: ``kernel_etd4``);
 - :class:`KernelEulerStepper`: :class:`gnflow.kernel_euler.KernelEulerSolver` (the Euler
   iterations of a uniform schedule, taken in blocks).
 """
@@ -27,7 +28,7 @@ import torch
 
 from gnflow.config import ADAPTIVE_METHODS, EXPONENTIAL_METHODS, FIXED_METHODS, KERNEL_EULER_METHODS, SolverConfig
 from gnflow.exponential import ExponentialStep, KernelExponentialSolver
-from gnflow.exponential_rk import KernelETD3Solver
+from gnflow.exponential_rk import KernelETD3Solver, KernelETD4Solver
 from gnflow.flows import Flow
 from gnflow.kernel_euler import KernelEulerBlock, KernelEulerSolver
 from gnflow.solve._schedule import StepSchedule
@@ -328,11 +329,12 @@ class KernelExponentialStepper(_LinearizedStepper):
     """Adaptive steps on the kernel splitting: :class:`~gnflow.exponential.KernelExponentialSolver`
     (``kernel_exponential``: exact steps for the linearized model, step doubling) or
     :class:`~gnflow.exponential_rk.KernelETD3Solver` (``kernel_etd3``: third-order exponential
-    Runge--Kutta steps).
+    Runge--Kutta steps) or :class:`~gnflow.exponential_rk.KernelETD4Solver` (``kernel_etd4``: fourth
+    order).
 
     Saved states come from the step's own interpolant and the train loss from the frozen kernel
     of the accepted state, so neither costs an evaluation. One evaluation is one linearization,
-    and for kernel_etd3 also one field evaluation.
+    and for kernel_etd3 and kernel_etd4 also one field evaluation.
     """
 
     _name = "kernel-exponential"
@@ -355,7 +357,9 @@ class KernelExponentialStepper(_LinearizedStepper):
         self, weights: torch.Tensor, first_step: float | None
     ) -> KernelExponentialSolver | KernelETD3Solver:
         config = self._config
-        solver = KernelETD3Solver if config.method == "kernel_etd3" else KernelExponentialSolver
+        solver = {"kernel_etd3": KernelETD3Solver, "kernel_etd4": KernelETD4Solver}.get(
+            config.method, KernelExponentialSolver
+        )
         return solver(self.flow, weights, rtol=config.rtol, atol=config.atol, first_step=first_step)
 
     def start(self) -> None:

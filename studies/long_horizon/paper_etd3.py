@@ -1,4 +1,4 @@
-"""kernel_etd3 at the paper's size: CPU seconds and linearizations of the long gradient flow.
+"""kernel_etd3 and kernel_etd4 at the paper's size: CPU seconds and linearizations of the long gradient flow.
 
 Integrates the teacher-student gradient flow of ``long_horizon.toml`` at the paper's size
 (N = 500, M = 5000, 10^4 test points, seed 1) to t = 2e7 with ``solver.method = "kernel_etd3"`` at
@@ -9,10 +9,13 @@ the final weights of each run beside it (``kernel_etd3_paper_<tau0>_<rtol>.npy``
 Where a tau0 has runs at two tolerances, the record of the looser one gets
 ``difference_to_tighter``: the distance of its final weights to the tighter run's, relative to the
 tighter run's weight change (an estimate of its error when the tighter run is several times more
-accurate).
+accurate), and ``distances``: the same distance to every run of either method at a smaller rtol.
+``--method kernel_etd4`` runs the fourth-order method (records keyed ``kernel_etd4|tau0|rtol``,
+weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``).
 
     python studies/long_horizon/paper_etd3.py                        # rtol 1e-5: about 4 + 6 CPU minutes
     python studies/long_horizon/paper_etd3.py --rtol 1e-6 --tau0 1   # the tolerance of dopri5's accuracy
+    python studies/long_horizon/paper_etd3.py --method kernel_etd4 --rtol 1e-5 1e-6
 """
 
 from __future__ import annotations
@@ -38,14 +41,26 @@ from gnflow.solve import integrate
 OUT = Path("data/studies/long_horizon/paper/kernel_etd3_paper.json")
 
 
-def _weights_path(tau0: float, rtol: float) -> Path:
-    return OUT.with_name(f"kernel_etd3_paper_{tau0:g}_{rtol:g}.npy")
+METHODS = ("kernel_etd3", "kernel_etd4")
+
+
+def _key(method: str, tau0: float, rtol: float) -> str:
+    return f"{tau0}|{rtol:g}" if method == "kernel_etd3" else f"{method}|{tau0}|{rtol:g}"
+
+
+def _method(record: dict) -> str:
+    return record.get("method", "kernel_etd3")
+
+
+def _weights_path(tau0: float, rtol: float, method: str = "kernel_etd3") -> Path:
+    return OUT.with_name(f"{method}_paper_{tau0:g}_{rtol:g}.npy")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tau0", type=float, nargs="*", default=[1.0, 0.1])
     parser.add_argument("--rtol", type=float, nargs="*", default=[1e-5], help="atol = rtol * 1e-3")
+    parser.add_argument("--method", choices=METHODS, default="kernel_etd3")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -53,15 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_dict(wp.base_config("paper", "gradient", tau0, None))
         experiment = build_experiment(config)
         for rtol in args.rtol:
-            if f"{tau0}|{rtol:g}" in results and _weights_path(tau0, rtol).exists():
+            key = _key(args.method, tau0, rtol)
+            if key in results and _weights_path(tau0, rtol, args.method).exists():
                 continue
-            solver = replace(config.solver, method="kernel_etd3", rtol=rtol, atol=rtol * 1e-3)
+            solver = replace(config.solver, method=args.method, rtol=rtol, atol=rtol * 1e-3)
             start = time.process_time()
             solution = integrate(experiment.flow, experiment.weights0, solver, progress=False)
             cpu = time.process_time() - start
             weights = torch.as_tensor(solution.weights[-1])
-            np.save(_weights_path(tau0, rtol), weights.numpy())
+            np.save(_weights_path(tau0, rtol, args.method), weights.numpy())
             record = {
+                "method": args.method,
                 "tau0": tau0,
                 "rtol": rtol,
                 "status": solution.status,
@@ -75,15 +92,27 @@ def main(argv: list[str] | None = None) -> int:
                 "test_loss": wp._test_loss(experiment, weights),
             }
             print(json.dumps(record), flush=True)
-            results[f"{tau0}|{rtol:g}"] = record
+            results[key] = record
         w0 = experiment.weights0.numpy()
-        done = sorted((r for r in results.values() if r["tau0"] == tau0), key=lambda r: -r["rtol"])
-        for loose, tight in itertools.pairwise(done):
-            paths = _weights_path(tau0, loose["rtol"]), _weights_path(tau0, tight["rtol"])
-            if all(p.exists() for p in paths):
-                a, b = (np.load(p) for p in paths)
-                loose["difference_to_tighter"] = float(np.linalg.norm(a - b) / np.linalg.norm(b - w0))
-                loose["tighter_rtol"] = tight["rtol"]
+        runs = [r for r in results.values() if r["tau0"] == tau0]
+
+        def distance(a: dict, b: dict, tau0: float = tau0, w0: np.ndarray = w0) -> float | None:
+            paths = _weights_path(tau0, a["rtol"], _method(a)), _weights_path(tau0, b["rtol"], _method(b))
+            if not all(p.exists() for p in paths):
+                return None
+            wa, wb = (np.load(p) for p in paths)
+            return float(np.linalg.norm(wa - wb) / np.linalg.norm(wb - w0))
+
+        for name in METHODS:
+            done = sorted((r for r in runs if _method(r) == name), key=lambda r: -r["rtol"])
+            for loose, tight in itertools.pairwise(done):
+                d = distance(loose, tight)
+                if d is not None:
+                    loose["difference_to_tighter"] = d
+                    loose["tighter_rtol"] = tight["rtol"]
+        for r in runs:
+            tighter = {_key(_method(o), tau0, o["rtol"]): distance(r, o) for o in runs if o["rtol"] < r["rtol"]}
+            r["distances"] = {k: v for k, v in tighter.items() if v is not None}
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(results, indent=1))
     return 0

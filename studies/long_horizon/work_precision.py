@@ -87,6 +87,7 @@ def reference_of(scale: str, flow: str = "gradient") -> tuple[str, float]:
 GRID: dict[str, dict[str, list[float]]] = {
     "gradient": {
         "kernel_etd3": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
+        "kernel_etd4": [1e-3, 1e-4, 1e-5, 1e-6, 1e-7],
         "kernel_exponential": [1e-3, 1e-4, 1e-5, 1e-6],
         "dopri5": [1e-6],
         "dopri8": [1e-8],
@@ -107,7 +108,7 @@ Gauss-Newton flow's by accuracy (its nonlinearity), so its fractions are smaller
 RK4_FRACTIONS = {"gradient": [0.25, 0.5, 0.9], "gauss_newton": [0.01, 0.03, 0.1, 0.3]}
 
 DEFAULT_METHODS = {
-    "gradient": ["kernel_etd3", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4"],
+    "gradient": ["kernel_etd4", "kernel_etd3", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4"],
     "gauss_newton": ["dopri5", "dopri8", "bosh3", "rk4"],
 }
 
@@ -137,7 +138,7 @@ def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
 def _linearizations(method: str, nfe: int, accepted: int, rejected: int) -> int:
     if method == "kernel_exponential":
         return nfe
-    if method == "kernel_etd3":
+    if method in ("kernel_etd3", "kernel_etd4"):
         return 1 + accepted
     return 0
 
@@ -286,7 +287,7 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
     return ds
 
 
-COLOURS = {"kernel_etd3": "C3", "kernel_exponential": "C0", "dopri5": "C1", "dopri8": "C2", "bosh3": "C4", "rk4": "C5"}
+COLOURS = {"kernel_etd4": "C6", "kernel_etd3": "C3", "kernel_exponential": "C0", "dopri5": "C1", "dopri8": "C2", "bosh3": "C4", "rk4": "C5"}
 
 
 def plot(ds: xr.Dataset, path: Path) -> Path:
