@@ -287,7 +287,15 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
     return ds
 
 
-COLOURS = {"kernel_etd4": "C6", "kernel_etd3": "C3", "kernel_exponential": "C0", "dopri5": "C1", "dopri8": "C2", "bosh3": "C4", "rk4": "C5"}
+COLOURS = {
+    "kernel_etd4": "C6",
+    "kernel_etd3": "C3",
+    "kernel_exponential": "C0",
+    "dopri5": "C1",
+    "dopri8": "C2",
+    "bosh3": "C4",
+    "rk4": "C5",
+}
 
 
 def plot(ds: xr.Dataset, path: Path) -> Path:
