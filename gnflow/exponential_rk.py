@@ -127,57 +127,34 @@ class KernelETD3Solver(KernelExponentialSolver):
 
     def _etd3(self, kernel: FrozenKernel, h: float) -> tuple[torch.Tensor, float]:
         """The ETD3RK state w_n + v3 and the error ratio of v3 - v2."""
-        n = kernel.n_samples
-        lam, basis, beta = kernel.eigenvalues, kernel.eigenvectors, kernel.multiplier
-        lin = kernel.linearization
-        w0 = kernel.weights
-        mu_n = lam * beta / n  # decay rates of the residual modes; L's eigenvalues are -mu_n
-
-        def gram_times(q: torch.Tensor) -> torch.Tensor:  # A q
-            return basis @ (lam * (basis.T @ q))
-
-        def spectral(c: torch.Tensor, image: torch.Tensor) -> torch.Tensor:  # Q diag(c) Q^T image
-            return basis @ (c * (basis.T @ image))
-
-        def weights_of(v: _Vector) -> torch.Tensor:
-            out = w0 + lin.vjp(v.q).to(w0.dtype)
-            return out if v.dense is None else out + v.dense
-
-        def jvp(dense: torch.Tensor) -> torch.Tensor:
-            return lin.jvp(dense).double()
-
-        def remainder(weights: torch.Tensor, v: _Vector) -> tuple[_Vector, torch.Tensor]:
-            # G(v) = F(w_n + v) - L v, with L v = -J^T Q diag(beta) Q^T (J v) / N; and J F(w_n + v)
-            f = self._field(weights)
-            image_f = jvp(f)
-            q = spectral(beta, v.image) / n
-            return _Vector(dense=f, q=q, image=image_f + gram_times(q)), image_f
+        s = _Splitting(self, kernel)
+        n, beta = s.n, s.beta
 
         # G(0) = F(w_n) = -J^T Q diag(beta) Q^T r / N
-        q0 = -spectral(beta, kernel.residual) / n
-        g0 = _Vector(dense=None, q=q0, image=gram_times(q0))
+        g0 = s.remainder_at_start(kernel.residual)
 
         # a = (h/2) phi_1(hL/2) G(0): f(0) = h/2, and the divided difference (h/2)^2 phi_2
-        half = phi_functions(-0.5 * h * mu_n, 2)
-        qa = 0.5 * h * q0 - (0.25 * h * h / n) * spectral(beta * half[2], g0.image)
-        a = _Vector(dense=None, q=qa, image=gram_times(qa))
-        ga, image_fa = remainder(weights_of(a), a)
+        half = phi_functions(-0.5 * h * s.mu_n, 2)
+        qa = 0.5 * h * g0.q - (0.25 * h * h / n) * s.spectral(beta * half[2], g0.image)
+        a = _Vector(dense=None, q=qa, image=s.gram_times(qa))
+        ga, image_fa = s.remainder_and_field_image(a)
 
         # b = h phi_1(hL) (2 G(a) - G(0))
-        full = phi_functions(-h * mu_n, 4)
+        full = phi_functions(-h * s.mu_n, 4)
         x_q = 2.0 * ga.q - g0.q
         x_image = 2.0 * ga.image - g0.image
         assert ga.dense is not None
-        qb = h * x_q - (h * h / n) * spectral(beta * full[2], x_image)
+        qb = h * x_q - (h * h / n) * s.spectral(beta * full[2], x_image)
         dense_b = (2.0 * h) * ga.dense
-        b = _Vector(dense=dense_b, q=qb, image=(2.0 * h) * image_fa + gram_times(qb))
-        gb, _ = remainder(weights_of(b), b)
+        b = _Vector(dense=dense_b, q=qb, image=(2.0 * h) * image_fa + s.gram_times(qb))
+        gb, _ = s.remainder_and_field_image(b)
         assert gb.dense is not None
 
         # v3 = h [c0(hL) G(0) + ca(hL) G(a) + cb(hL) G(b)]; f(0) = h (1/6, 2/3, 1/6) (Simpson) and the
         # divided differences h^2 (phi_2 - 3 phi_3 + 4 phi_4, 4 phi_3 - 8 phi_4, 4 phi_4 - phi_3)
         p2, p3, p4 = full[2], full[3], full[4]
         c0, ca, cb = p2 - 3.0 * p3 + 4.0 * p4, 4.0 * p3 - 8.0 * p4, 4.0 * p4 - p3
+        basis = s.basis
         kernel_part = (
             -(h * h / n)
             * basis
@@ -186,25 +163,25 @@ class KernelETD3Solver(KernelExponentialSolver):
         v3 = _Vector(
             dense=h * ((2.0 / 3.0) * ga.dense + (1.0 / 6.0) * gb.dense),
             q=h * ((1.0 / 6.0) * g0.q + (2.0 / 3.0) * ga.q + (1.0 / 6.0) * gb.q) + kernel_part,
-            image=torch.zeros_like(q0),  # not needed
+            image=torch.zeros_like(g0.q),  # not needed
         )
         # v3 - v2 = h (4 phi_3 - phi_2)(hL) D, D = G(0) - 2 G(a) + G(b): f(0) = h/6, divided
         # difference h^2 (4 phi_4 - phi_3)
         d_q = g0.q - 2.0 * ga.q + gb.q
         d_image = g0.image - 2.0 * ga.image + gb.image
-        err_q = (h / 6.0) * d_q - (h * h / n) * spectral(beta * (4.0 * p4 - p3), d_image)
-        err = lin.vjp(err_q).to(w0.dtype) + (h / 6.0) * (gb.dense - 2.0 * ga.dense)
-        new = weights_of(v3)
-        return new, error_ratio(w0, new - err, new, self.rtol, self.atol)
+        err_q = (h / 6.0) * d_q - (h * h / n) * s.spectral(beta * (4.0 * p4 - p3), d_image)
+        err = s.lin.vjp(err_q).to(s.w0.dtype) + (h / 6.0) * (gb.dense - 2.0 * ga.dense)
+        new = s.weights(v3)
+        return new, error_ratio(s.w0, new - err, new, self.rtol, self.atol)
 
 
-# ---- fourth order: Krogstad's ETDRK4-B ------------------------------------------------------------
+# ---- the vector algebra of the kernel splitting ---------------------------------------------------
 
 
 class _Splitting:
     """The linear algebra of one step on the kernel splitting: functions of L on
     :class:`_Vector` (``dense + J_n^T q`` with its image J_n x), linear combinations, the map back
-    to weights, and the remainder G."""
+    to weights, and the remainder G (kernel_etd3 and kernel_etd4 alike)."""
 
     def __init__(self, solver: KernelETD3Solver, kernel: FrozenKernel) -> None:
         self.solver = solver
@@ -214,8 +191,13 @@ class _Splitting:
         self.lin = kernel.linearization
         self.w0 = kernel.weights
 
-    def _spectral(self, c: torch.Tensor, image: torch.Tensor) -> torch.Tensor:  # Q diag(c) Q^T image
+    def spectral(self, c: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Q diag(c) Q^T image."""
         return self.basis @ (c * (self.basis.T @ image))
+
+    def gram_times(self, q: torch.Tensor) -> torch.Tensor:
+        """A_n q = Q diag(lambda) Q^T q."""
+        return self.spectral(self.lam, q)
 
     def apply(self, f0: float, divided: torch.Tensor, x: _Vector) -> _Vector:
         """f(L) x for the f with f(0) = ``f0`` and (f(-mu_n) - f(0)) / (-mu_n) = ``divided``:
@@ -223,8 +205,8 @@ class _Splitting:
         f(0) J x - Q diag(mu_n divided) Q^T (J x), with no product with J."""
         return _Vector(
             dense=None if x.dense is None else f0 * x.dense,
-            q=f0 * x.q - self._spectral(self.beta * divided, x.image) / self.n,
-            image=f0 * x.image - self._spectral(self.mu_n * divided, x.image),
+            q=f0 * x.q - self.spectral(self.beta * divided, x.image) / self.n,
+            image=f0 * x.image - self.spectral(self.mu_n * divided, x.image),
         )
 
     @staticmethod
@@ -245,16 +227,25 @@ class _Splitting:
         out = self.w0 + self.lin.vjp(v.q).to(self.w0.dtype)
         return out if v.dense is None else out + v.dense
 
-    def remainder(self, v: _Vector) -> _Vector:
-        """G(v) = F(w_n + v) - L v: one field evaluation and one product J_n F."""
+    def remainder_and_field_image(self, v: _Vector) -> tuple[_Vector, torch.Tensor]:
+        """G(v) = F(w_n + v) - L v, with L v = -J^T Q diag(beta) Q^T (J v) / N, and J_n F(w_n + v):
+        one field evaluation and one product J_n F."""
         f = self.solver._field(self.weights(v))
-        q = self._spectral(self.beta, v.image) / self.n
-        return _Vector(dense=f, q=q, image=self.lin.jvp(f).double() + self._spectral(self.lam, q))
+        image_f = self.lin.jvp(f).double()
+        q = self.spectral(self.beta, v.image) / self.n
+        return _Vector(dense=f, q=q, image=image_f + self.gram_times(q)), image_f
+
+    def remainder(self, v: _Vector) -> _Vector:
+        """G(v) (see :meth:`remainder_and_field_image`)."""
+        return self.remainder_and_field_image(v)[0]
 
     def remainder_at_start(self, residual: torch.Tensor) -> _Vector:
         """G(0) = F(w_n) = -J^T Q diag(beta) Q^T r / N, from the linearization alone."""
-        q0 = -self._spectral(self.beta, residual) / self.n
-        return _Vector(dense=None, q=q0, image=self._spectral(self.lam, q0))
+        q0 = -self.spectral(self.beta, residual) / self.n
+        return _Vector(dense=None, q=q0, image=self.gram_times(q0))
+
+
+# ---- fourth order: Krogstad's ETDRK4-B ------------------------------------------------------------
 
 
 class KernelETD4Solver(KernelETD3Solver):

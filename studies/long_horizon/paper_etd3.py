@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 "test_loss": wp._test_loss(experiment, weights),
             }
             print(json.dumps(record), flush=True)
+            # Another invocation (another tau0 or method on the other core) may have written since.
+            results = json.loads(OUT.read_text()) if OUT.exists() else {}
             results[key] = record
         w0 = experiment.weights0.numpy()
         runs = [r for r in results.values() if r["tau0"] == tau0]
@@ -115,8 +117,78 @@ def main(argv: list[str] | None = None) -> int:
             tighter = {_key(_method(o), tau0, o["rtol"]): distance(r, o) for o in runs if o["rtol"] < r["rtol"]}
             r["distances"] = {k: v for k, v in tighter.items() if v is not None}
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=1))
+        partial = OUT.with_suffix(".json.partial")
+        partial.write_text(json.dumps(results, indent=1))
+        partial.replace(OUT)  # atomic: a concurrent invocation never reads half a file
+    if OUT.exists():
+        for path in summarize(json.loads(OUT.read_text())):
+            print(f"wrote {path}")
     return 0
+
+
+def summarize(results: dict, directory: Path = OUT.parent) -> list[Path]:
+    """The paper-size work-precision table, figure and NetCDF of every finished run with weights.
+
+    The reference of each tau0 is its kernel_etd3 run at the smallest rtol; a run's error is the
+    distance of its final weights to the reference's, relative to the reference's weight change,
+    and the relative difference of its final test loss (the reference itself is left out).
+    """
+    import xarray as xr
+
+    rows = []
+    references = {}
+    for tau0 in sorted({r["tau0"] for r in results.values()}):
+        etd3 = [r for r in results.values() if r["tau0"] == tau0 and _method(r) == "kernel_etd3"]
+        etd3 = [r for r in etd3 if _weights_path(tau0, r["rtol"]).exists()]
+        if not etd3:
+            continue
+        ref = min(etd3, key=lambda r: r["rtol"])
+        references[tau0] = ref["rtol"]
+        w0 = build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
+        w_ref = np.load(_weights_path(tau0, ref["rtol"]))
+        for r in results.values():
+            path = _weights_path(tau0, r["rtol"], _method(r))
+            if r["tau0"] != tau0 or r is ref or not path.exists():
+                continue
+            error = float(np.linalg.norm(np.load(path) - w_ref) / np.linalg.norm(w_ref - w0))
+            rows.append(
+                {
+                    "tau0": tau0,
+                    "method": _method(r),
+                    "setting": r["rtol"],
+                    "status": r["status"],
+                    "t_reached": r["t"],
+                    "t_end": 2e7,
+                    "cpu_time_s": r["cpu_s"],
+                    "nfe": r["nfe"],
+                    "linearizations": r["linearizations"],
+                    "n_accepted": r["steps"],
+                    "n_rejected": r["rejected"],
+                    "test_loss": r["test_loss"],
+                    "train_loss": r["train_loss"],
+                    "weight_error": error,
+                    "test_loss_error": abs(r["test_loss"] / ref["test_loss"] - 1.0),
+                }
+            )
+    if not rows:
+        return []
+    rows.sort(key=lambda r: (r["tau0"], r["method"], -r["setting"]))
+    ds = xr.Dataset(
+        {k: ("run", np.array([r[k] for r in rows])) for k in rows[0]},
+        coords={"run": np.arange(len(rows))},
+        attrs={
+            "title": "gnflow work-precision table (paper: N = 500, M = 5000, gradient flow to t = 2e7)",
+            "Conventions": "CF-1.8",
+            "reference": "kernel_etd3 at rtol "
+            + ", ".join(f"{rtol:g} (tau0 = {tau0:g})" for tau0, rtol in references.items())
+            + ", atol = rtol * 1e-3",
+        },
+    )
+    ds["method"] = ds["method"].astype(str)
+    ds["status"] = ds["status"].astype(str)
+    stem = directory / "work_precision_paper_gradient"
+    ds.to_netcdf(stem.with_suffix(".nc"))
+    return [stem.with_suffix(".nc"), wp.report(ds, stem.with_suffix(".md")), wp.plot(ds, stem.with_suffix(".png"))]
 
 
 if __name__ == "__main__":
