@@ -85,3 +85,47 @@ def test_gauss_newton_flow_table_against_its_dopri8_reference(wp, tmp_path) -> N
 def test_a_method_without_the_flow_is_refused(wp, tmp_path) -> None:
     with pytest.raises(SystemExit, match="kernel_etd3 not measured for the gauss_newton flow; allowed: dopri5"):
         wp.main(["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "kernel_etd3"])
+
+
+PAPER_SCRIPT = SCRIPT.with_name("paper_etd3.py")
+
+
+def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # paper_etd3 imports work_precision
+    spec = importlib.util.spec_from_file_location("paper_etd3", PAPER_SCRIPT)
+    paper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper)
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(7, 4))
+    w_ref = w0 + rng.normal(size=(7, 4))
+    offsets = {
+        ("kernel_etd3", 1e-7): 0.0,
+        ("kernel_etd3", 1e-5): 3e-3,
+        ("dopri5", 1e-6): 2e-4,
+        ("kernel_etd4", 1e-5): 5e-4,
+    }
+    results = {}
+    for (method, rtol), size in offsets.items():
+        direction = rng.normal(size=w0.shape)
+        weights = w_ref + size * np.linalg.norm(w_ref - w0) * direction / np.linalg.norm(direction)
+        np.save(paper._weights_path(1.0, rtol, method, tmp_path), weights)
+        results[paper._key(method, 1.0, rtol)] = {
+            "method": method, "tau0": 1.0, "rtol": rtol, "status": "completed", "t": 2e7, "cpu_s": 1.0 / rtol,
+            "nfe": 10, "linearizations": 0, "steps": 5, "rejected": 0, "train_loss": 1.0,
+            "test_loss": 2.0 * (1.0 + size),
+        }  # fmt: skip
+    # a run without its weights file is left out, and so is a tau0 without a kernel_etd3 run
+    results["dopri5|1.0|1e-08"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-8}
+    results["dopri5|0.1|1e-06"] = {**results["dopri5|1.0|1e-06"], "tau0": 0.1}
+    paths = paper.summarize(results, tmp_path, initial_weights=lambda tau0: w0)
+    assert [p.suffix for p in paths] == [".nc", ".md", ".png"]
+    with xr.open_dataset(paths[0]) as ds:
+        ds = ds.load()
+    assert ds.attrs["reference"].startswith("kernel_etd3 at rtol 1e-07 (tau0 = 1)")
+    columns = (ds[name].values for name in ("method", "setting", "weight_error", "test_loss_error"))
+    got = {(str(m), float(s)): (float(w), float(t)) for m, s, w, t in zip(*columns, strict=True)}
+    expected = {key: size for key, size in offsets.items() if size > 0}
+    assert set(got) == set(expected)
+    for key, size in expected.items():
+        np.testing.assert_allclose(got[key], (size, size), rtol=1e-12)
+    assert "| 1 | dopri5 | 1e-06 |" in paths[1].read_text()

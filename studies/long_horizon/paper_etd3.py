@@ -26,6 +26,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,8 +54,8 @@ def _method(record: dict) -> str:
     return record.get("method", "kernel_etd3")
 
 
-def _weights_path(tau0: float, rtol: float, method: str = "kernel_etd3") -> Path:
-    return OUT.with_name(f"{method}_paper_{tau0:g}_{rtol:g}.npy")
+def _weights_path(tau0: float, rtol: float, method: str = "kernel_etd3", directory: Path = OUT.parent) -> Path:
+    return directory / f"{method}_paper_{tau0:g}_{rtol:g}.npy"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,12 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(results: dict, directory: Path = OUT.parent) -> list[Path]:
+def _initial_weights(tau0: float) -> np.ndarray:
+    return build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
+
+
+def summarize(
+    results: dict, directory: Path = OUT.parent, initial_weights: Callable[[float], np.ndarray] = _initial_weights
+) -> list[Path]:
     """The paper-size work-precision table, figure and NetCDF of every finished run with weights.
 
     The reference of each tau0 is its kernel_etd3 run at the smallest rtol; a run's error is the
-    distance of its final weights to the reference's, relative to the reference's weight change,
-    and the relative difference of its final test loss (the reference itself is left out).
+    distance of its final weights to the reference's, relative to the reference's weight change
+    from ``initial_weights(tau0)``, and the relative difference of its final test loss (the
+    reference itself is left out). Writes ``work_precision_paper_gradient.{nc,md,png}``.
     """
     import xarray as xr
 
@@ -139,15 +147,15 @@ def summarize(results: dict, directory: Path = OUT.parent) -> list[Path]:
     references = {}
     for tau0 in sorted({r["tau0"] for r in results.values()}):
         etd3 = [r for r in results.values() if r["tau0"] == tau0 and _method(r) == "kernel_etd3"]
-        etd3 = [r for r in etd3 if _weights_path(tau0, r["rtol"]).exists()]
+        etd3 = [r for r in etd3 if _weights_path(tau0, r["rtol"], directory=directory).exists()]
         if not etd3:
             continue
         ref = min(etd3, key=lambda r: r["rtol"])
         references[tau0] = ref["rtol"]
-        w0 = build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
-        w_ref = np.load(_weights_path(tau0, ref["rtol"]))
+        w0 = initial_weights(tau0)
+        w_ref = np.load(_weights_path(tau0, ref["rtol"], directory=directory))
         for r in results.values():
-            path = _weights_path(tau0, r["rtol"], _method(r))
+            path = _weights_path(tau0, r["rtol"], _method(r), directory)
             if r["tau0"] != tau0 or r is ref or not path.exists():
                 continue
             error = float(np.linalg.norm(np.load(path) - w_ref) / np.linalg.norm(w_ref - w0))
