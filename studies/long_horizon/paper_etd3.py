@@ -12,7 +12,12 @@ tighter run's weight change (an estimate of its error when the tighter run is se
 accurate), and ``distances``: the same distance to every run of either method at a smaller rtol.
 ``--method kernel_etd4`` runs the fourth-order method (records keyed ``kernel_etd4|tau0|rtol``,
 weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``), ``--method dopri5`` the baseline, whose error at
-this size is measured the same way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6).
+this size is measured the same way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6). Several
+invocations may run at once (one per core): each merges its record into the file.
+
+Every invocation ends by writing ``work_precision_paper_gradient.{md,png,nc}`` beside the JSON
+(:func:`summarize`): every run with weights against the kernel_etd3 run at the smallest rtol of its
+tau0.
 
     python studies/long_horizon/paper_etd3.py                        # rtol 1e-5: about 4 + 6 CPU minutes
     python studies/long_horizon/paper_etd3.py --rtol 1e-6 --tau0 1   # the tolerance of dopri5's accuracy
