@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 "test_loss": wp._test_loss(experiment, weights),
             }
             print(json.dumps(record), flush=True)
-            # Another invocation (another tau0 or method on the other core) may have written since.
-            results = json.loads(OUT.read_text()) if OUT.exists() else {}
-            results[key] = record
+            results = _store({key: record})
+        results = _store({})
         w0 = experiment.weights0.numpy()
         runs = [r for r in results.values() if r["tau0"] == tau0]
 
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:
             tighter = {_key(_method(o), tau0, o["rtol"]): distance(r, o) for o in runs if o["rtol"] < r["rtol"]}
             r["distances"] = {k: v for k, v in tighter.items() if v is not None}
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        partial = OUT.with_suffix(".json.partial")
-        partial.write_text(json.dumps(results, indent=1))
-        partial.replace(OUT)  # atomic: a concurrent invocation never reads half a file
+        results = _store({_key(_method(r), r["tau0"], r["rtol"]): r for r in runs})
     if OUT.exists():
         for path in summarize(json.loads(OUT.read_text())):
             print(f"wrote {path}")
@@ -134,6 +130,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _initial_weights(tau0: float) -> np.ndarray:
     return build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
+
+
+def _store(records: dict) -> dict:
+    """Merge ``records`` into the JSON file as it is now and return its contents.
+
+    Another invocation (another tau0 or method, on the other core) may have written since this one
+    read it; the file is replaced atomically, so a concurrent reader never sees half of it.
+    """
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results.update(records)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    partial = OUT.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=1))
+    partial.replace(OUT)
+    return results
 
 
 def summarize(
