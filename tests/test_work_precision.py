@@ -90,11 +90,29 @@ def test_a_method_without_the_flow_is_refused(wp, tmp_path) -> None:
 PAPER_SCRIPT = SCRIPT.with_name("paper_etd3.py")
 
 
-def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(tmp_path, monkeypatch) -> None:
+def _paper_script(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))  # paper_etd3 imports work_precision
     spec = importlib.util.spec_from_file_location("paper_etd3", PAPER_SCRIPT)
     paper = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paper)
+    return paper
+
+
+def test_paper_records_survive_concurrent_invocations(tmp_path, monkeypatch) -> None:
+    paper = _paper_script(monkeypatch)
+    monkeypatch.setattr(paper, "OUT", tmp_path / "records.json")
+    paper._store({"1.0|1e-05": {"rtol": 1e-5}})
+    # another invocation writes its record between two runs of this one
+    other = json.loads(paper.OUT.read_text()) | {"dopri5|1.0|1e-06": {"rtol": 1e-6}}
+    paper.OUT.write_text(json.dumps(other))
+    merged = paper._store({"1.0|1e-06": {"rtol": 1e-6}})
+    assert set(merged) == {"1.0|1e-05", "dopri5|1.0|1e-06", "1.0|1e-06"}
+    assert json.loads(paper.OUT.read_text()) == merged
+    assert not paper.OUT.with_suffix(".json.partial").exists()
+
+
+def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(tmp_path, monkeypatch) -> None:
+    paper = _paper_script(monkeypatch)
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(7, 4))
     w_ref = w0 + rng.normal(size=(7, 4))
