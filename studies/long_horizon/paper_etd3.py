@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", choices=METHODS, default="kernel_etd3")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results = _load()
     for tau0 in args.tau0:
         config = config_from_dict(wp.base_config("paper", "gradient", tau0, None))
         experiment = build_experiment(config)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(json.dumps(record), flush=True)
             results = _store({key: record})
-        results = _store({})
+        results = _load()  # with the records other invocations wrote meanwhile
         w0 = experiment.weights0.numpy()
         runs = [r for r in results.values() if r["tau0"] == tau0]
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = _weights_path(tau0, a["rtol"], _method(a)), _weights_path(tau0, b["rtol"], _method(b))
             if not all(p.exists() for p in paths):
                 return None
-            wa, wb = (np.load(p) for p in paths)
-            return float(np.linalg.norm(wa - wb) / np.linalg.norm(wb - w0))
+            return _relative_distance(np.load(paths[0]), np.load(paths[1]), w0)
 
         for name in METHODS:
             done = sorted((r for r in runs if _method(r) == name), key=lambda r: -r["rtol"])
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             r["distances"] = {k: v for k, v in tighter.items() if v is not None}
         results = _store({_key(_method(r), r["tau0"], r["rtol"]): r for r in runs})
     if OUT.exists():
-        for path in summarize(json.loads(OUT.read_text())):
+        for path in summarize(_load()):
             print(f"wrote {path}")
     return 0
 
@@ -132,13 +131,22 @@ def _initial_weights(tau0: float) -> np.ndarray:
     return build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
 
 
+def _relative_distance(weights: np.ndarray, reference: np.ndarray, w0: np.ndarray) -> float:
+    """||weights - reference|| / ||reference - w0||: a distance relative to the weight change."""
+    return float(np.linalg.norm(weights - reference) / np.linalg.norm(reference - w0))
+
+
+def _load() -> dict:
+    return json.loads(OUT.read_text()) if OUT.exists() else {}
+
+
 def _store(records: dict) -> dict:
     """Merge ``records`` into the JSON file as it is now and return its contents.
 
     Another invocation (another tau0 or method, on the other core) may have written since this one
     read it; the file is replaced atomically, so a concurrent reader never sees half of it.
     """
-    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    results = _load()
     results.update(records)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     partial = OUT.with_suffix(".json.partial")
@@ -174,7 +182,7 @@ def summarize(
             path = _weights_path(tau0, r["rtol"], _method(r), directory)
             if r["tau0"] != tau0 or r is ref or not path.exists():
                 continue
-            error = float(np.linalg.norm(np.load(path) - w_ref) / np.linalg.norm(w_ref - w0))
+            error = _relative_distance(np.load(path), w_ref, w0)
             rows.append(
                 {
                     "tau0": tau0,
@@ -182,7 +190,7 @@ def summarize(
                     "setting": r["rtol"],
                     "status": r["status"],
                     "t_reached": r["t"],
-                    "t_end": 2e7,
+                    "t_end": wp.SCALES["paper"]["t_end"],
                     "cpu_time_s": r["cpu_s"],
                     "nfe": r["nfe"],
                     "linearizations": r["linearizations"],
