@@ -6,6 +6,7 @@ import pytest
 import torch
 from problems import explicit_gram
 
+from gnflow._syrk import add_outer_product_syrk
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import EigminDamping
 from gnflow.experiment import build_experiment
@@ -150,3 +151,44 @@ def test_cuda_float32_field_matches_cpu_float64(allow_tf32: bool) -> None:
     assert torch.backends.cuda.matmul.allow_tf32 == tf32_before  # restored after the evaluation
     scale = float(fields["cpu"].abs().max())
     torch.testing.assert_close(fields["cuda"], fields["cpu"], rtol=0, atol=(1e-2 if allow_tf32 else 1e-3) * scale)
+
+
+@pytest.mark.parametrize("n", [7, 512, 801])
+def test_symmetric_block_product_under_autograd(n: int) -> None:
+    """With a tensor that needs gradients the product stays in torch (split blocks), and its gradient is right."""
+    gen = torch.Generator().manual_seed(n)
+    a = torch.randn(n, 9, generator=gen, dtype=torch.float64, requires_grad=True)
+    total = _add_outer_product(None, a)
+    torch.testing.assert_close(total, a.detach() @ a.detach().T, rtol=1e-13, atol=1e-13)
+    weight = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((total * weight).sum(), a)
+    torch.testing.assert_close(grad, (weight + weight.T) @ a.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_syrk_accumulates_exactly_symmetric_products_of_strided_blocks() -> None:
+    """dsyrk over non-contiguous column chunks: the sum of the products, symmetric bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(300, 70, generator=gen, dtype=torch.float64)
+    total = None
+    for start in range(0, 70, 25):
+        total = add_outer_product_syrk(total, a[:, start : start + 25])
+    assert total is not None
+    assert torch.equal(total, total.T)
+    torch.testing.assert_close(total, a @ a.T, rtol=1e-13, atol=1e-13)
+
+
+def test_syrk_uses_torch_thread_count() -> None:
+    """The BLAS behind dsyrk runs with torch's current thread count, changed between calls."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = torch.get_num_threads()
+    a = torch.randn(40, 8, dtype=torch.float64)
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            add_outer_product_syrk(None, a)
+            counts = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()}
+            blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+            assert blas, counts
+            assert all(lib["num_threads"] == threads for lib in blas), counts
+    finally:
+        torch.set_num_threads(before)
