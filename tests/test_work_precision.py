@@ -132,18 +132,60 @@ def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(t
             "nfe": 10, "linearizations": 0, "steps": 5, "rejected": 0, "train_loss": 1.0,
             "test_loss": 2.0 * (1.0 + size),
         }  # fmt: skip
-    # a run without its weights file is left out, and so is a tau0 without a kernel_etd3 run
-    results["dopri5|1.0|1e-08"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-8}
+    # a tau0 without a kernel_etd3 run is left out; a run without its weights file keeps the distance
+    # recorded when the file existed, and without one it has no weight error (but its test-loss error)
     results["dopri5|0.1|1e-06"] = {**results["dopri5|1.0|1e-06"], "tau0": 0.1}
+    results["dopri5|1.0|1e-08"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-8, "distances": {"1.0|1e-07": 7e-5}}
+    results["dopri5|1.0|1e-09"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-9}
     paths = paper.summarize(results, tmp_path, initial_weights=lambda tau0: w0)
     assert [p.suffix for p in paths] == [".nc", ".md", ".png"]
     with xr.open_dataset(paths[0]) as ds:
         ds = ds.load()
-    assert ds.attrs["reference"].startswith("kernel_etd3 at rtol 1e-07 (tau0 = 1)")
+    assert ds.attrs["reference"].startswith("weights: kernel_etd3 at rtol 1e-07 (tau0 = 1); test loss: kernel_etd3 at")
     columns = (ds[name].values for name in ("method", "setting", "weight_error", "test_loss_error"))
     got = {(str(m), float(s)): (float(w), float(t)) for m, s, w, t in zip(*columns, strict=True)}
-    expected = {key: size for key, size in offsets.items() if size > 0}
+    expected = {key: (size, size) for key, size in offsets.items() if size > 0}
+    expected |= {("dopri5", 1e-8): (7e-5, 2e-4), ("dopri5", 1e-9): (np.nan, 2e-4)}
     assert set(got) == set(expected)
-    for key, size in expected.items():
-        np.testing.assert_allclose(got[key], (size, size), rtol=1e-12)
+    for key, errors in expected.items():
+        np.testing.assert_allclose(got[key], errors, rtol=1e-12)
+    assert "| 1 | dopri5 | 1e-09 | completed | 2e+07 | 1000000.0 | 10 | 0 | – | 2.00e-04 |" in paths[1].read_text()
     assert "| 1 | dopri5 | 1e-06 |" in paths[1].read_text()
+
+
+def test_paper_summary_measures_test_loss_against_the_tightest_run_of_either_kernel_method(
+    tmp_path, monkeypatch
+) -> None:
+    """A kernel_etd4 run tighter than every kernel_etd3 run is the test-loss reference; weights stay on kernel_etd3."""
+    paper = _paper_script(monkeypatch)
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(size=(5, 4))
+    w_ref = w0 + rng.normal(size=(5, 4))
+    record = {"status": "completed", "t": 2e7, "cpu_s": 1.0, "nfe": 10, "linearizations": 3, "steps": 2, "rejected": 0}
+    runs = {
+        ("kernel_etd3", 1e-7): (0.0, 3.0 * (1 + 1e-7)),
+        ("kernel_etd4", 1e-8): (1e-7, 3.0),
+        ("dopri5", 1e-6): (4e-6, 3.0 * (1 - 5e-8)),
+    }
+    results = {}
+    for (method, rtol), (size, test_loss) in runs.items():
+        direction = rng.normal(size=w0.shape)
+        weights = w_ref + size * np.linalg.norm(w_ref - w0) * direction / np.linalg.norm(direction)
+        np.save(paper._weights_path(1.0, rtol, method, tmp_path), weights)
+        results[paper._key(method, 1.0, rtol)] = record | {
+            "method": method, "tau0": 1.0, "rtol": rtol, "train_loss": 1.0, "test_loss": test_loss,
+        }  # fmt: skip
+    paths = paper.summarize(results, tmp_path, initial_weights=lambda tau0: w0)
+    with xr.open_dataset(paths[0]) as ds:
+        ds = ds.load()
+    assert "test loss: kernel_etd4 at rtol 1e-08 (tau0 = 1)" in ds.attrs["reference"]
+    columns = (ds[name].values for name in ("method", "setting", "weight_error", "test_loss_error"))
+    got = {(str(m), float(s)): (float(w), float(t)) for m, s, w, t in zip(*columns, strict=True)}
+    expected = {
+        ("kernel_etd3", 1e-7): (np.nan, 1e-7),  # the weight reference: no weight error, a test-loss error
+        ("kernel_etd4", 1e-8): (1e-7, np.nan),  # the test-loss reference: its distance to the weight reference
+        ("dopri5", 1e-6): (4e-6, 5e-8),
+    }
+    assert set(got) == set(expected)
+    for key, errors in expected.items():
+        np.testing.assert_allclose(got[key], errors, rtol=1e-9)

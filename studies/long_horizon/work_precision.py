@@ -348,13 +348,19 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     return path
 
 
+def _error(value: float) -> str:
+    """An error for the table; NaN (not measured: a reference itself, or a run without weights) as a dash."""
+    return "–" if np.isnan(value) else f"{value:.2e}"
+
+
 def report(ds: xr.Dataset, path: Path) -> Path:
     lines = [
         f"# {ds.attrs['title']}",
         "",
         f"Reference: {ds.attrs['reference']}. Error of the final weights "
         "relative to the weight change, relative error of the test loss; CPU seconds of one torch thread. "
-        "Runs stopped by the CPU budget give a lower bound of their cost and no error.",
+        "Runs stopped by the CPU budget give a lower bound of their cost and no error; "
+        "a dash is an error not measured (a reference against itself, or a run whose weights were not kept).",
         "",
     ]
     lines += [
@@ -366,8 +372,8 @@ def report(ds: xr.Dataset, path: Path) -> Path:
         r = {v: ds[v].values[k] for v in ds.data_vars}
         lines.append(
             f"| {r['tau0']:g} | {r['method']} | {r['setting']:.0e} | {r['status']} | {r['t_reached']:.3g} | "
-            f"{r['cpu_time_s']:.1f} | {r['nfe']} | {r['linearizations']} | {r['weight_error']:.2e} | "
-            f"{r['test_loss_error']:.2e} |"
+            f"{r['cpu_time_s']:.1f} | {r['nfe']} | {r['linearizations']} | {_error(r['weight_error'])} | "
+            f"{_error(r['test_loss_error'])} |"
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
