@@ -69,7 +69,8 @@ def authors_step(
         return torch.nn.functional.silu(x @ u.T + b) @ v / m
 
     pred, vjp = torch.func.vjp(predict, u, b, v)
-    jac = torch.func.vmap(vjp)(torch.eye(n, dtype=dtype))  # (N, M, d), (N, M), (N, M)
+    # their vmap runs over chunks of at most 128 samples when all N do not fit: (128, N, M) per chunk
+    jac = torch.func.vmap(vjp, chunk_size=128)(torch.eye(n, dtype=dtype))  # (N, M, d), (N, M), (N, M)
     g = (pred - y) / n
     gram = sum(j.reshape(n, -1).double() @ j.reshape(n, -1).double().T for j in jac)
     left, s, right_h = torch.linalg.svd(gram)
