@@ -6,7 +6,7 @@ import pytest
 import torch
 from problems import explicit_gram
 
-from gnflow._syrk import add_outer_product_syrk
+from gnflow._syrk import add_outer_product_syrk, syrk_applies
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import EigminDamping
 from gnflow.experiment import build_experiment
@@ -40,11 +40,19 @@ def test_chunked_products_equal_unchunked(train: str, chunk: int) -> None:
     torch.testing.assert_close(chunked.t, whole.t)
 
 
-def test_gram_equals_explicit_jacobian_product() -> None:
-    """A = J J^T with J from torch.func, for the split (symmetric-block) product too."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gram_equals_explicit_jacobian_product(threads: int) -> None:
+    """A = J J^T with J from torch.func, by dsyrk (one thread) and by the split symmetric-block product."""
     x, w = problem(n=600, m=40, d=2)
     model = ParticleModel(input_dim=2, activation="gelu", chunk_size=15)
-    gram = model.linearize(w, x).gram()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gram = model.linearize(w, x).gram()
+    finally:
+        torch.set_num_threads(before)
+    if threads == 1:  # dsyrk computes one triangle and copies it
+        assert torch.equal(gram, gram.T)
     oracle = torch.as_tensor(explicit_gram(model, w, x))
     torch.testing.assert_close(gram, oracle, rtol=1e-12, atol=1e-14 * float(gram.abs().max()))
 
@@ -177,18 +185,21 @@ def test_syrk_accumulates_exactly_symmetric_products_of_strided_blocks() -> None
     torch.testing.assert_close(total, a @ a.T, rtol=1e-13, atol=1e-13)
 
 
-def test_syrk_uses_torch_thread_count() -> None:
-    """The BLAS behind dsyrk runs with torch's current thread count, changed between calls."""
+def test_syrk_only_at_one_torch_thread_with_its_blas_at_one_thread() -> None:
+    """dsyrk runs when torch has one thread, and then its BLAS is held at one thread (the pools compete)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = torch.get_num_threads()
     a = torch.randn(40, 8, dtype=torch.float64)
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            add_outer_product_syrk(None, a)
-            counts = {lib["filepath"]: lib["num_threads"] for lib in threadpoolctl.threadpool_info()}
-            blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
-            assert blas, counts
-            assert all(lib["num_threads"] == threads for lib in blas), counts
+        torch.set_num_threads(2)
+        assert not syrk_applies(a)
+        torch.set_num_threads(1)
+        assert syrk_applies(a)
+        assert not syrk_applies(a.float()) and not syrk_applies(a.clone().requires_grad_())
+        add_outer_product_syrk(None, a)
+        threadpoolctl.threadpool_limits(limits=2, user_api="blas")  # something else raises it
+        add_outer_product_syrk(None, a)
+        blas = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas), blas
     finally:
         torch.set_num_threads(before)
