@@ -79,3 +79,8 @@ def test_save_times():
     assert lin.tolist() == [0.0, 5.0, 10.0]
     explicit = save_times(SolverConfig(t_end=10.0, save_times=(1.0, 4.0)))
     assert explicit.tolist() == [0.0, 1.0, 4.0, 10.0]
+    # every spacing ends at t_end, also with the fewest saves (log-spaced: t = 0 and one more time)
+    for spacing in ("log", "linear"):
+        for n_save in (2, 3):
+            times = save_times(SolverConfig(t_end=1e6, n_save=n_save, save_spacing=spacing))
+            assert times[0] == 0.0 and times[-1] == 1e6 and len(times) == n_save

@@ -29,6 +29,8 @@ def save_times(config: SolverConfig) -> np.ndarray:
     if config.save_spacing == "linear":
         return np.linspace(0.0, config.t_end, config.n_save)
     t_min = config.t_end * 10.0 ** (-config.save_decades)
+    if config.n_save == 2:  # geomspace of one point is t_min: the run must still end at t_end
+        return np.array([0.0, config.t_end])
     return np.concatenate([[0.0], np.geomspace(t_min, config.t_end, config.n_save - 1)])
 
 
