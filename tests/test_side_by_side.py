@@ -88,5 +88,6 @@ def test_main_writes_the_report(side_by_side, tmp_path: Path) -> None:
     assert result["gnflow"]["runs"][0]["status"] == "converged"
     assert result["gnflow"]["runs"][0]["saved_states"] >= 2
     assert result["authors"]["iterations"] > 0
+    assert 0 < result["gnflow"]["runs"][0]["integration_wall_s"] < result["gnflow"]["runs"][0]["wall_s"]
     text = out.with_suffix(".md").read_text()
     assert f"{result['ratio']:.0f}x" in text
