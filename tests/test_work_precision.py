@@ -189,3 +189,14 @@ def test_paper_summary_measures_test_loss_against_the_tightest_run_of_either_ker
     assert set(got) == set(expected)
     for key, errors in expected.items():
         np.testing.assert_allclose(got[key], errors, rtol=1e-9)
+
+
+def test_paper_rerun_keeps_distances_only_when_it_is_the_same_run(monkeypatch) -> None:
+    """A rerun of a key (weights file lost) keeps the earlier distances only for the same steps and test loss."""
+    paper = _paper_script(monkeypatch)
+    earlier = {"steps": 540, "test_loss": 7.4448608195172e-05, "distances": {"0.1|1e-07": 6.1e-7}}
+    same = {"steps": 540, "test_loss": 7.4448608195171e-05}
+    assert paper._carry_distances(earlier, same)["distances"] == {"0.1|1e-07": 6.1e-7}
+    assert "distances" not in paper._carry_distances(earlier, same | {"steps": 541})
+    assert "distances" not in paper._carry_distances(earlier, same | {"test_loss": 7.45e-05})
+    assert paper._carry_distances(None, same) == same

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -99,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 "rejected": int(solution.n_rejected[-1]),
                 "train_loss": experiment.flow.train_loss(weights),
                 "test_loss": wp._test_loss(experiment, weights),
+                "gnflow": _commit(),
             }
             print(json.dumps(record), flush=True)
-            results = _store({key: record})
+            results = _store({key: _carry_distances(results.get(key), record)})
         results = _load()  # with the records other invocations wrote meanwhile
         w0 = experiment.weights0.numpy()
         runs = [r for r in results.values() if r["tau0"] == tau0]
@@ -128,6 +130,30 @@ def main(argv: list[str] | None = None) -> int:
         for path in summarize(_load()):
             print(f"wrote {path}")
     return 0
+
+
+def _carry_distances(earlier: dict | None, record: dict) -> dict:
+    """``record`` with the distances of ``earlier``, a record of the same key, when both are the same run.
+
+    A key is rerun when its weights file is missing (another checkout); the rerun's distances can only
+    be measured to the weights files that exist now. When it took the same steps to the same test
+    loss (relative 1e-10; a rerun differs only by rounding), the distances measured from the earlier
+    run's weights stay valid and are kept (those measured now are merged over them).
+    """
+    if not earlier or not earlier.get("distances"):
+        return record
+    same = earlier.get("steps") == record["steps"] and abs(earlier["test_loss"] / record["test_loss"] - 1.0) < 1e-10
+    return record | {"distances": dict(earlier["distances"])} if same else record
+
+
+def _commit() -> str:
+    """The git commit of this checkout (``+`` when gnflow/ has uncommitted changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain", "gnflow"], capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    return (head.stdout.strip() or "unknown") + ("+" if dirty.stdout.strip() else "")
 
 
 def _initial_weights(tau0: float) -> np.ndarray:

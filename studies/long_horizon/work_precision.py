@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 import time
 import tomllib
 from dataclasses import replace
@@ -325,7 +326,10 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
                     color=COLOURS[method],
                     label=method,
                 )
-                lim = ~np.isfinite(m["weight_error"].values)
+                # a run that did not finish (stopped by its CPU budget) has no error: marked at the top;
+                # a finished run without one (a reference, or weights not kept) is not drawn
+                finished = np.isin(m["status"].values.astype(str), ["completed", "converged"])
+                lim = ~np.isfinite(m["weight_error"].values) & ~finished
                 if lim.any():
                     ax.scatter(
                         m[cost].values[lim],
@@ -341,7 +345,8 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
             ax.grid(True, which="major", alpha=0.3)
             if i == 0 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-    fig.suptitle(ds.attrs["title"] + f"\nreference {ds.attrs['reference']}", fontsize=9)
+    reference = textwrap.fill(f"reference {ds.attrs['reference']}", width=int(12 * fig.get_figwidth()))
+    fig.suptitle(ds.attrs["title"] + "\n" + reference, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
