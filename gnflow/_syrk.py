@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["add_outer_product_syrk", "syrk_applies"]
 
-_state: dict[str, Any] = {"threads": None, "controller": None}
+_state: dict[str, Any] = {"controller": None}
 
 
 def syrk_applies(a: torch.Tensor) -> bool:
@@ -43,9 +43,8 @@ def _hold_blas_at_one_thread() -> None:
         from threadpoolctl import ThreadpoolController
 
         _state["controller"] = ThreadpoolController().select(user_api="blas")
-    if _state["threads"] != 1 or any(lib.num_threads != 1 for lib in _state["controller"].lib_controllers):
+    if any(lib.num_threads != 1 for lib in _state["controller"].lib_controllers):
         _state["controller"].limit(limits=1)
-        _state["threads"] = 1
 
 
 def add_outer_product_syrk(total: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:

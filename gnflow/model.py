@@ -477,8 +477,9 @@ class Linearization:
 def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
     """total + a a^T for a of shape (sample, chunk), allocating total at the first chunk.
 
-    a a^T is symmetric. On the CPU in float64 (outside autograd) it is one BLAS ``dsyrk``, half the
-    flops of a general product (:mod:`gnflow._syrk`). Elsewhere (CUDA, autograd), with the samples
+    a a^T is symmetric. On the CPU in float64 at one torch thread (outside autograd) it is one BLAS
+    ``syrk``, half the flops of a general product (:mod:`gnflow._syrk`). Elsewhere (more threads,
+    CUDA, autograd), with the samples
     split in two halves only three of the four blocks are products (three quarters of the flops of
     one general product), and the fourth is a transposed copy; small problems use one product.
     """

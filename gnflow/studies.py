@@ -40,6 +40,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 import tomllib
@@ -79,6 +80,7 @@ __all__ = [
     "map_in_workers",
     "run_grid",
     "run_study",
+    "source_commit",
     "study_folder",
     "study_module",
     "study_scales",
@@ -503,3 +505,23 @@ def save_study_figure(fig: Any, context: StudyContext, name: str) -> Path:
 
 
 StudyFunction = Callable[[dict[str, Any], StudyContext], StudyReport]
+
+
+def source_commit() -> str:
+    """The git commit of the gnflow source this process runs, for a measurement's provenance.
+
+    The short hash, with ``+`` when ``gnflow/`` has uncommitted changes; ``"not in a git checkout"``
+    for an installed copy (or without git).
+    """
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", ".")
+    except OSError:
+        return "not in a git checkout"
+    return head + ("+" if dirty else "") if head else "not in a git checkout"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ import work_precision as wp
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
+from gnflow.studies import source_commit
 
 OUT = Path("data/studies/long_horizon/paper/kernel_etd3_paper.json")
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rejected": int(solution.n_rejected[-1]),
                 "train_loss": experiment.flow.train_loss(weights),
                 "test_loss": wp._test_loss(experiment, weights),
-                "gnflow": _commit(),
+                "gnflow": source_commit(),
             }
             print(json.dumps(record), flush=True)
             results = _store({key: _carry_distances(results.get(key), record)})
@@ -144,16 +144,6 @@ def _carry_distances(earlier: dict | None, record: dict) -> dict:
         return record
     same = earlier.get("steps") == record["steps"] and abs(earlier["test_loss"] / record["test_loss"] - 1.0) < 1e-10
     return record | {"distances": dict(earlier["distances"])} if same else record
-
-
-def _commit() -> str:
-    """The git commit of this checkout (``+`` when gnflow/ has uncommitted changes), or "unknown"."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "gnflow"], capture_output=True, text=True, check=False)
-    except OSError:
-        return "unknown"
-    return (head.stdout.strip() or "unknown") + ("+" if dirty.stdout.strip() else "")
 
 
 def _initial_weights(tau0: float) -> np.ndarray:

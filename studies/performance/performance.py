@@ -137,19 +137,19 @@ def gn_eigh_field(flow: GaussNewtonFlow, weights: torch.Tensor) -> torch.Tensor:
 def roofline(s: torch.Tensor, t: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
     """Seconds of T T^T + S S^T and of one Cholesky factorization.
 
-    On the CPU in float64 the products are symmetric rank-k updates (BLAS ``dsyrk``, N^2 M
-    multiply-adds each, what gnflow's Gram uses), timed with the BLAS at torch's thread count;
-    elsewhere general products (2 N^2 M).
+    On the CPU in float64 the products are symmetric rank-k updates (numpy's ``a @ a.T``, a BLAS
+    ``dsyrk`` of N^2 M multiply-adds, as gnflow's Gram computes them at one thread), timed with the
+    BLAS at torch's thread count; elsewhere general products (2 N^2 M).
     """
     _synchronize(t.device)
     if t.device.type == "cpu" and t.dtype == torch.float64:
-        from scipy.linalg import blas
         from threadpoolctl import threadpool_limits
 
+        t_np, s_np = t.contiguous().numpy(), s.contiguous().numpy()
         with threadpool_limits(torch.get_num_threads(), user_api="blas"):
             start = time.perf_counter()
-            hidden = blas.dsyrk(1.0, t.contiguous().numpy().T, trans=1)
-            output = blas.dsyrk(1.0, s.contiguous().numpy().T, trans=1)
+            hidden = t_np @ t_np.T
+            output = s_np @ s_np.T
             products = time.perf_counter() - start
     else:
         start = time.perf_counter()

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ import gnflow
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
+from gnflow.studies import source_commit
 from gnflow.trajectory import trajectory_dataset
 
 OUTPUT = Path("data/studies/performance/saved_states.json")
@@ -107,10 +107,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     measuring = {"wall_s": wall2 - wall1, "cpu_s": cpu2 - cpu1}
     n_saved = len(solution.t)
     per_state = measuring["cpu_s"] / n_saved
-    package = Path(gnflow.__file__).parent
-    commit = subprocess.run(
-        ["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    )
     return {
         "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "n_save": args.n_save},
         "torch_threads": args.threads,
@@ -134,8 +130,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             else "measured on an otherwise idle machine (load averages below 1.5 before and after)"
         ),
         "gnflow": gnflow.__version__,
-        "gnflow_path": str(package),
-        "git_commit": commit.stdout.strip() or "gnflow not in a git checkout",
+        "gnflow_path": str(Path(gnflow.__file__).parent),
+        "git_commit": source_commit(),
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -46,6 +46,7 @@ import gnflow
 from gnflow.config import load_config
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
+from gnflow.studies import source_commit
 
 CONFIG = Path("examples/gn.toml")
 OUT = Path("data/studies/performance/side_by_side.json")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_after": list(load_after),
         "torch": torch.__version__,
         "gnflow_version": gnflow.__version__,
-        "git_commit": _commit(),
+        "git_commit": source_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -226,15 +227,6 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.output} and {report(result, args.output)}")
     return 0
-
-
-def _commit() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "gnflow"], capture_output=True, text=True, check=False)
-        return done.stdout.strip() + (" (gnflow/ modified)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":
