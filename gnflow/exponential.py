@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gnflow import _blas as blas
 from gnflow.flows import Flow, FlowError
 from gnflow.model import Linearization
 
@@ -234,7 +235,7 @@ def freeze_kernel(flow: Flow, weights: torch.Tensor) -> FrozenKernel:
     if not bool(torch.isfinite(residual).all()):
         raise FlowError("non-finite network output: the state has diverged")
     gram = lin.gram()
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    eigenvalues, eigenvectors = blas.eigh(gram)
     eigenvalues = eigenvalues.clamp(min=0.0)
     multiplier = flow.preconditioner_spectrum(gram, eigenvalues)
     return FrozenKernel(

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gnflow._syrk import add_outer_product_syrk, syrk_applies
+from gnflow._blas import add_outer_product_syrk, blas_applies, matmul, syrk_applies
 from gnflow.config import RunConfig
 
 __all__ = [
@@ -428,8 +428,12 @@ class Linearization:
         c = c.to(self.x.dtype)
         for part, s, t in self.chunks():
             if self.model.trains_hidden:
-                # sum_n c_n T_ni [x_n, 1] as one product: (T^T)(c * X1)
-                out[part, : d + 1] = t.T @ (c[:, None] * self.x1)
+                # sum_n c_n T_ni [x_n, 1] as one product: (c * X1)^T T, (d + 1, chunk)
+                weighted = c[:, None] * self.x1
+                if blas_applies(t, weighted):
+                    out[part, : d + 1] = matmul(weighted.T, t).T
+                else:
+                    out[part, : d + 1] = t.T @ weighted
             if self.model.trains_output:
                 out[part, d + 1] = s.T @ c
         return out.mul_(self.scale)
@@ -442,12 +446,23 @@ class Linearization:
         d = self.model.input_dim
         delta = delta.to(self.x.dtype)
         out = self.x.new_zeros(self.n_samples)
+        # sum_i T_ni [x_n, 1] . delta_i = rowsum(X1 * (T delta_h)): a (sample, d + 1) product, no
+        # (sample, particle) temporary
+        projected: torch.Tensor | None = None
         for part, s, t in self.chunks():
             if self.model.trains_hidden:
-                hidden = torch.addmm(delta[part, d], self.x, delta[part, :d].T)  # (sample, chunk)
-                out += (t * hidden).sum(1)
+                hidden = delta[part, : d + 1]
+                if blas_applies(t, hidden):
+                    chunk = matmul(t, hidden)
+                    projected = chunk if projected is None else projected.add_(chunk)
+                elif projected is None:
+                    projected = t @ hidden
+                else:
+                    projected.addmm_(t, hidden)
             if self.model.trains_output:
                 out.addmv_(s, delta[part, d + 1])
+        if projected is not None:
+            out += (projected * self.x1).sum(1)
         return out.mul_(self.scale)
 
     def gram(self) -> torch.Tensor:
@@ -478,7 +493,7 @@ def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Ten
     """total + a a^T for a of shape (sample, chunk), allocating total at the first chunk.
 
     a a^T is symmetric. On the CPU in float64 at one torch thread (outside autograd) it is one BLAS
-    ``syrk``, half the flops of a general product (:mod:`gnflow._syrk`). Elsewhere (more threads,
+    ``syrk``, half the flops of a general product (:mod:`gnflow._blas`). Elsewhere (more threads,
     CUDA, autograd), with the samples
     split in two halves only three of the four blocks are products (three quarters of the flops of
     one general product), and the fourth is a transposed copy; small problems use one product.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from problems import explicit_gram
+from problems import explicit_gram, explicit_jacobian, scatter_trained
 
-from gnflow._syrk import add_outer_product_syrk, syrk_applies
+from gnflow._blas import add_outer_product_syrk, blas_applies, eigh, syrk_applies
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import EigminDamping
 from gnflow.experiment import build_experiment
@@ -203,3 +203,49 @@ def test_syrk_only_at_one_torch_thread_with_its_blas_at_one_thread() -> None:
         assert blas and all(lib["num_threads"] == 1 for lib in blas), blas
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("train", ["all", "hidden", "output"])
+@pytest.mark.parametrize("chunk", [0, 10])
+def test_jvp_and_vjp_equal_the_autograd_jacobian_at_one_and_two_threads(threads: int, train: str, chunk: int) -> None:
+    """J delta and J^T c (numpy's BLAS at one torch thread, torch at two) against the N x P Jacobian."""
+    x, w = problem()
+    model = ParticleModel(input_dim=3, train=train, chunk_size=chunk)
+    jac = explicit_jacobian(model, w, x)
+    mask = model.trainable_mask(dtype=torch.bool)
+    gen = torch.Generator().manual_seed(2)
+    c = torch.randn(30, generator=gen, dtype=torch.float64)
+    delta = torch.randn(97, 5, generator=gen, dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        lin = model.linearize(w, x)
+        assert blas_applies(lin.t, c) == (threads == 1)
+        vjp, jvp = lin.vjp(c), lin.jvp(delta)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(vjp, scatter_trained(model, jac.T @ c, 97), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(jvp, jac @ delta[:, mask].reshape(-1), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_eigh_diagonalizes_at_one_and_two_threads(threads: int) -> None:
+    """numpy's LAPACK at one torch thread, torch's at two: ascending eigenvalues equal to scipy's,
+    orthonormal eigenvectors that rebuild the matrix."""
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(60, 200, generator=gen, dtype=torch.float64)
+    a = g @ g.T
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        values, vectors = eigh(a)
+    finally:
+        torch.set_num_threads(before)
+    reference = scipy_linalg.eigvalsh(a.numpy())
+    np_values = values.numpy()
+    assert (np_values[1:] >= np_values[:-1]).all()
+    torch.testing.assert_close(values, torch.from_numpy(reference), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(60, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, a, rtol=1e-12, atol=1e-10)
