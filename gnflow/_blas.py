@@ -25,20 +25,40 @@ run per core), with that BLAS held at one thread; with more torch threads the pr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["add_outer_product_syrk", "blas_applies", "eigh", "matmul", "syrk_applies"]
+__all__ = [
+    "EIGH_MIN",
+    "PRODUCT_MIN_ENTRIES",
+    "add_outer_product_syrk",
+    "blas_applies",
+    "eigh",
+    "matmul",
+    "syrk_applies",
+    "torch_only",
+]
 
-_state: dict[str, Any] = {"controller": None}
+_state: dict[str, Any] = {"controller": None, "enabled": True}
+
+EIGH_MIN = 256
+"""Below this order torch's eigh is as fast (N = 100: 1.7 ms against numpy's 1.9 ms; N = 200: 6.0
+against 5.6)."""
+
+PRODUCT_MIN_ENTRIES = 2**19
+"""J delta and J^T c go to numpy's BLAS when the (sample, particle) block has at least this many
+entries; below, the call's overhead is a visible part (N = 100, M = 1000: J delta 1.0 ms against
+0.8 in torch)."""
 
 
 def blas_applies(*tensors: torch.Tensor) -> bool:
     """Whether products of ``tensors`` go to numpy's BLAS: CPU float64 tensors outside autograd,
     torch at one thread."""
-    if torch.get_num_threads() != 1:
+    if not _state["enabled"] or torch.get_num_threads() != 1:
         return False
     grad = torch.is_grad_enabled()
     return all(a.device.type == "cpu" and a.dtype == torch.float64 and not (grad and a.requires_grad) for a in tensors)
@@ -80,10 +100,22 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric ``a``, as ``torch.linalg.eigh``:
-    by numpy's LAPACK (``syevd``) where :func:`blas_applies`, about 1.3x faster than torch's at
-    N = 500 and one thread (43 ms against 56-65 ms), else by torch."""
-    if not blas_applies(a):
+    by numpy's LAPACK (``syevd``) for n >= :data:`EIGH_MIN` where :func:`blas_applies`, about 1.35x
+    faster than torch's at N = 500 and one thread (44 ms against 60 ms), else by torch."""
+    if a.shape[-1] < EIGH_MIN or not blas_applies(a):
         return torch.linalg.eigh(a)
     _hold_blas_at_one_thread()
     values, vectors = np.linalg.eigh(a.detach().numpy())
     return torch.from_numpy(values), torch.from_numpy(vectors)
+
+
+@contextlib.contextmanager
+def torch_only() -> Iterator[None]:
+    """Inside the block every product and eigendecomposition stays in torch: the baseline of
+    ``studies/performance/products.py``."""
+    previous = _state["enabled"]
+    _state["enabled"] = False
+    try:
+        yield
+    finally:
+        _state["enabled"] = previous

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gnflow._blas import add_outer_product_syrk, blas_applies, matmul, syrk_applies
+from gnflow._blas import PRODUCT_MIN_ENTRIES, add_outer_product_syrk, blas_applies, matmul, syrk_applies
 from gnflow.config import RunConfig
 
 __all__ = [
@@ -430,7 +430,7 @@ class Linearization:
             if self.model.trains_hidden:
                 # sum_n c_n T_ni [x_n, 1] as one product: (c * X1)^T T, (d + 1, chunk)
                 weighted = c[:, None] * self.x1
-                if blas_applies(t, weighted):
+                if t.numel() >= PRODUCT_MIN_ENTRIES and blas_applies(t, weighted):
                     out[part, : d + 1] = matmul(weighted.T, t).T
                 else:
                     out[part, : d + 1] = t.T @ weighted
@@ -452,7 +452,7 @@ class Linearization:
         for part, s, t in self.chunks():
             if self.model.trains_hidden:
                 hidden = delta[part, : d + 1]
-                if blas_applies(t, hidden):
+                if t.numel() >= PRODUCT_MIN_ENTRIES and blas_applies(t, hidden):
                     chunk = matmul(t, hidden)
                     projected = chunk if projected is None else projected.add_(chunk)
                 elif projected is None:

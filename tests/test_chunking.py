@@ -6,7 +6,7 @@ import pytest
 import torch
 from problems import explicit_gram, explicit_jacobian, scatter_trained
 
-from gnflow._blas import add_outer_product_syrk, blas_applies, eigh, syrk_applies
+from gnflow._blas import add_outer_product_syrk, blas_applies, eigh, syrk_applies, torch_only
 from gnflow.config import ConfigError, config_from_dict
 from gnflow.damping import EigminDamping
 from gnflow.experiment import build_experiment
@@ -208,8 +208,11 @@ def test_syrk_only_at_one_torch_thread_with_its_blas_at_one_thread() -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("train", ["all", "hidden", "output"])
 @pytest.mark.parametrize("chunk", [0, 10])
-def test_jvp_and_vjp_equal_the_autograd_jacobian_at_one_and_two_threads(threads: int, train: str, chunk: int) -> None:
+def test_jvp_and_vjp_equal_the_autograd_jacobian_at_one_and_two_threads(
+    threads: int, train: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """J delta and J^T c (numpy's BLAS at one torch thread, torch at two) against the N x P Jacobian."""
+    monkeypatch.setattr("gnflow.model.PRODUCT_MIN_ENTRIES", 0)  # the BLAS path at this small size
     x, w = problem()
     model = ParticleModel(input_dim=3, train=train, chunk_size=chunk)
     jac = explicit_jacobian(model, w, x)
@@ -230,9 +233,10 @@ def test_jvp_and_vjp_equal_the_autograd_jacobian_at_one_and_two_threads(threads:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_eigh_diagonalizes_at_one_and_two_threads(threads: int) -> None:
+def test_eigh_diagonalizes_at_one_and_two_threads(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """numpy's LAPACK at one torch thread, torch's at two: ascending eigenvalues equal to scipy's,
     orthonormal eigenvectors that rebuild the matrix."""
+    monkeypatch.setattr("gnflow._blas.EIGH_MIN", 0)
     scipy_linalg = pytest.importorskip("scipy.linalg")
     gen = torch.Generator().manual_seed(4)
     g = torch.randn(60, 200, generator=gen, dtype=torch.float64)
@@ -249,3 +253,16 @@ def test_eigh_diagonalizes_at_one_and_two_threads(threads: int) -> None:
     torch.testing.assert_close(values, torch.from_numpy(reference), rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(vectors.T @ vectors, torch.eye(60, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(vectors @ torch.diag(values) @ vectors.T, a, rtol=1e-12, atol=1e-10)
+
+
+def test_torch_only_keeps_every_product_in_torch() -> None:
+    """Inside torch_only nothing goes to numpy's BLAS, at one thread too; the routing is back after it."""
+    a = torch.randn(40, 8, dtype=torch.float64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch_only():
+            assert not blas_applies(a)
+        assert blas_applies(a)
+    finally:
+        torch.set_num_threads(before)
