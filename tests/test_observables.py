@@ -27,6 +27,7 @@ from gnflow.observables import (
     refit_output_layer,
     trajectory_from_dataset,
 )
+from gnflow.observables._trajectory import Measurement, measure
 from gnflow.solve import integrate
 from gnflow.trajectory import trajectory_dataset
 from gnflow.transport import wasserstein2
@@ -521,3 +522,53 @@ def test_eigenvalues_come_from_eigh_when_eigenvectors_are_measured(observed_run)
     np.testing.assert_array_equal(observed_run["gram_eigmin"].values[-1], float(values[0]))
     with pytest.raises(RuntimeError, match="needs_eigenvectors"):
         _ = SavedState(traj, 0).eigenvectors
+
+
+class _Recorder(Measurement):
+    needs_eigenvectors = True
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.rows: list[tuple[int, float, float, np.ndarray, np.ndarray]] = []
+        self.fail_at = fail_at
+
+    def update(self, state: SavedState) -> None:
+        if state.index == self.fail_at:
+            raise ArithmeticError(f"no value at state {state.index}")
+        values, vectors = state.eigh
+        self.rows.append((state.index, state.train_loss, state.test_loss, values.numpy(), np.abs(vectors.numpy())))
+
+
+def test_parallel_measuring_pass_equals_the_serial_pass_in_time_order(observed_run):
+    """Worker threads computing the next states give the serial pass's values, bit for bit, in time order."""
+    traj = trajectory_from_dataset(observed_run)
+    before = torch.get_num_threads()
+    serial, parallel = _Recorder(), _Recorder()
+    try:
+        torch.set_num_threads(1)
+        measure(traj, [serial], workers=1)
+        torch.set_num_threads(2)
+        measure(traj, [parallel], workers=3)
+        assert torch.get_num_threads() == 2  # restored after the pass
+    finally:
+        torch.set_num_threads(before)
+    assert [row[0] for row in parallel.rows] == list(range(traj.n_times))
+    for a, b in zip(serial.rows, parallel.rows, strict=True):
+        assert a[:3] == b[:3]
+        np.testing.assert_array_equal(a[3], b[3])
+        np.testing.assert_array_equal(a[4], b[4])
+
+
+def test_parallel_measuring_pass_raises_the_measurements_error_and_restores_threads(observed_run):
+    traj = trajectory_from_dataset(observed_run)
+    before = torch.get_num_threads()
+    recorder = _Recorder(fail_at=3)
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ArithmeticError, match="no value at state 3"):
+            measure(traj, [recorder], workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert [row[0] for row in recorder.rows] == [0, 1, 2]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        measure(traj, [recorder], workers=0)

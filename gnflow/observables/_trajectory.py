@@ -9,8 +9,11 @@ eigendecomposition per saved time serve all of them.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
@@ -189,11 +192,20 @@ def measure(
     measurements: Sequence[Measurement],
     *,
     progress: bool | None = False,
+    workers: int | None = None,
 ) -> None:
     """One pass over the saved states of ``trajectory``, updating every measurement at each.
 
     Each saved time gets one :class:`SavedState`, so the measurements share its linearization and
     its single eigendecomposition (eigh when any of them needs eigenvectors, else eigvalsh).
+
+    With ``workers`` > 1 the states are measured ``workers`` at a time: the measurements update
+    the first state in this thread, which shows what they read (its linearization, Gram matrix,
+    spectrum, test loss, ...); worker threads then compute those parts of the next states, one
+    torch thread each, while the updates still run here in time order. On the CPU this is faster
+    than torch's threads inside each state, whose elementwise passes (the test forward pass) gain
+    little from a second thread (``docs/performance.md``). The values are those of a serial pass
+    at one torch thread.
 
     Parameters
     ----------
@@ -203,6 +215,9 @@ def measure(
         Updated in this order at each saved time.
     progress:
         Show a progress bar: True, False, or None (only on a terminal).
+    workers:
+        States computed at once; None takes torch's thread count (the run's thread budget), 1 is a
+        serial pass at torch's thread count.
     """
     eigenvectors = any(m.needs_eigenvectors for m in measurements)
     times = progress_bar(
@@ -212,11 +227,59 @@ def measure(
         unit="state",
         leave=False,
     )
+    workers = torch.get_num_threads() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     with torch.no_grad():
-        for index in times:
-            state = trajectory.state(index, eigenvectors=eigenvectors)
-            for measurement in measurements:
-                measurement.update(state)
+        if workers == 1 or trajectory.n_times < 3:
+            for index in times:
+                state = trajectory.state(index, eigenvectors=eigenvectors)
+                for measurement in measurements:
+                    measurement.update(state)
+            return
+        _measure_in_parallel(trajectory, measurements, iter(times), eigenvectors, workers)
+
+
+# the parts of a saved state that worker threads may compute ahead (cached properties)
+_SHARED_PARTS = ("linearization", "residual", "train_loss", "test_loss", "gram", "_eigh", "eigenvalues")
+
+
+def _measure_in_parallel(
+    trajectory: Trajectory,
+    measurements: Sequence[Measurement],
+    times: Iterator[int],
+    eigenvectors: bool,
+    workers: int,
+) -> None:
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = trajectory.state(next(times), eigenvectors=eigenvectors)
+        for measurement in measurements:
+            measurement.update(first)
+        parts = [name for name in _SHARED_PARTS if name in first.__dict__]  # what the measurements read
+        del first
+
+        def computed(index: int) -> SavedState:
+            with torch.no_grad():
+                state = trajectory.state(index, eigenvectors=eigenvectors)
+                for name in parts:
+                    getattr(state, name)
+                return state
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gnflow-measure") as pool:
+            pending: deque[Future[SavedState]] = deque()
+            for index in itertools.islice(times, workers):
+                pending.append(pool.submit(computed, index))
+            while pending:
+                state = pending.popleft().result()
+                following = next(times, None)
+                if following is not None:
+                    pending.append(pool.submit(computed, following))
+                for measurement in measurements:
+                    measurement.update(state)
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def run_config(ds: xr.Dataset) -> RunConfig:
