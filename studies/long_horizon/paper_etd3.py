@@ -13,7 +13,8 @@ accurate), and ``distances``: the same distance to every other run of its tau0 w
 exists, merged into the distances recorded before (so that a checkout without the weights files
 keeps them).
 ``--method kernel_etd4`` runs the fourth-order method (records keyed ``kernel_etd4|tau0|rtol``,
-weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``), ``--method dopri5`` the baseline, whose error at
+weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``), ``--method dopri5`` the baseline
+(``dopri8`` and ``bosh3`` the other explicit methods of the work-precision diagrams), whose error at
 this size is measured the same way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6). Several
 invocations may run at once (one per core): each merges its record into the file.
 
@@ -51,7 +52,7 @@ from gnflow.studies import source_commit
 OUT = Path("data/studies/long_horizon/paper/kernel_etd3_paper.json")
 
 
-METHODS = ("kernel_etd3", "kernel_etd4", "dopri5")
+METHODS = ("kernel_etd3", "kernel_etd4", "dopri5", "dopri8", "bosh3")
 
 
 def _key(method: str, tau0: float, rtol: float) -> str:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "t": float(solution.t[-1]),
                 "cpu_s": cpu,
                 "nfe": int(solution.nfe[-1]),
-                "linearizations": 1 + int(solution.n_accepted[-1]) if args.method != "dopri5" else 0,
+                "linearizations": 1 + int(solution.n_accepted[-1]) if args.method.startswith("kernel_") else 0,
                 "steps": int(solution.n_accepted[-1]),
                 "rejected": int(solution.n_rejected[-1]),
                 "train_loss": experiment.flow.train_loss(weights),
