@@ -205,7 +205,7 @@ def measure(
     torch thread each, while the updates still run here in time order. On the CPU this is faster
     than torch's threads inside each state, whose elementwise passes (the test forward pass) gain
     little from a second thread (``docs/performance.md``). The values are those of a serial pass
-    at one torch thread.
+    at one torch thread. On CUDA the pass is serial (one device runs the states in turn).
 
     Parameters
     ----------
@@ -231,7 +231,7 @@ def measure(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     with torch.no_grad():
-        if workers == 1 or trajectory.n_times < 3:
+        if workers == 1 or trajectory.n_times < 3 or trajectory.weights.device.type != "cpu":
             for index in times:
                 state = trajectory.state(index, eigenvectors=eigenvectors)
                 for measurement in measurements:
