@@ -12,9 +12,9 @@ copy, so the result is exactly symmetric (measured at N = 500, M = 5000, one thr
 
 The products J delta = rowsum(X1 * (T delta_h)) + S delta_v and J^T c = [T^T (c X1), S^T c] are
 a (sample, particle) block against a (particle, d + 1) or (sample, d + 1) matrix: memory-bound
-products with a thin side, for which torch's BLAS at one thread is about 2-3x slower than numpy's
-(N = 500, M = 5000, d = 10: ``(c X1)^T T`` 5.4 ms against 15.9 ms for ``T^T (c X1)`` in torch;
-``T delta_h`` 6.5 ms against 10-15 ms; ``docs/performance.md``). :func:`matmul` takes them there.
+products with a thin side, which numpy's BLAS at one thread computes faster than torch's, J^T c
+about twice as fast (``studies/performance/products.py``, ``data/studies/performance/products.md``).
+:func:`matmul` takes them there.
 
 That BLAS has its own thread pool, whose threads and torch's compete for the cores when both have
 more than one: at two threads on two cores a GN evaluation at N = 500, M = 5000 took 0.193 s with
@@ -39,7 +39,6 @@ __all__ = [
     "blas_applies",
     "eigh",
     "matmul",
-    "syrk_applies",
     "torch_only",
 ]
 
@@ -62,11 +61,6 @@ def blas_applies(*tensors: torch.Tensor) -> bool:
         return False
     grad = torch.is_grad_enabled()
     return all(a.device.type == "cpu" and a.dtype == torch.float64 and not (grad and a.requires_grad) for a in tensors)
-
-
-def syrk_applies(a: torch.Tensor) -> bool:
-    """Whether ``a a^T`` goes to ``syrk`` (:func:`blas_applies` for ``a``)."""
-    return blas_applies(a)
 
 
 def _hold_blas_at_one_thread() -> None:
@@ -100,8 +94,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric ``a``, as ``torch.linalg.eigh``:
-    by numpy's LAPACK (``syevd``) for n >= :data:`EIGH_MIN` where :func:`blas_applies`, about 1.35x
-    faster than torch's at N = 500 and one thread (44 ms against 60 ms), else by torch."""
+    by numpy's LAPACK (``syevd``) for n >= :data:`EIGH_MIN` where :func:`blas_applies` (faster than
+    torch's at N = 500 and one thread: ``data/studies/performance/products.md``), else by torch."""
     if a.shape[-1] < EIGH_MIN or not blas_applies(a):
         return torch.linalg.eigh(a)
     _hold_blas_at_one_thread()

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from gnflow._blas import PRODUCT_MIN_ENTRIES, add_outer_product_syrk, blas_applies, matmul, syrk_applies
+from gnflow._blas import PRODUCT_MIN_ENTRIES, add_outer_product_syrk, blas_applies, matmul
 from gnflow.config import RunConfig
 
 __all__ = [
@@ -498,7 +498,7 @@ def _add_outer_product(total: torch.Tensor | None, a: torch.Tensor) -> torch.Ten
     split in two halves only three of the four blocks are products (three quarters of the flops of
     one general product), and the fourth is a transposed copy; small problems use one product.
     """
-    if syrk_applies(a):
+    if blas_applies(a):
         return add_outer_product_syrk(total, a)
     n = a.shape[0]
     first = total is None

@@ -40,6 +40,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -525,3 +526,16 @@ def source_commit() -> str:
     except OSError:
         return "not in a git checkout"
     return head + ("+" if dirty else "") if head else "not in a git checkout"
+
+
+def measurement_provenance() -> dict[str, str]:
+    """Where and with what a benchmark ran: machine, torch, gnflow's commit (:func:`source_commit`)
+    and the UTC date, the keys every performance script records."""
+    import torch
+
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "git_commit": source_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -231,7 +231,8 @@ def measure(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     with torch.no_grad():
-        if workers == 1 or trajectory.n_times < 3 or trajectory.weights.device.type != "cpu":
+        # one state leaves nothing to overlap; on CUDA one device runs the states in turn
+        if workers == 1 or trajectory.n_times < 2 or trajectory.weights.device.type != "cpu":
             for index in times:
                 state = trajectory.state(index, eigenvectors=eigenvectors)
                 for measurement in measurements:

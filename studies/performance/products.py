@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from gnflow.damping import EigminDamping
 from gnflow.exponential import freeze_kernel
 from gnflow.flows import GaussNewtonFlow, GradientFlow
 from gnflow.model import ParticleModel
-from gnflow.studies import source_commit
+from gnflow.studies import measurement_provenance
 
 OUTPUT = Path("data/studies/performance/products.json")
 
@@ -142,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     result = measure(args.n_train, args.width, args.input_dim, args.repeats)
     result.update(
-        load_average_before=list(load_before),
-        load_average_after=list(os.getloadavg()),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores",
-        torch=torch.__version__,
-        git_commit=source_commit(),
-        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        load_average_before=list(load_before), load_average_after=list(os.getloadavg()), **measurement_provenance()
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ import gnflow
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
-from gnflow.studies import source_commit
+from gnflow.studies import measurement_provenance
 from gnflow.trajectory import trajectory_dataset
 
 OUTPUT = Path("data/studies/performance/saved_states.json")
@@ -131,10 +130,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "gnflow": gnflow.__version__,
         "gnflow_path": str(Path(gnflow.__file__).parent),
-        "git_commit": source_commit(),
-        "torch": torch.__version__,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **measurement_provenance(),
     }
 
 

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ import gnflow
 from gnflow.config import load_config
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
-from gnflow.studies import source_commit
+from gnflow.studies import measurement_provenance
 
 CONFIG = Path("examples/gn.toml")
 OUT = Path("data/studies/performance/side_by_side.json")
@@ -217,11 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_range": [min(steps) * count["iterations"] / max(walls), max(steps) * count["iterations"] / min(walls)],
         "load_before": list(load_before),
         "load_after": list(load_after),
-        "torch": torch.__version__,
         "gnflow_version": gnflow.__version__,
-        "git_commit": source_commit(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **measurement_provenance(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
