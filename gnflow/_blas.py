@@ -38,6 +38,7 @@ __all__ = [
     "add_outer_product_syrk",
     "blas_applies",
     "eigh",
+    "hold_blas_at_one_thread",
     "matmul",
     "torch_only",
 ]
@@ -63,7 +64,7 @@ def blas_applies(*tensors: torch.Tensor) -> bool:
     return all(a.device.type == "cpu" and a.dtype == torch.float64 and not (grad and a.requires_grad) for a in tensors)
 
 
-def _hold_blas_at_one_thread() -> None:
+def hold_blas_at_one_thread() -> None:
     """numpy's BLAS (and any other loaded) at one thread; set again if something changed it."""
     if _state["controller"] is None:
         from threadpoolctl import ThreadpoolController
@@ -79,7 +80,7 @@ def add_outer_product_syrk(total: torch.Tensor | None, a: torch.Tensor) -> torch
     ``total`` (n, n), if given, is updated in place. numpy's matrix product of an array with its own
     transpose is a BLAS ``syrk`` (one triangle computed, the other copied: exactly symmetric).
     """
-    _hold_blas_at_one_thread()
+    hold_blas_at_one_thread()
     a_np = a.detach().contiguous().numpy()
     product = torch.from_numpy(a_np @ a_np.T)
     return product if total is None else total.add_(product)
@@ -88,7 +89,7 @@ def add_outer_product_syrk(total: torch.Tensor | None, a: torch.Tensor) -> torch
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b by numpy's BLAS at one thread, for CPU float64 tensors with any strides (a transposed
     view is passed to the BLAS as a transposed operand, not copied). Returns a new tensor."""
-    _hold_blas_at_one_thread()
+    hold_blas_at_one_thread()
     return torch.from_numpy(a.detach().numpy() @ b.detach().numpy())
 
 
@@ -98,7 +99,7 @@ def eigh(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     torch's at N = 500 and one thread: ``data/studies/performance/products.md``), else by torch."""
     if a.shape[-1] < EIGH_MIN or not blas_applies(a):
         return torch.linalg.eigh(a)
-    _hold_blas_at_one_thread()
+    hold_blas_at_one_thread()
     values, vectors = np.linalg.eigh(a.detach().numpy())
     return torch.from_numpy(values), torch.from_numpy(vectors)
 

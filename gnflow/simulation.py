@@ -13,10 +13,11 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 
+import torch
 import xarray as xr
 
 from gnflow.checkpoint import Checkpointer, CheckpointError, checkpoint_path, load_checkpoint
@@ -36,7 +37,7 @@ from gnflow.solve import Callback, CheckpointHook, integrate
 from gnflow.solve._loop import auto_choice
 from gnflow.status import SignalInterrupt
 from gnflow.threads import resolve_threads, torch_threads
-from gnflow.trajectory import trajectory_dataset
+from gnflow.trajectory import measuring_alongside, trajectory_dataset
 
 __all__ = ["run", "simulate"]
 
@@ -61,7 +62,10 @@ def simulate(
 
     The run uses ``config.compute.threads`` torch threads (0: the free cores, see
     :mod:`gnflow.threads`); torch's setting is restored afterwards, and the number used is the
-    dataset's ``gnflow_threads``.
+    dataset's ``gnflow_threads``. With two threads on the CPU (not resumed) it integrates at one
+    and measures the saved states at the other while it integrates
+    (:func:`gnflow.trajectory.measuring_alongside`); the states left are measured after, two at a
+    time. The values are those of a run at ``compute.threads = 1``.
     """
     with torch_threads(resolve_threads(config.compute.threads)) as threads:
         ds = _simulate(config, progress=progress, checkpoint=checkpoint, resume=resume, callback=callback)
@@ -106,16 +110,25 @@ def _simulate(
         experiment.device,
         config.dtype,
     )
-    solution = integrate(
-        flow,
-        experiment.weights0,
-        solver,
-        progress=progress,
-        schedule=schedule,
-        checkpoint=checkpoint,
-        resume=resume,
-        callback=callback,
-    )
+    # two threads on the CPU: integrate at one, measure the saved states at the other meanwhile
+    overlap = torch.get_num_threads() == 2 and experiment.device.type == "cpu" and resume is None
+    with torch_threads(1) if overlap else nullcontext():
+        alongside = measuring_alongside(experiment) if overlap else None
+        try:
+            solution = integrate(
+                flow,
+                experiment.weights0,
+                solver,
+                progress=progress,
+                schedule=schedule,
+                checkpoint=checkpoint,
+                resume=resume,
+                callback=callback,
+                on_save=alongside,
+            )
+        finally:  # the worker stops with the integration, whatever ended it
+            if alongside is not None:
+                alongside.finish()
     # the command line prints its own summary of the run: at INFO this line would repeat it
     logger.debug(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
@@ -137,7 +150,7 @@ def _simulate(
             stats.cg_steps,
             stats.eigvalsh_fallbacks,
         )
-    ds = trajectory_dataset(experiment, solution, progress=progress)
+    ds = trajectory_dataset(experiment, solution, progress=progress, alongside=alongside)
     if chosen_by_auto:
         ds.attrs["gnflow_solver"] = f"{description.solver}, chosen by solver.method = auto: {chosen_by_auto}"
     return ds

@@ -4,7 +4,8 @@ The schema itself (variable names, long names, units) is :data:`gnflow.dataset.V
 module measures the saved states of a :class:`~gnflow.solve.Solution` and fills it in. The built-in
 variables and the observables of ``[observe] names`` are measured in one pass
 (:func:`gnflow.observables.measure`): each saved state is linearized once, and its Gram matrix
-decomposed at most once, for all of them.
+decomposed at most once, for all of them. A run on two CPU threads measures the built-in variables
+while it integrates (:func:`measuring_alongside`), and this pass takes the states left.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from gnflow.dataset import apply_variable_attrs, cf_attributes
 from gnflow.experiment import Experiment
 from gnflow.flows import Flow
 from gnflow.observables import (
+    OBSERVABLES,
     Measurement,
+    MeasuringAlongside,
     Observable,
     SavedState,
     Trajectory,
@@ -33,7 +36,7 @@ from gnflow.observables import (
 from gnflow.solve import Solution
 from gnflow.status import RunResult, interruption_reason
 
-__all__ = ["trajectory_dataset"]
+__all__ = ["measuring_alongside", "trajectory_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,46 +45,86 @@ class _BuiltinVariables(Measurement):
     """train_loss, test_loss, gram_eigmin, gram_eigmax and damping at every saved state.
 
     The damping is the flow's eps(w) from the state's Gram matrix and eigenvalues (NaN for a
-    flow without damping).
+    flow without damping). The arrays grow with the time indices measured (NaN where none was).
     """
 
-    def __init__(self, flow: Flow, n_times: int) -> None:
+    NAMES = ("train_loss", "test_loss", "gram_eigmin", "gram_eigmax", "damping")
+
+    def __init__(self, flow: Flow, n_times: int = 0) -> None:
         self.flow = flow
-        self.train_loss = np.full(n_times, np.nan)
-        self.test_loss = np.full(n_times, np.nan)
-        self.gram_eigmin = np.full(n_times, np.nan)
-        self.gram_eigmax = np.full(n_times, np.nan)
-        self.damping = np.full(n_times, np.nan)
+        self.values = {name: np.full(n_times, np.nan) for name in self.NAMES}
         self.unmeasured: list[int] = []
         self.error = ""
 
+    def _set(self, name: str, index: int, value: float) -> None:
+        array = self.values[name]
+        if index >= len(array):
+            array = self.values[name] = np.concatenate(
+                [array, np.full(max(index + 1, 2 * len(array)) - len(array), np.nan)]
+            )
+        array[index] = value
+
+    def column(self, name: str, n_times: int) -> np.ndarray:
+        """The variable ``name`` at time indices 0 to ``n_times`` - 1."""
+        array = self.values[name][:n_times]
+        return np.concatenate([array, np.full(n_times - len(array), np.nan)])
+
     def update(self, state: SavedState) -> None:
         k = state.index
-        self.train_loss[k] = state.train_loss
-        self.test_loss[k] = state.test_loss
+        self._set("train_loss", k, state.train_loss)
+        self._set("test_loss", k, state.test_loss)
         try:  # a non-finite or overflowing Gram matrix has no spectrum: NaN there, and a reason
             eigenvalues = state.eigenvalues
-            self.gram_eigmin[k] = float(eigenvalues[0])
-            self.gram_eigmax[k] = float(eigenvalues[-1])
-            self.damping[k] = self.flow.epsilon(state.gram, eigenvalues)
+            self._set("gram_eigmin", k, float(eigenvalues[0]))
+            self._set("gram_eigmax", k, float(eigenvalues[-1]))
+            self._set("damping", k, self.flow.epsilon(state.gram, eigenvalues))
         except (RuntimeError, ValueError, ArithmeticError) as exc:
             self.unmeasured.append(k)
             self.error = self.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def _run_dtype_trajectory(experiment: Experiment, solution: Solution) -> Trajectory:
-    """The saved states in the run's dtype, on the data the flow integrated."""
+class _From(Measurement):
+    """``measurement`` at the time indices from ``start`` on (the earlier ones are measured already)."""
+
+    def __init__(self, measurement: Measurement, start: int) -> None:
+        self.measurement = measurement
+        self.start = start
+        self.needs_eigenvectors = measurement.needs_eigenvectors  # type: ignore[misc]
+
+    def update(self, state: SavedState) -> None:
+        if state.index >= self.start:
+            self.measurement.update(state)
+
+
+def _run_dtype_trajectory(experiment: Experiment, solution: Solution | None) -> Trajectory:
+    """The saved states in the run's dtype, on the data the flow integrated (None: no states yet)."""
     data = experiment.data
     has_test = data.n_test > 0
+    weights0 = experiment.weights0
     return Trajectory(
         model=experiment.model,
-        t=np.asarray(solution.t, dtype=np.float64),
-        weights=solution.weights,
+        t=np.asarray(solution.t if solution is not None else [], dtype=np.float64),
+        weights=solution.weights if solution is not None else weights0.new_empty((0, *weights0.shape)),
         x_train=experiment.flow.x,
         y_train=experiment.flow.y,
         x_test=experiment.tensor(data.x_test) if has_test else None,
         y_test=experiment.tensor(data.y_test) if has_test else None,
         teacher_weights=None,
+    )
+
+
+def measuring_alongside(experiment: Experiment) -> MeasuringAlongside:
+    """A sink for ``integrate(on_save=...)`` that measures the built-in variables of the run's saved
+    states in a worker thread while it integrates; pass it to :func:`trajectory_dataset`.
+
+    Create it, and integrate, with torch at one thread (see
+    :class:`~gnflow.observables.MeasuringAlongside`). In a float64 run whose observables read
+    eigenvectors, the built-in variables read the eigenvalues of ``eigh``, as in their joint pass.
+    """
+    names = select_observables(experiment.config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
+    eigenvectors = experiment.dtype == torch.float64 and any(OBSERVABLES[name].needs_eigenvectors for name in names)
+    return MeasuringAlongside(
+        _run_dtype_trajectory(experiment, None), [_BuiltinVariables(experiment.flow)], eigenvectors=eigenvectors
     )
 
 
@@ -91,8 +134,10 @@ def _measure(
     inputs: xr.Dataset,
     builtins: _BuiltinVariables,
     progress: bool | None,
+    start: int,
 ) -> list[Observable]:
-    """The built-in variables and the observables of ``[observe] names``, measured.
+    """The built-in variables from time index ``start`` on and the observables of ``[observe]
+    names``, measured.
 
     The observables always read the float64 trajectory rebuilt from ``inputs`` (what ``gnflow
     observe`` reads from the file), so both give the same numbers; in a float64 run the built-in
@@ -102,24 +147,31 @@ def _measure(
     config = experiment.config
     names = select_observables(config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
     if not names:
-        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
+        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress, start=start)
         return []
     trajectory = trajectory_from_dataset(inputs, data=experiment.data, device=experiment.device)
     observables = make_observables(names, trajectory, config.observe)
     if experiment.dtype == torch.float64:
-        measure(trajectory, [builtins, *observables], progress=progress)
+        measure(trajectory, [_From(builtins, start) if start else builtins, *observables], progress=progress)
     else:
-        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress)
+        measure(_run_dtype_trajectory(experiment, solution), [builtins], progress=progress, start=start)
         measure(trajectory, observables, progress=progress)
     return observables
 
 
-def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: bool | None = False) -> xr.Dataset:
+def trajectory_dataset(
+    experiment: Experiment,
+    solution: Solution,
+    *,
+    progress: bool | None = False,
+    alongside: MeasuringAlongside | None = None,
+) -> xr.Dataset:
     """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``).
 
     The train loss, Gram spectrum extremes, damping and test loss are measured at every saved
     state, together with the observables of the run's ``[observe] names`` (``progress``: show a
-    bar while doing so; None = only on a terminal).
+    bar while doing so; None = only on a terminal). ``alongside``, the :func:`measuring_alongside`
+    sink the run was integrated with, is finished here and its states are not measured again.
 
     Measurements never lose the integration: a state whose Gram spectrum cannot be computed
     (non-finite or overflowing) gets NaN there and the run fails with that reason; an interruption
@@ -149,9 +201,14 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         stored["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
     inputs = xr.Dataset(stored, coords=coords, attrs={"gnflow_config": config_to_json(config)})
     result = solution.result
-    builtins = _BuiltinVariables(experiment.flow, n_saved)
+    if alongside is not None:
+        start = alongside.finish()
+        builtins = alongside.measurements[0]
+        assert isinstance(builtins, _BuiltinVariables)
+    else:
+        start, builtins = 0, _BuiltinVariables(experiment.flow, n_saved)
     try:
-        observables = _measure(experiment, solution, inputs, builtins, progress)
+        observables = _measure(experiment, solution, inputs, builtins, progress, min(start, n_saved))
     except KeyboardInterrupt as exc:  # keep the finished integration: states measured so far, NaN for the rest
         observables = []
         reason = f"{interruption_reason(exc)} while measuring saved states (integration: {solution.status})"
@@ -164,10 +221,10 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
     time_dims = ("t",)
     variables: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
         "weights": stored["weights"],
-        "train_loss": (time_dims, builtins.train_loss),
-        "test_loss": (time_dims, builtins.test_loss),
-        "gram_eigmin": (time_dims, builtins.gram_eigmin),
-        "gram_eigmax": (time_dims, builtins.gram_eigmax),
+        "train_loss": (time_dims, builtins.column("train_loss", n_saved)),
+        "test_loss": (time_dims, builtins.column("test_loss", n_saved)),
+        "gram_eigmin": (time_dims, builtins.column("gram_eigmin", n_saved)),
+        "gram_eigmax": (time_dims, builtins.column("gram_eigmax", n_saved)),
         # int32: CF-1.8 has no 64-bit integers
         "nfe": (time_dims, solution.nfe.astype(np.int32)),
         "n_steps": (time_dims, solution.n_accepted.astype(np.int32)),
@@ -176,7 +233,7 @@ def trajectory_dataset(experiment: Experiment, solution: Solution, *, progress: 
         "y_train": stored["y_train"],
     }
     if flow.damping is not None:
-        variables["damping"] = (time_dims, builtins.damping)
+        variables["damping"] = (time_dims, builtins.column("damping", n_saved))
     if solution.epoch is not None:  # a step schedule over mini-batches (GGN)
         variables["iteration"] = (time_dims, solution.n_accepted.astype(np.int32))  # CF 1.8 has no int64
         variables["epoch"] = (time_dims, solution.epoch)

@@ -24,7 +24,8 @@ Notation: M particles w_i = (u_i, b_i, v_i), N training points, A_t = J J^T the 
 
 The measurement pass (:func:`measure`) gives every observable of a saved time the same
 :class:`SavedState`: one linearization and at most one eigendecomposition of A_t per saved time,
-shared with the built-in variables during a float64 run.
+shared with the built-in variables during a float64 run. During ``gnflow run`` on two CPU threads
+the built-in variables are measured while the run integrates (:class:`MeasuringAlongside`).
 
 Adding an observable: one :class:`Observable` subclass, one entry in :data:`OBSERVABLES` (in
 ``gnflow/observables/_builtin.py``) with its variables documented there.
@@ -33,6 +34,7 @@ The definitions, units and costs are in docs/observables.md.
 """
 
 from gnflow._exports import present_under
+from gnflow.observables._alongside import MeasuringAlongside
 from gnflow.observables._builtin import OBSERVABLES
 from gnflow.observables._measures import (
     centered_kernel_alignment,
@@ -61,6 +63,7 @@ from gnflow.observables._trajectory import (
 __all__ = [
     "OBSERVABLES",
     "Measurement",
+    "MeasuringAlongside",
     "Observable",
     "ObservableError",
     "ObservableOutput",

@@ -102,12 +102,17 @@ class SavedState:
         Its time index k, 0 <= k < ``trajectory.n_times``.
     eigenvectors:
         Whether a measurement reads :attr:`eigenvectors` (decides eigh over eigvalsh).
+    weights:
+        The particles at this time, when ``trajectory`` does not hold them yet (states measured
+        while the run integrates); default ``trajectory.weights[index]``.
     """
 
-    def __init__(self, trajectory: Trajectory, index: int, *, eigenvectors: bool = False) -> None:
+    def __init__(
+        self, trajectory: Trajectory, index: int, *, eigenvectors: bool = False, weights: torch.Tensor | None = None
+    ) -> None:
         self.trajectory = trajectory
         self.index = index
-        self.weights = trajectory.weights[index]
+        self.weights = trajectory.weights[index] if weights is None else weights
         self.with_eigenvectors = eigenvectors
 
     @cached_property
@@ -193,6 +198,7 @@ def measure(
     *,
     progress: bool | None = False,
     workers: int | None = None,
+    start: int = 0,
 ) -> None:
     """One pass over the saved states of ``trajectory``, updating every measurement at each.
 
@@ -218,10 +224,15 @@ def measure(
     workers:
         States computed at once; None takes torch's thread count (the run's thread budget), 1 is a
         serial pass at torch's thread count.
+    start:
+        The first time index measured: the states before it were measured already (by
+        :class:`~gnflow.observables.MeasuringAlongside` during the integration).
     """
+    if not 0 <= start <= trajectory.n_times:
+        raise ValueError(f"start must lie in [0, {trajectory.n_times}] (the saved times), got {start}")
     eigenvectors = any(m.needs_eigenvectors for m in measurements)
     times = progress_bar(
-        range(trajectory.n_times),
+        range(start, trajectory.n_times),
         enabled=progress,
         desc="measuring saved states",
         unit="state",
@@ -232,7 +243,7 @@ def measure(
         raise ValueError(f"workers must be >= 1, got {workers}")
     with torch.no_grad():
         # one state leaves nothing to overlap; on CUDA one device runs the states in turn
-        if workers == 1 or trajectory.n_times < 2 or trajectory.weights.device.type != "cpu":
+        if workers == 1 or trajectory.n_times - start < 2 or trajectory.weights.device.type != "cpu":
             for index in times:
                 state = trajectory.state(index, eigenvectors=eigenvectors)
                 for measurement in measurements:

@@ -24,12 +24,14 @@ schedule, h_k = b_k / lam with constant damping alpha / lam (see :mod:`gnflow.gg
 
 Long runs hand their position (the stepper's complete state, the saved states and the counters)
 to a :class:`CheckpointHook` every so often and later continue from it (``resume=``), taking
-exactly the steps the uninterrupted run takes.
+exactly the steps the uninterrupted run takes. A :class:`StateSink` (``on_save=``) receives every
+saved state as it is saved, for work beside the integration (the run measures its saved states
+there: :class:`gnflow.observables.MeasuringAlongside`).
 """
 
 from gnflow._exports import present_under
 from gnflow.solve._budget import Budget, ProgressBar, StopWatch
-from gnflow.solve._loop import Callback, CheckpointHook, StepInfo, integrate, integration_loop
+from gnflow.solve._loop import Callback, CheckpointHook, StateSink, StepInfo, integrate, integration_loop
 from gnflow.solve._schedule import StepSchedule, save_times
 from gnflow.solve._solution import Solution
 from gnflow.solve._steppers import STEPPERS, Stepper, make_stepper
@@ -41,6 +43,7 @@ __all__ = [
     "CheckpointHook",
     "ProgressBar",
     "Solution",
+    "StateSink",
     "StepInfo",
     "StepSchedule",
     "Stepper",

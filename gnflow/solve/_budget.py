@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gnflow._progress import progress_bar
@@ -18,16 +19,25 @@ class StopWatch:
     ----------
     wall_s, cpu_s:
         Time already spent (a resumed run continues its clocks).
+    excluded_cpu_s:
+        Processor seconds spent so far by work beside the timed one in other threads of this
+        process (a monotone reading); the processor time leaves them out.
     """
 
-    def __init__(self, wall_s: float = 0.0, cpu_s: float = 0.0) -> None:
+    def __init__(
+        self, wall_s: float = 0.0, cpu_s: float = 0.0, *, excluded_cpu_s: Callable[[], float] | None = None
+    ) -> None:
         self._wall = wall_s
         self._cpu = cpu_s
+        self._excluded = excluded_cpu_s
         self._started: tuple[float, float] | None = None
+
+    def _process_cpu_s(self) -> float:
+        return time.process_time() - (self._excluded() if self._excluded is not None else 0.0)
 
     def start(self) -> StopWatch:
         """Start an interval (the watch itself, to chain)."""
-        self._started = (time.perf_counter(), time.process_time())
+        self._started = (time.perf_counter(), self._process_cpu_s())
         return self
 
     def stop(self) -> None:
@@ -36,7 +46,7 @@ class StopWatch:
             raise RuntimeError("the stop watch is not running")
         wall0, cpu0 = self._started
         self._wall += time.perf_counter() - wall0
-        self._cpu += time.process_time() - cpu0
+        self._cpu += self._process_cpu_s() - cpu0
         self._started = None
 
     @property
@@ -48,10 +58,11 @@ class StopWatch:
 
     @property
     def cpu_s(self) -> float:
-        """Processor seconds of this process (all threads), the running interval included."""
+        """Processor seconds of this process (all threads but the excluded work), the running interval
+        included."""
         if self._started is None:
             return self._cpu
-        return self._cpu + time.process_time() - self._started[1]
+        return self._cpu + self._process_cpu_s() - self._started[1]
 
 
 @dataclass(frozen=True, kw_only=True)

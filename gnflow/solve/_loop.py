@@ -33,7 +33,7 @@ from gnflow.solve._solution import Recorder, Solution
 from gnflow.solve._steppers import Stepper, make_stepper
 from gnflow.status import RunResult, interruption_reason
 
-__all__ = ["Callback", "CheckpointHook", "StepInfo", "integrate", "integration_loop"]
+__all__ = ["Callback", "CheckpointHook", "StateSink", "StepInfo", "integrate", "integration_loop"]
 
 logger = logging.getLogger("gnflow.solve")
 
@@ -92,6 +92,19 @@ class CheckpointHook(Protocol):
         ...
 
 
+class StateSink(Protocol):
+    """Work on the saved states beside the integration, in threads of its own (``on_save`` of
+    :func:`integrate`): :meth:`put` receives every state as the loop saves it and must return at
+    once; the integration's processor time leaves out :attr:`cpu_s`."""
+
+    def put(self, index: int, weights: torch.Tensor) -> None:
+        """Take the state saved at time index ``index`` (the stored copy: read, never modify)."""
+
+    @property
+    def cpu_s(self) -> float:
+        """Processor seconds the sink's threads have spent so far."""
+
+
 def integrate(
     flow: Flow,
     weights0: torch.Tensor,
@@ -103,6 +116,7 @@ def integrate(
     checkpoint: CheckpointHook | None = None,
     resume: Mapping[str, Any] | None = None,
     callback: Callback | None = None,
+    on_save: StateSink | None = None,
 ) -> Solution:
     """Integrate ``flow`` from ``weights0`` at t = 0 to ``config.t_end``.
 
@@ -133,6 +147,9 @@ def integrate(
     callback:
         Called with a :class:`StepInfo` after every accepted step that does not end the run; a
         true return value stops the run (see :data:`Callback`).
+    on_save:
+        Receives every state saved by this call (see :class:`StateSink`); a resumed run's states
+        saved before the resume are not passed.
 
     Returns
     -------
@@ -171,6 +188,7 @@ def integrate(
         callback=callback,
         resume=resume,
         monotone_rtol=config.rtol if config.adaptive else None,
+        on_save=on_save,
     )
     return recorder.solution(result, stats, config.method)
 
@@ -207,6 +225,7 @@ def integration_loop(
     callback: Callback | None = None,
     resume: Mapping[str, Any] | None = None,
     monotone_rtol: float | None = None,
+    on_save: StateSink | None = None,
 ) -> tuple[Recorder, RunResult, dict[str, float | int]]:
     """Advance ``stepper`` from t = 0 (or from ``resume``) until its horizon, a stop or a failure.
 
@@ -224,7 +243,7 @@ def integration_loop(
         Step limit and time budgets.
     stop_loss_ratio:
         Stop (converged) once the train loss is <= ratio * L(0) (0 = never).
-    progress, checkpoint, callback, resume:
+    progress, checkpoint, callback, resume, on_save:
         As for :func:`integrate`.
     monotone_rtol:
         Check that the train loss does not increase (both continuous flows guarantee it in exact
@@ -237,8 +256,8 @@ def integration_loop(
         The recorded trajectory, the result and the statistics (``n_steps``, ``n_accepted``,
         ``n_rejected``, ``nfe``, ``max_steps``, ``wall_time_s``, ``cpu_time_s``).
     """
-    recorder = Recorder()
-    clock = StopWatch().start()
+    recorder = Recorder(None if on_save is None else on_save.put)
+    clock = StopWatch(excluded_cpu_s=None if on_save is None else lambda: on_save.cpu_s).start()
     before_wall = before_cpu = 0.0
     bar = ProgressBar(stepper.horizon, flow.name, progress)
     result = RunResult.completed()

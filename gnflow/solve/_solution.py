@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +74,18 @@ class Solution:
 
 
 class Recorder:
-    """The saved states and the step counters while a run goes on."""
+    """The saved states and the step counters while a run goes on.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    on_save:
+        Called as ``on_save(index, weights)`` with every state :meth:`save` keeps (its time index
+        and the stored copy, not to be modified); states restored by :meth:`load_state_dict` are
+        not passed.
+    """
+
+    def __init__(self, on_save: Callable[[int, torch.Tensor], None] | None = None) -> None:
+        self.on_save = on_save
         self.t: list[float] = []
         self.weights: list[torch.Tensor] = []
         self.nfe: list[int] = []
@@ -101,6 +110,8 @@ class Recorder:
         self.nfe.append(int(nfe))
         self.accepted.append(self.n_accepted)
         self.rejected.append(self.n_rejected)
+        if self.on_save is not None:
+            self.on_save(len(self.t) - 1, self.weights[-1])
         return True
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,6 +18,15 @@ Usage::
     python studies/performance/saved_states.py --n-train 200 --width 2000 --n-test 4000
     python studies/performance/saved_states.py --label after -o data/studies/performance/saved_states.json
 
+With ``--alongside`` it measures what ``gnflow run`` does on two CPU threads instead: the run
+integrates at one torch thread while a worker measures the saved states at the other
+(:func:`gnflow.trajectory.measuring_alongside`), and the states left are measured after, two at a
+time. The baseline is the same integration alone at one thread, without any measurement, timed in
+the same process before and after; the share is then the wall time the measurements add to the
+run, (whole run - integration alone) / integration alone, and the CPU share is reported beside it.
+
+    python studies/performance/saved_states.py --alongside --label alongside
+
 Results are appended to the JSON file under ``--label`` (one entry per label), with the load
 average before and after, since the machine may be shared.
 """
@@ -41,7 +50,8 @@ from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
 from gnflow.solve import integrate
 from gnflow.studies import measurement_provenance
-from gnflow.trajectory import trajectory_dataset
+from gnflow.threads import torch_threads
+from gnflow.trajectory import measuring_alongside, trajectory_dataset
 
 OUTPUT = Path("data/studies/performance/saved_states.json")
 
@@ -90,6 +100,24 @@ def measurement_parts(experiment: Any, weights: torch.Tensor, repeats: int) -> d
     return {name: statistics.median(values) for name, values in parts.items()}
 
 
+def _conditions(load_before: tuple[float, ...], load_after: tuple[float, ...], idle_below: float) -> dict[str, Any]:
+    """Load averages, whether the machine was otherwise idle, and the provenance of the numbers."""
+    idle = max(load_before[0], load_after[0]) <= idle_below
+    return {
+        "load_average_before": list(load_before),
+        "load_average_after": list(load_after),
+        "note": (
+            f"measured on an otherwise idle machine (one-minute load averages at most {idle_below}, this script "
+            "included)"
+            if idle
+            else "measured under load on a shared machine (see the load averages); compare ratios, not seconds"
+        ),
+        "gnflow": gnflow.__version__,
+        "gnflow_path": str(Path(gnflow.__file__).parent),
+        **measurement_provenance(),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, args.threads))
     torch.set_num_threads(args.threads)
@@ -121,16 +149,73 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "integration_cpu_s_per_evaluation": integration["cpu_s"] / int(solution.nfe[-1]),
         "parts_s": parts,
         "parts_over_gn_evaluation": {name: value / parts["gn_evaluation"] for name, value in parts.items()},
-        "load_average_before": list(load_before),
-        "load_average_after": list(load_after),
-        "note": (
-            "measured under load on a shared machine (see the load averages); compare ratios, not seconds"
-            if max(load_before[0], load_after[0]) > 1.5
-            else "measured on an otherwise idle machine (load averages below 1.5 before and after)"
+        **_conditions(load_before, load_after, idle_below=1.5),
+    }
+
+
+def _timed(function: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    value = function()
+    return value, {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
+
+
+def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
+    """The run as ``gnflow run`` makes it on two threads, against its integration alone at one."""
+    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, 2))
+    load_before = os.getloadavg()
+
+    def integration_alone() -> Any:
+        experiment = build_experiment(config)  # a fresh flow: its solver state (Lanczos start) as in a new run
+        with torch_threads(1):
+            return _timed(lambda: integrate(experiment.flow, experiment.weights0, config.solver, progress=False))
+
+    def with_measurements() -> tuple[Any, dict[str, float], dict[str, float], dict[str, float], int]:
+        experiment = build_experiment(config)
+        flow, weights0 = experiment.flow, experiment.weights0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        with torch_threads(1):
+            alongside = measuring_alongside(experiment)
+            solution, integration = _timed(lambda: integrate(flow, weights0, config.solver, on_save=alongside))
+            measured = alongside.finish()
+        with torch_threads(2):
+            _, after = _timed(lambda: trajectory_dataset(experiment, solution, progress=False, alongside=alongside))
+        whole = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
+        return solution, integration, after, whole, measured
+
+    alone: list[dict[str, float]] = []
+    runs: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        solution, timing = integration_alone()
+        alone.append(timing)
+        solution_b, integration, after, whole, measured = with_measurements()
+        if not torch.equal(solution.weights, solution_b.weights):
+            raise AssertionError("the integration with the measurements alongside took other steps")
+        runs.append({"integration": integration, "after_integration": after, "whole": whole, "alongside": measured})
+    solution, timing = integration_alone()
+    alone.append(timing)
+    load_after = os.getloadavg()
+    alone_wall = statistics.median(a["wall_s"] for a in alone)
+    alone_cpu = statistics.median(a["cpu_s"] for a in alone)
+    whole_wall = statistics.median(r["whole"]["wall_s"] for r in runs)
+    whole_cpu = statistics.median(r["whole"]["cpu_s"] for r in runs)
+    n_saved = len(solution.t)
+    return {
+        "mode": "alongside: integration at one torch thread, saved states measured meanwhile at the other",
+        "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "n_save": args.n_save},
+        "torch_threads": 2,
+        "status": str(solution.status),
+        "t_final": float(solution.t[-1]),
+        "saved_states_measured": n_saved,
+        "evaluations": int(solution.nfe[-1]),
+        "integration_alone": alone,
+        "runs": runs,
+        "share_wall": (whole_wall - alone_wall) / alone_wall,
+        "share_cpu": (whole_cpu - alone_cpu) / alone_cpu,
+        "definition": (
+            "share_wall = (median whole run with measurements - median integration alone) / median integration "
+            "alone, wall seconds; share_cpu the same in processor seconds; both timed in this process"
         ),
-        "gnflow": gnflow.__version__,
-        "gnflow_path": str(Path(gnflow.__file__).parent),
-        **measurement_provenance(),
+        **_conditions(load_before, load_after, idle_below=2.5),
     }
 
 
@@ -142,10 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-save", type=int, default=201)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed parts of one measurement")
+    parser.add_argument(
+        "--alongside", action="store_true", help="measure as gnflow run does on two threads (see the module)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="--alongside: rounds of (integration alone, whole run)")
     parser.add_argument("--label", default="current", help="key of this measurement in the output file")
     parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
-    result = measure(args)
+    result = measure_alongside(args) if args.alongside else measure(args)
     stored = json.loads(args.output.read_text()) if args.output.is_file() else {}
     stored[args.label] = result
     args.output.parent.mkdir(parents=True, exist_ok=True)
