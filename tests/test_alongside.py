@@ -201,3 +201,18 @@ def test_the_integration_clock_leaves_out_the_sinks_processor_time():
     assert -1e6 < watch.cpu_s < -1e6 + 60
     with pytest.raises(RuntimeError, match="not running"):
         watch.stop()
+
+
+def test_the_parallel_pass_measures_no_more_states_at_once_than_fit_in_memory(trajectory, monkeypatch):
+    import gnflow.observables._trajectory as module
+
+    per_state = module.state_bytes(trajectory)
+    n = trajectory.x_train.shape[0]
+    assert per_state >= 8 * (4 * n * trajectory.width + 3 * n * n)  # the whole width is one chunk here
+    used: list[int] = []
+    monkeypatch.setattr(module, "_measure_in_parallel", lambda *args: used.append(args[-1]))
+    for available, expected in [(2 * per_state + 1, []), (6 * per_state, [3]), (None, [4])]:
+        used.clear()
+        monkeypatch.setattr(module, "available_memory", lambda available=available: available)
+        measure(trajectory, [_Indices()], workers=4)
+        assert used == expected

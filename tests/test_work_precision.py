@@ -200,3 +200,11 @@ def test_paper_rerun_keeps_distances_only_when_it_is_the_same_run(monkeypatch) -
     assert "distances" not in paper._carry_distances(earlier, same | {"steps": 541})
     assert "distances" not in paper._carry_distances(earlier, same | {"test_loss": 7.45e-05})
     assert paper._carry_distances(None, same) == same
+    # the earlier run's timing is kept beside the new one, after those it kept itself
+    timed = earlier | {"cpu_s": 405.9, "gnflow": "abc", "earlier_runs": [{"cpu_s": 500.0}]}
+    carried = paper._carry_distances(timed, same | {"cpu_s": 300.0})
+    assert carried["cpu_s"] == 300.0 and carried["earlier_runs"] == [
+        {"cpu_s": 500.0},
+        {"cpu_s": 405.9, "gnflow": "abc"},
+    ]
+    assert "earlier_runs" not in paper._carry_distances(timed, same | {"steps": 541})

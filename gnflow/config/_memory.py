@@ -226,9 +226,11 @@ def run_memory_terms(
         ),
         MemoryTerm(8.0 * 3 * n_t * (d + 1), test_key, "the test inputs and labels"),
         MemoryTerm(
-            16 * item * width * components + 8.0 * 4 * n * chunk,
+            # the blocks twice: a saved state may be measured beside the integration, or two at a time
+            16 * item * width * components + 8.0 * 8 * n * chunk + 8.0 * 2 * n * n,
             f"model.width = {width}",
-            "the particles, the solver's stages and the (sample, particle) blocks",
+            "the particles, the solver's stages and the (sample, particle) blocks, with those of a saved "
+            "state measured at the same time",
         ),
         MemoryTerm(
             (item + 16.0) * saved * width * components,

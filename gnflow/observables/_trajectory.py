@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from gnflow._progress import progress_bar
-from gnflow.config import RunConfig
+from gnflow.config import RunConfig, available_memory
 from gnflow.data import RegressionData, make_run_data
 from gnflow.dataset import run_config_of
 from gnflow.model import Linearization, ParticleModel
@@ -223,7 +223,8 @@ def measure(
         Show a progress bar: True, False, or None (only on a terminal).
     workers:
         States computed at once; None takes torch's thread count (the run's thread budget), 1 is a
-        serial pass at torch's thread count.
+        serial pass at torch's thread count. At most as many as fit in half the memory the process
+        can still obtain (:func:`state_bytes` each).
     start:
         The first time index measured: the states before it were measured already (by
         :class:`~gnflow.observables.MeasuringAlongside` during the integration).
@@ -241,6 +242,7 @@ def measure(
     workers = torch.get_num_threads() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = min(workers, _workers_in_memory(trajectory))
     with torch.no_grad():
         # one state leaves nothing to overlap; on CUDA one device runs the states in turn
         if workers == 1 or trajectory.n_times - start < 2 or trajectory.weights.device.type != "cpu":
@@ -250,6 +252,23 @@ def measure(
                     measurement.update(state)
             return
         _measure_in_parallel(trajectory, measurements, iter(times), eigenvectors, workers)
+
+
+def state_bytes(trajectory: Trajectory) -> int:
+    """Bytes one saved state holds while it is measured: its (sample, particle) blocks (activations,
+    derivatives and product temporaries), its Gram matrix with a decomposition, a test block."""
+    n = int(trajectory.x_train.shape[0])
+    chunk = trajectory.model.particle_chunk(n, trajectory.width)
+    item = trajectory.weights.element_size()
+    return item * 4 * n * chunk + 8 * 3 * n * n + item * (1 << 18)
+
+
+def _workers_in_memory(trajectory: Trajectory) -> int:
+    """How many states may be measured at once in half the memory this process can still obtain."""
+    available = available_memory()
+    if available is None:
+        return 1 << 30
+    return max(1, available // (2 * state_bytes(trajectory)))
 
 
 # the parts of a saved state that worker threads may compute ahead (cached properties)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 "train_loss": experiment.flow.train_loss(weights),
                 "test_loss": wp._test_loss(experiment, weights),
                 "gnflow": source_commit(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "load_average": list(os.getloadavg()),
             }
             print(json.dumps(record), flush=True)
             results = _store({key: _carry_distances(results.get(key), record)})
@@ -139,12 +142,20 @@ def _carry_distances(earlier: dict | None, record: dict) -> dict:
     A key is rerun when its weights file is missing (another checkout); the rerun's distances can only
     be measured to the weights files that exist now. When it took the same steps to the same test
     loss (relative 1e-10; a rerun differs only by rounding), the distances measured from the earlier
-    run's weights stay valid and are kept (those measured now are merged over them).
+    run's weights stay valid and are kept (those measured now are merged over them), and the earlier
+    run's CPU seconds, commit and date are kept in ``earlier_runs``.
     """
-    if not earlier or not earlier.get("distances"):
+    if not earlier:
         return record
     same = earlier.get("steps") == record["steps"] and abs(earlier["test_loss"] / record["test_loss"] - 1.0) < 1e-10
-    return record | {"distances": dict(earlier["distances"])} if same else record
+    if not same:
+        return record
+    # the same run timed again: its earlier timings stay beside the new one (the machine's speed varies)
+    earlier_runs = [
+        *earlier.get("earlier_runs", []),
+        {key: earlier[key] for key in ("cpu_s", "gnflow", "date", "rerun_under_contention") if key in earlier},
+    ]
+    return record | {"distances": dict(earlier.get("distances", {})), "earlier_runs": earlier_runs}
 
 
 def _initial_weights(tau0: float) -> np.ndarray:
