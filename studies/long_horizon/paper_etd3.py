@@ -14,7 +14,8 @@ exists, merged into the distances recorded before (so that a checkout without th
 keeps them).
 ``--method kernel_etd4`` runs the fourth-order method (records keyed ``kernel_etd4|tau0|rtol``,
 weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``), ``--method dopri5`` the baseline
-(``dopri8`` and ``bosh3`` the other explicit methods of the work-precision diagrams), whose error at
+(``dopri8`` and ``bosh3`` the other explicit methods of the work-precision diagrams,
+``kernel_exponential`` the first-order kernel method with step doubling), whose error at
 this size is measured the same way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6). Several
 invocations may run at once (one per core): each merges its record into the file.
 
@@ -53,7 +54,7 @@ from gnflow.studies import source_commit
 OUT = Path("data/studies/long_horizon/paper/kernel_etd3_paper.json")
 
 
-METHODS = ("kernel_etd3", "kernel_etd4", "dopri5", "dopri8", "bosh3")
+METHODS = ("kernel_etd3", "kernel_etd4", "kernel_exponential", "dopri5", "dopri8", "bosh3")
 
 
 def _key(method: str, tau0: float, rtol: float) -> str:
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 "t": float(solution.t[-1]),
                 "cpu_s": cpu,
                 "nfe": int(solution.nfe[-1]),
-                "linearizations": 1 + int(solution.n_accepted[-1]) if args.method.startswith("kernel_") else 0,
+                "linearizations": wp._linearizations(
+                    args.method, int(solution.nfe[-1]), int(solution.n_accepted[-1]), int(solution.n_rejected[-1])
+                ),
                 "steps": int(solution.n_accepted[-1]),
                 "rejected": int(solution.n_rejected[-1]),
                 "train_loss": experiment.flow.train_loss(weights),
