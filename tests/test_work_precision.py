@@ -137,6 +137,8 @@ def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(t
     results["dopri5|0.1|1e-06"] = {**results["dopri5|1.0|1e-06"], "tau0": 0.1}
     results["dopri5|1.0|1e-08"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-8, "distances": {"1.0|1e-07": 7e-5}}
     results["dopri5|1.0|1e-09"] = {**results["dopri5|1.0|1e-06"], "rtol": 1e-9}
+    # a dated record says when (end of run) and at what load its CPU seconds were measured
+    results["dopri5|1.0|1e-09"] |= {"date": "2026-12-03T15:13:24Z", "load_average": [2.04, 2.01, 1.63]}
     paths = paper.summarize(results, tmp_path, initial_weights=lambda tau0: w0)
     assert [p.suffix for p in paths] == [".nc", ".md", ".png"]
     with xr.open_dataset(paths[0]) as ds:
@@ -149,8 +151,12 @@ def test_paper_summary_measures_every_run_against_the_tightest_kernel_etd3_run(t
     assert set(got) == set(expected)
     for key, errors in expected.items():
         np.testing.assert_allclose(got[key], errors, rtol=1e-12)
-    assert "| 1 | dopri5 | 1e-09 | completed | 2e+07 | 1000000.0 | 10 | 0 | – | 2.00e-04 |" in paths[1].read_text()
-    assert "| 1 | dopri5 | 1e-06 |" in paths[1].read_text()
+    table = paths[1].read_text()
+    assert (
+        "| 1 | dopri5 | 1e-09 | completed | 2e+07 | 1000000.0 | 10 | 0 | – | 2.00e-04 | 2026-12-03 15:13, 2.0 |"
+        in table
+    )
+    assert "| 1 | dopri5 | 1e-06 | completed | 2e+07 | 1000000.0 | 10 | 0 | 2.00e-04 | 2.00e-04 | undated |" in table
 
 
 def test_paper_summary_measures_test_loss_against_the_tightest_run_of_either_kernel_method(

@@ -161,6 +161,15 @@ def _carry_distances(earlier: dict | None, record: dict) -> dict:
     return record | {"distances": dict(earlier.get("distances", {})), "earlier_runs": earlier_runs}
 
 
+def _measured(record: dict) -> str:
+    """When and at what load a record's CPU seconds were measured ("undated" for the records kept
+    from before the script recorded it)."""
+    if "date" not in record:
+        return "undated"
+    load = record.get("load_average")
+    return record["date"][:16].replace("T", " ") + (f", {load[0]:.1f}" if load else "")
+
+
 def _initial_weights(tau0: float) -> np.ndarray:
     return build_experiment(config_from_dict(wp.base_config("paper", "gradient", tau0, None))).weights0.numpy()
 
@@ -251,6 +260,7 @@ def summarize(
                     "train_loss": r["train_loss"],
                     "weight_error": error,
                     "test_loss_error": loss_error,
+                    "measured": _measured(r),
                 }
             )
     if not rows:
@@ -271,6 +281,7 @@ def summarize(
     )
     ds["method"] = ds["method"].astype(str)
     ds["status"] = ds["status"].astype(str)
+    ds["measured"] = ds["measured"].astype(str)
     stem = directory / "work_precision_paper_gradient"
     ds.to_netcdf(stem.with_suffix(".nc"))
     return [stem.with_suffix(".nc"), wp.report(ds, stem.with_suffix(".md")), wp.plot(ds, stem.with_suffix(".png"))]

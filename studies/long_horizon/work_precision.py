@@ -308,28 +308,27 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     tau0s = sorted(set(ds["tau0"].values.tolist()))
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(2, len(tau0s), figsize=(max(4.2 * len(tau0s), 6.5), 7.5), squeeze=False)
+    costs = (("cpu_time_s", "CPU seconds (one thread)"), ("nfe", "evaluations"))
+    errors = (("weight_error", "final-weight error / weight change"), ("test_loss_error", "relative test-loss error"))
+    panels = [(error, cost) for error in errors for cost in costs]
+    fig, axes = plt.subplots(len(panels), len(tau0s), figsize=(max(4.2 * len(tau0s), 6.5), 14.0), squeeze=False)
     for j, tau0 in enumerate(tau0s):
         sub = ds.where(ds["tau0"] == tau0, drop=True)
-        for i, (cost, label) in enumerate((("cpu_time_s", "CPU seconds (one thread)"), ("nfe", "evaluations"))):
+        for i, ((error, error_label), (cost, label)) in enumerate(panels):
             ax = axes[i][j]
             for method in COLOURS:
                 m = sub.where(sub["method"] == method, drop=True)
                 if m.sizes.get("run", 0) == 0:
                     continue
-                ok = np.isfinite(m["weight_error"].values) & (m["weight_error"].values > 0)
+                ok = np.isfinite(m[error].values) & (m[error].values > 0)
                 order = np.argsort(m[cost].values[ok])
                 ax.loglog(
-                    m[cost].values[ok][order],
-                    m["weight_error"].values[ok][order],
-                    "o-",
-                    color=COLOURS[method],
-                    label=method,
+                    m[cost].values[ok][order], m[error].values[ok][order], "o-", color=COLOURS[method], label=method
                 )
                 # a run that did not finish (stopped by its CPU budget) has no error: marked at the top;
                 # a finished run without one (a reference, or weights not kept) is not drawn
                 finished = np.isin(m["status"].values.astype(str), ["completed", "converged"])
-                lim = ~np.isfinite(m["weight_error"].values) & ~finished
+                lim = ~np.isfinite(m[error].values) & ~finished
                 if lim.any():
                     ax.scatter(
                         m[cost].values[lim],
@@ -340,7 +339,7 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
                     )
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label)
-            ax.set_ylabel("final-weight error / weight change")
+            ax.set_ylabel(error_label)
             ax.set_title(f"tau0 = {tau0:g}")
             ax.grid(True, which="major", alpha=0.3)
             if i == 0 and ax.get_legend_handles_labels()[0]:
@@ -368,17 +367,20 @@ def report(ds: xr.Dataset, path: Path) -> Path:
         "a dash is an error not measured (a reference against itself, or a run whose weights were not kept).",
         "",
     ]
+    # "measured": when and at what load each run's CPU seconds were taken (the machine's speed varies
+    # between hours, so CPU seconds compare within a pair measured together)
+    dated = "measured" in ds.data_vars
     lines += [
         "| tau0 | method | rtol / step fraction | status | t reached | CPU s | evaluations | linearizations | "
-        "weight error | test-loss error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "weight error | test-loss error |" + (" measured (UTC, end of run; load average) |" if dated else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if dated else ""),
     ]
     for k in range(ds.sizes["run"]):
         r = {v: ds[v].values[k] for v in ds.data_vars}
         lines.append(
             f"| {r['tau0']:g} | {r['method']} | {r['setting']:.0e} | {r['status']} | {r['t_reached']:.3g} | "
             f"{r['cpu_time_s']:.1f} | {r['nfe']} | {r['linearizations']} | {_error(r['weight_error'])} | "
-            f"{_error(r['test_loss_error'])} |"
+            f"{_error(r['test_loss_error'])} |" + (f" {r['measured']} |" if dated else "")
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
