@@ -10,7 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
+
+from gnflow.config import config_from_dict
+from gnflow.experiment import build_experiment
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "long_horizon" / "work_precision.py"
 
@@ -214,3 +218,36 @@ def test_paper_rerun_keeps_distances_only_when_it_is_the_same_run(monkeypatch) -
         {"cpu_s": 405.9, "gnflow": "abc"},
     ]
     assert "earlier_runs" not in paper._carry_distances(timed, same | {"steps": 541})
+
+
+def test_population_test_loss_reads_the_runs_and_measures_their_spread(wp, tmp_path, monkeypatch) -> None:
+    """The study's-sample column is the work-precision test-loss ratio of the records; the interval is
+    the per-sample mean +- 1.96 sd / sqrt(samples); the reference run is left out."""
+    paper = _paper_script(monkeypatch)
+    spec = importlib.util.spec_from_file_location("population_test_loss", SCRIPT.with_name("population_test_loss.py"))
+    population = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(population)
+    experiment = build_experiment(config_from_dict(wp.base_config("smoke", "gradient", 1.0, None)))
+    w0 = experiment.weights0
+    rng = np.random.default_rng(3)
+    records = {}
+    for method, rtol, size in (("kernel_etd4", 4e-7, 0.0), ("dopri5", 1e-6, 1e-3), ("kernel_etd4", 1e-5, 3e-3)):
+        weights = w0 + size * torch.as_tensor(rng.normal(size=tuple(w0.shape)))
+        np.save(paper._weights_path(1.0, rtol, method, tmp_path), weights.numpy())
+        records[paper._key(method, 1.0, rtol)] = {
+            "method": method, "tau0": 1.0, "rtol": rtol, "cpu_s": 1.0,
+            "test_loss": wp._test_loss(experiment, weights),
+        }  # fmt: skip
+    (tmp_path / paper.OUT.name).write_text(json.dumps(records))
+    argv = ["--scale", "smoke", "--tau0", "1", "--samples", "5", "--directory", str(tmp_path)]
+    assert population.main(argv) == 0
+    result = json.loads((tmp_path / "population_test_loss_tau1.json").read_text())
+    rows = {r["key"]: r for r in result["runs"]}
+    assert set(rows) == {"dopri5|1.0|1e-06", "kernel_etd4|1.0|1e-05"}
+    ref = records["kernel_etd4|1.0|4e-07"]["test_loss"]
+    for key, row in rows.items():
+        assert row["standard_sample"] == pytest.approx(records[key]["test_loss"] / ref - 1.0, rel=1e-9, abs=1e-15)
+        low, high = row["interval_95"]
+        assert high - low == pytest.approx(2 * 1.96 * row["fresh_sd"] / np.sqrt(5), rel=1e-9)
+        assert row["fresh_sd"] > 0
+    assert "| dopri5 | 1e-06 |" in (tmp_path / "population_test_loss_tau1.md").read_text()
