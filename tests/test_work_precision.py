@@ -217,7 +217,14 @@ def test_paper_rerun_keeps_distances_only_when_it_is_the_same_run(monkeypatch) -
         {"cpu_s": 500.0},
         {"cpu_s": 405.9, "gnflow": "abc"},
     ]
-    assert "earlier_runs" not in paper._carry_distances(timed, same | {"steps": 541})
+    # a different run of the same key is kept whole beside the new one, with its own distances
+    other = paper._carry_distances(timed, same | {"steps": 541})
+    assert "distances" not in other
+    assert other["earlier_runs"] == [
+        {"cpu_s": 500.0},
+        {"cpu_s": 405.9, "gnflow": "abc", "steps": 540, "test_loss": earlier["test_loss"]}
+        | {"distances": {"0.1|1e-07": 6.1e-7}, "different_run": True},
+    ]
 
 
 def test_population_test_loss_reads_the_runs_and_measures_their_spread(wp, tmp_path, monkeypatch) -> None:

@@ -146,13 +146,17 @@ def _carry_distances(earlier: dict | None, record: dict) -> dict:
     be measured to the weights files that exist now. When it took the same steps to the same test
     loss (relative 1e-10; a rerun differs only by rounding), the distances measured from the earlier
     run's weights stay valid and are kept (those measured now are merged over them), and the earlier
-    run's CPU seconds, commit and date are kept in ``earlier_runs``.
+    run's CPU seconds, commit and date are kept in ``earlier_runs``. Otherwise the earlier run is kept
+    whole in ``earlier_runs`` (``different_run``), with its own distances and test loss.
     """
     if not earlier:
         return record
     same = earlier.get("steps") == record["steps"] and abs(earlier["test_loss"] / record["test_loss"] - 1.0) < 1e-10
     if not same:
-        return record
+        # another run of the same key (other rounding, other code): kept whole beside the new one,
+        # its distances its own
+        kept = {k: earlier[k] for k in ("cpu_s", "gnflow", "date", "steps", "test_loss", "distances") if k in earlier}
+        return record | {"earlier_runs": [*earlier.get("earlier_runs", []), kept | {"different_run": True}]}
     # the same run timed again: its earlier timings stay beside the new one (the machine's speed varies)
     earlier_runs = [
         *earlier.get("earlier_runs", []),
