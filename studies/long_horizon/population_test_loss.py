@@ -107,14 +107,15 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             }
         )
-    out = args.directory / f"population_test_loss_tau{args.tau0:g}"
+    stem = f"population_test_loss_tau{args.tau0:g}"  # tau0 0.1: no suffix to replace
+    json_path, md_path = args.directory / f"{stem}.json", args.directory / f"{stem}.md"
     result = {"provenance": measurement_provenance(), "tau0": args.tau0, "samples": args.samples}
     result |= {
         "sample_size": SAMPLE_SIZE,
         "sample_seed": SAMPLE_SEED,
         "reference": f"{ref_method} at rtol {ref_rtol:g}",
     }
-    out.with_suffix(".json").write_text(json.dumps(result | {"runs": rows}, indent=1))
+    json_path.write_text(json.dumps(result | {"runs": rows}, indent=1))
     lines = [
         f"# Test-loss errors on fresh samples (paper size, tau0 = {args.tau0:g})",
         "",
@@ -133,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         f" {r['pooled_fresh']:+.2e} | [{r['interval_95'][0]:+.2e}, {r['interval_95'][1]:+.2e}] | {r['fresh_sd']:.2e} |"
         for r in sorted(rows, key=lambda r: (r["method"], -r["rtol"]))
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}.json and {out}.md")
+    md_path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {json_path} and {md_path}")
     return 0
 
 
