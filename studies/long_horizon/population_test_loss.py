@@ -37,11 +37,6 @@ SAMPLE_SEED = 20261203
 SAMPLE_SIZE = 10_000
 
 
-def _half_mse(model: ParticleModel, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    r = (model.predict(weights, x) - y).double()
-    return float(r @ r) / (2 * len(y))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tau0", type=float, default=1.0)
@@ -70,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def losses(path: Path) -> np.ndarray:
         w = torch.as_tensor(np.load(path))
-        return np.array([_half_mse(experiment.model, w, x, y) for x, y in samples])
+        return np.array([wp.half_mse(experiment, w, x, y) for x, y in samples])
 
     ref_method, ref_rtol = args.reference[0], float(args.reference[1])
     ref_path = paper._weights_path(args.tau0, ref_rtol, ref_method, args.directory)

@@ -2,7 +2,7 @@
 
 kernel_etd4 is Krogstad's ETDRK4-B: four stages, stiff order 3 (it satisfies the weak form of
 the fourth-order conditions only). On the paper-size gradient flow its error falls about as
-steps^-3.1, and at the same steps it is only 2--6x more accurate than kernel_etd3 (20--60x at
+steps^-3.1 to steps^-3.4, and at the same steps it is only 2--6x more accurate than kernel_etd3 (20--60x at
 N = 100). Hochbruck and Ostermann (SIAM J. Numer. Anal. 43, 2005, p. 1082) give a five-stage
 method of stiff order 4; this script runs it on the same kernel splitting (:class:`HochOst4Solver`,
 the same embedded estimate and controller as kernel_etd4, one more field evaluation per step)

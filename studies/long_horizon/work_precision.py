@@ -132,8 +132,13 @@ def base_config(scale: str, flow: str, tau0: float, t_end: float | None) -> dict
 
 def _test_loss(experiment: Experiment, weights: torch.Tensor) -> float:
     data = experiment.data
-    r = (experiment.model.predict(weights, experiment.tensor(data.x_test)) - experiment.tensor(data.y_test)).double()
-    return float(r @ r) / (2 * data.n_test)
+    return half_mse(experiment, weights, experiment.tensor(data.x_test), experiment.tensor(data.y_test))
+
+
+def half_mse(experiment: Experiment, weights: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """(1 / 2n) sum (f(x_i) - y_i)^2 of the experiment's model on the points (x, y), in float64."""
+    r = (experiment.model.predict(weights, x) - y).double()
+    return float(r @ r) / (2 * len(y))
 
 
 def _linearizations(method: str, nfe: int, accepted: int, rejected: int) -> int:
