@@ -398,6 +398,38 @@ def test_an_accurate_run_passes_the_monotonicity_check(tmp_path):
         assert not dataset_result(ds).failed, ds.attrs["gnflow_status"]
 
 
+def _gradient_flow_at_fraction_of_rk4_limit(tmp_path, method: str, fraction: float):
+    """A GD flow integrated by a fixed-step method at ``fraction`` of rk4's stability limit
+    2.78 N / lambda_max(A(0)) (the stiffest mode's rate is lambda_max / N near the start)."""
+    from gnflow.experiment import build_experiment
+    from gnflow.solve import integrate
+
+    values = _values(tmp_path / "x.nc", flow={"kind": "gradient"})
+    probe = build_experiment(config_from_dict(values))
+    rate = float(torch.linalg.eigvalsh(probe.model.linearize(probe.weights0, probe.flow.x).gram())[-1]) / 12
+    step = fraction * 2.78 / rate
+    values["solver"] = {"method": method, "step_size": step, "t_end": 60 * step, "n_save": 4, "stop_loss_ratio": 0.0}
+    experiment = build_experiment(config_from_dict(values))
+    return integrate(experiment.flow, experiment.weights0, experiment.config.solver, progress=False), step
+
+
+def test_rk4_beyond_its_stability_limit_fails_and_says_where(tmp_path):
+    # rk4 only integrates the flow: a rising loss means that its steps are too large; the failure
+    # names the step size and the statistics say how far the run got (not the last saved state)
+    solution, step = _gradient_flow_at_fraction_of_rk4_limit(tmp_path, "rk4", 1.5)
+    assert solution.status.startswith("failed: train loss increased by a factor ")
+    assert solution.status.endswith("(the solution is not accurate: lower solver.step_size)")
+    assert 0 < solution.stats["t_reached"] < 60 * step and solution.stats["nfe"] >= 4
+
+
+def test_rk4_within_its_stability_limit_and_euler_beyond_it_are_not_failed_by_the_check(tmp_path):
+    within, _ = _gradient_flow_at_fraction_of_rk4_limit(tmp_path, "rk4", 0.5)
+    assert within.status == "completed", within.status
+    # euler is also the discrete method (GD), whose loss may rise: not checked
+    euler, _ = _gradient_flow_at_fraction_of_rk4_limit(tmp_path, "euler", 1.5)
+    assert "train loss increased" not in euler.status
+
+
 @pytest.mark.parametrize("rtol", [1e10, 1.0])
 def test_a_meaningless_rtol_is_refused(rtol):
     with pytest.raises(ConfigError, match=r"^solver.rtol: must be < 1 \(.*allowed: 0 < rtol < 1\), got "):

@@ -53,6 +53,32 @@ def test_errors_fall_with_the_tolerance(table) -> None:
     assert rk4.sizes["run"] == 3 and (rk4["nfe"] > 0).any()
 
 
+def test_rk4_steps_are_set_by_the_kernel_grown_along_the_flow(wp, table) -> None:
+    # the kernel grows along the flow (3.4x at the smoke scale), so a step at 0.9 of the limit set by
+    # A(0) alone is unstable later and fails the loss check; with the reference's final state the
+    # three fractions finish with errors that grow with the step
+    _, ds = table
+    rk4 = ds.where(ds["method"] == "rk4", drop=True)
+    assert set(rk4["status"].values.astype(str)) == {"completed"}
+    errors = rk4["weight_error"].values[np.argsort(rk4["setting"].values)]
+    assert np.all(np.isfinite(errors)) and np.all(np.diff(errors) > 0), errors
+    config = config_from_dict(wp.base_config("smoke", "gradient", 1.0, 500.0))
+    unstable = wp.one_run(build_experiment(config), "rk4", 0.9, 60.0, reference_weights=None)
+    assert unstable["status"].startswith("failed: train loss increased"), unstable["status"]
+    assert 0 < unstable["t_reached"] < 500 and unstable["nfe"] > 0 and np.isnan(unstable["test_loss"])
+
+
+def test_concurrent_invocations_keep_each_others_runs(wp, tmp_path) -> None:
+    # two invocations (one per core) read the store at their start; each run is merged into the
+    # store as it is when written, so neither drops the other's runs (nor the seeded table rows)
+    store = tmp_path / "work_precision_small_gradient.json"
+    first, second = {"kept|row": {"from": "table"}}, {}
+    first = wp._merge(store, first, {"1|2e7|rk4|0.9": {"run": 1}})
+    second = wp._merge(store, second, {"0.1|2e7|rk4|0.9": {"run": 2}})
+    first = wp._merge(store, first, {"1|2e7|rk4|0.5": {"run": 3}})
+    assert set(json.loads(store.read_text())) == {"kept|row", "1|2e7|rk4|0.9", "0.1|2e7|rk4|0.9", "1|2e7|rk4|0.5"}
+
+
 def test_a_second_invocation_reuses_the_store(wp, table) -> None:
     out, _ = table
     store = out / "work_precision_smoke_gradient.json"
@@ -64,6 +90,32 @@ def test_a_second_invocation_reuses_the_store(wp, table) -> None:
     assert json.loads(store.read_text()) == before
     assert (out / "work_precision_smoke_gradient.png").stat().st_size > 0
     assert "| kernel_etd3 |" in (out / "work_precision_smoke_gradient.md").read_text()
+
+
+def test_a_fresh_checkout_keeps_the_committed_rows_and_solves_only_the_reference_again(wp, table, tmp_path) -> None:
+    # without the store (it holds the weights and is not committed), the committed table's rows are
+    # kept with their errors, the reference is solved again for its weights, and new runs are
+    # measured against it; a row that was solved again would lose the marked error below
+    out, _ = table
+    with xr.open_dataset(out / "work_precision_smoke_gradient.nc") as ds:
+        committed = ds.load()
+    marked = int(
+        np.flatnonzero((committed["method"] == "kernel_etd3").values & (committed["setting"] == 1e-5).values)[0]
+    )
+    committed["weight_error"].values[marked] = 0.123
+    committed.to_netcdf(tmp_path / "work_precision_smoke_gradient.nc")
+    args = ["--scale", "smoke", "--t-end", "500", "-o", str(tmp_path), "--methods", "kernel_etd3", "dopri5"]
+    assert wp.main(args) == 0
+    store = json.loads((tmp_path / "work_precision_smoke_gradient.json").read_text())
+    reference = next(r for r in store.values() if (r["method"], r["setting"]) == wp.reference_of("smoke"))
+    assert "weights" in reference and reference["test_loss_change"] < 1e-12  # the same solve again
+    assert reference["earlier_run"]["cpu_time_s"] == pytest.approx(float(committed["cpu_time_s"].values[0]))
+    with xr.open_dataset(tmp_path / "work_precision_smoke_gradient.nc") as ds:
+        ds = ds.load()
+    kept = ds.where((ds["method"] == "kernel_etd3") & (ds["setting"] == 1e-5), drop=True)
+    assert float(kept["weight_error"].values[0]) == 0.123 and str(kept["measured"].values[0]) != "undated"
+    dopri5 = ds.where(ds["method"] == "dopri5", drop=True)
+    assert dopri5.sizes["run"] == 1 and 0 < float(dopri5["weight_error"].values[0]) < 1e-4
 
 
 def test_gauss_newton_flow_table_against_its_dopri8_reference(wp, tmp_path) -> None:

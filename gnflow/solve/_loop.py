@@ -33,6 +33,11 @@ from gnflow.solve._solution import Recorder, Solution
 from gnflow.solve._steppers import Stepper, make_stepper
 from gnflow.status import RunResult, interruption_reason
 
+FLOW_ONLY_FIXED = ("midpoint", "rk4")
+"""Fixed-step methods that only integrate a flow (euler is also the discrete method, GGN or GD, whose
+loss may rise): their train loss is checked like an adaptive run's, since a rise means that the
+steps are too large for the flow (beyond the method's stability limit, or inaccurate)."""
+
 __all__ = ["Callback", "CheckpointHook", "StateSink", "StepInfo", "integrate", "integration_loop"]
 
 logger = logging.getLogger("gnflow.solve")
@@ -187,7 +192,7 @@ def integrate(
         checkpoint=checkpoint,
         callback=callback,
         resume=resume,
-        monotone_rtol=config.rtol if config.adaptive else None,
+        monotone_rtol=config.rtol if config.adaptive else (0.0 if config.method in FLOW_ONLY_FIXED else None),
         on_save=on_save,
     )
     return recorder.solution(result, stats, config.method)
@@ -248,13 +253,14 @@ def integration_loop(
     monotone_rtol:
         Check that the train loss does not increase (both continuous flows guarantee it in exact
         arithmetic), with a tolerance tied to this relative tolerance of the method (see
-        :class:`_MonotoneLoss`); None = no check (discrete steps, whose loss may rise).
+        :class:`_MonotoneLoss`); None = no check (discrete steps, whose loss may rise). Fixed-step
+        integrators of a flow (``FLOW_ONLY_FIXED``) are checked with 0.
 
     Returns
     -------
     tuple
-        The recorded trajectory, the result and the statistics (``n_steps``, ``n_accepted``,
-        ``n_rejected``, ``nfe``, ``max_steps``, ``wall_time_s``, ``cpu_time_s``).
+        The recorded trajectory, the result and the statistics (``t_reached``, ``n_steps``,
+        ``n_accepted``, ``n_rejected``, ``nfe``, ``max_steps``, ``wall_time_s``, ``cpu_time_s``).
     """
     recorder = Recorder(None if on_save is None else on_save.put)
     clock = StopWatch(excluded_cpu_s=None if on_save is None else lambda: on_save.cpu_s).start()
@@ -285,7 +291,8 @@ def integration_loop(
             flow.load_state_dict(resume.get("flow", {}))
             before_wall, before_cpu = float(resume["wall_time_s"]), float(resume["cpu_time_s"])
             bar.update(stepper.t, f"resumed, nfe={stepper.nfe}")
-        monotone = None if monotone_rtol is None else _MonotoneLoss(monotone_rtol, loss0, weights0.dtype)
+        remedy = "lower solver.step_size" if stepper.method in FLOW_ONLY_FIXED else "lower solver.rtol"
+        monotone = None if monotone_rtol is None else _MonotoneLoss(monotone_rtol, loss0, weights0.dtype, remedy)
         next_index = int(np.searchsorted(times, stepper.t, side="right"))
         ratio: float | None = None
         stop: str | None = None
@@ -349,9 +356,13 @@ def integration_loop(
         clock.stop()
     if not recorder.t:
         recorder.save(0.0, weights0, 0, math.nan)
+    # the flow time reached: the last accepted step (an adaptive step may pass the horizon, whose
+    # state is interpolated); a failed run's last saved state may be much earlier
+    t_reached = min(float(stepper.t), float(stepper.horizon))
     if result.failed:
-        logger.warning("integration stopped at t=%.6g: %s", recorder.t[-1], result)
+        logger.warning("integration stopped at t=%.6g (last saved state t=%.6g): %s", t_reached, recorder.t[-1], result)
     stats: dict[str, float | int] = {
+        "t_reached": t_reached,
         "n_steps": recorder.n_steps,
         "n_accepted": recorder.n_accepted,
         "n_rejected": recorder.n_rejected,
@@ -371,7 +382,8 @@ class _MonotoneLoss:
     at rounding level) means that the solution is not accurate.
     """
 
-    def __init__(self, rtol: float, loss0: float, dtype: torch.dtype) -> None:
+    def __init__(self, rtol: float, loss0: float, dtype: torch.dtype, remedy: str = "lower solver.rtol") -> None:
+        self.remedy = remedy
         eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
         self.factor = 1.0 + max(1e-6, 100.0 * rtol, 1000.0 * eps)
         self.tiny = math.sqrt(eps) * abs(loss0) if math.isfinite(loss0) else 0.0
@@ -386,7 +398,7 @@ class _MonotoneLoss:
             ratio = loss / self.smallest if self.smallest > 0 else math.inf
             return (
                 f"train loss increased by a factor {ratio:.3g} between t={self.t_smallest:.6g} and t={t:.6g} "
-                "(the solution is not accurate: lower solver.rtol)"
+                f"(the solution is not accurate: {self.remedy})"
             )
         if loss < self.smallest:
             self.smallest, self.t_smallest = loss, t

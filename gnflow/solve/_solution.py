@@ -34,7 +34,8 @@ class Solution:
         stop requested by the callback, interruption).
     stats:
         Totals of the whole call (at its end, which may lie after the last saved state):
-        ``n_steps`` (attempted), ``n_accepted``, ``n_rejected``, ``nfe``, ``max_steps``,
+        ``t_reached`` (the flow time of the last accepted step, at most the horizon: where a
+        failed run stopped), ``n_steps`` (attempted), ``n_accepted``, ``n_rejected``, ``nfe``, ``max_steps``,
         ``wall_time_s`` and ``cpu_time_s`` (resumed runs include the time before the resume).
     method:
         The solver method.

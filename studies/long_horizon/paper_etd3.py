@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -54,7 +55,9 @@ from gnflow.studies import source_commit
 OUT = Path("data/studies/long_horizon/paper/kernel_etd3_paper.json")
 
 
-METHODS = ("kernel_etd3", "kernel_etd4", "kernel_exponential", "dopri5", "dopri8", "bosh3")
+METHODS = ("kernel_etd3", "kernel_etd4", "kernel_exponential", "dopri5", "dopri8", "bosh3", "rk4")
+"""The methods measured; for rk4 the ``--rtol`` values are fractions of its stability limit, set
+with the final weights of the tightest kernel_etd3 run of the tau0 (``work_precision.rk4_rate``)."""
 
 
 def _key(method: str, tau0: float, rtol: float) -> str:
@@ -74,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tau0", type=float, nargs="*", default=[1.0, 0.1])
     parser.add_argument("--rtol", type=float, nargs="*", default=[1e-5], help="atol = rtol * 1e-3")
     parser.add_argument("--method", choices=METHODS, default="kernel_etd3")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=0.0,
+        help="CPU seconds before a run stops (0: none); a stopped run keeps no weights",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = _load()
@@ -84,27 +93,40 @@ def main(argv: list[str] | None = None) -> int:
             key = _key(args.method, tau0, rtol)
             if key in results and _weights_path(tau0, rtol, args.method).exists():
                 continue
-            solver = replace(config.solver, method=args.method, rtol=rtol, atol=rtol * 1e-3)
+            if args.method == "rk4":  # rtol: the fraction of the stability limit
+                rate = wp.rk4_rate(experiment, _tightest_kernel_etd3_weights(results, tau0, experiment))
+                n_steps = math.ceil(config.solver.t_end * rate / (rtol * 2.78))
+                solver = replace(
+                    config.solver, method="rk4", step_size=config.solver.t_end / n_steps, max_steps=n_steps + 10
+                )
+            else:
+                solver = replace(config.solver, method=args.method, rtol=rtol, atol=rtol * 1e-3)
+            solver = replace(solver, max_cpu_time_s=args.budget_s)
             start = time.process_time()
             solution = integrate(experiment.flow, experiment.weights0, solver, progress=False)
             cpu = time.process_time() - start
             weights = torch.as_tensor(solution.weights[-1])
-            np.save(_weights_path(tau0, rtol, args.method), weights.numpy())
+            finished = solution.status in ("completed", "converged")
+            if finished:  # a stopped or failed run's last saved state is not the flow's state at t_end
+                np.save(_weights_path(tau0, rtol, args.method), weights.numpy())
             record = {
                 "method": args.method,
                 "tau0": tau0,
                 "rtol": rtol,
                 "status": solution.status,
-                "t": float(solution.t[-1]),
+                "t": float(solution.stats["t_reached"]),
                 "cpu_s": cpu,
-                "nfe": int(solution.nfe[-1]),
+                "nfe": int(solution.stats["nfe"]),
                 "linearizations": wp._linearizations(
-                    args.method, int(solution.nfe[-1]), int(solution.n_accepted[-1]), int(solution.n_rejected[-1])
+                    args.method,
+                    int(solution.stats["nfe"]),
+                    int(solution.stats["n_accepted"]),
+                    int(solution.stats["n_rejected"]),
                 ),
-                "steps": int(solution.n_accepted[-1]),
-                "rejected": int(solution.n_rejected[-1]),
-                "train_loss": experiment.flow.train_loss(weights),
-                "test_loss": wp._test_loss(experiment, weights),
+                "steps": int(solution.stats["n_accepted"]),
+                "rejected": int(solution.stats["n_rejected"]),
+                "train_loss": experiment.flow.train_loss(weights) if finished else math.nan,
+                "test_loss": wp._test_loss(experiment, weights) if finished else math.nan,
                 "gnflow": source_commit(),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "load_average": list(os.getloadavg()),
@@ -139,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _tightest_kernel_etd3_weights(results: dict, tau0: float, experiment) -> torch.Tensor:
+    runs = [r for r in results.values() if r["tau0"] == tau0 and _method(r) == "kernel_etd3"]
+    paths = [_weights_path(tau0, r["rtol"]) for r in sorted(runs, key=lambda r: r["rtol"])]
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        raise SystemExit(f"--method rk4: needs the weights of a kernel_etd3 run at tau0 = {tau0:g} (run it first)")
+    return torch.from_numpy(np.load(paths[0])).reshape(experiment.weights0.shape)
+
+
 def _carry_distances(earlier: dict | None, record: dict) -> dict:
     """``record`` with the distances of ``earlier``, a record of the same key, when both are the same run.
 
@@ -163,15 +194,6 @@ def _carry_distances(earlier: dict | None, record: dict) -> dict:
         {key: earlier[key] for key in ("cpu_s", "gnflow", "date", "rerun_under_contention") if key in earlier},
     ]
     return record | {"distances": dict(earlier.get("distances", {})), "earlier_runs": earlier_runs}
-
-
-def _measured(record: dict) -> str:
-    """When and at what load a record's CPU seconds were measured ("undated" for the records kept
-    from before the script recorded it)."""
-    if "date" not in record:
-        return "undated"
-    load = record.get("load_average")
-    return record["date"][:16].replace("T", " ") + (f", {load[0]:.1f}" if load else "")
 
 
 def _initial_weights(tau0: float) -> np.ndarray:
@@ -264,7 +286,7 @@ def summarize(
                     "train_loss": r["train_loss"],
                     "weight_error": error,
                     "test_loss_error": loss_error,
-                    "measured": _measured(r),
+                    "measured": wp.measured_at(r),
                 }
             )
     if not rows:

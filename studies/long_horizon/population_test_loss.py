@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 "method": method,
                 "rtol": record["rtol"],
                 "cpu_s": record["cpu_s"],
-                "measured": paper._measured(record),
+                "measured": wp.measured_at(record),
                 "standard_sample": float(standard),
                 "pooled_fresh": float(pooled),
                 "fresh_sd": float(fresh.std(ddof=1)),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import textwrap
 import time
 import tomllib
@@ -101,10 +102,13 @@ GRID: dict[str, dict[str, list[float]]] = {
     },
 }
 """Tolerances per flow and method (atol = rtol * 1e-3). Fixed-step rk4 runs at fractions
-(``RK4_FRACTIONS``) of its stability limit 2.78 / rate, the rate lambda_max(A(0)) / N for the
-gradient flow and 1 / N for the Gauss-Newton flow (its residual decays at rates
-lambda / (lambda + eps) / N <= 1 / N). The gradient flow's steps are capped by that limit; the
-Gauss-Newton flow's by accuracy (its nonlinearity), so its fractions are smaller."""
+(``RK4_FRACTIONS``) of its stability limit 2.78 / rate. For the gradient flow the rate is
+lambda_max(A) / N at the larger of the initial state and the reference's final state: the kernel
+grows along the flow (at N = 100, M = 1000 by 3.6x at tau0 = 1 and 1300x at tau0 = 0.1), so steps
+set by A(0) alone are unstable later. For the Gauss-Newton flow it is 1 / N (its residual decays at
+rates lambda / (lambda + eps) / N <= 1 / N). The gradient flow's steps are capped by that limit; the
+Gauss-Newton flow's by accuracy (its nonlinearity), so its fractions are smaller. A run whose train
+loss rises fails (the loop's check of fixed-step integrators of a flow)."""
 
 RK4_FRACTIONS = {"gradient": [0.25, 0.5, 0.9], "gauss_newton": [0.01, 0.03, 0.1, 0.3]}
 
@@ -149,19 +153,28 @@ def _linearizations(method: str, nfe: int, accepted: int, rejected: int) -> int:
     return 0
 
 
-def one_run(experiment: Experiment, method: str, setting: float, budget_s: float) -> dict[str, Any]:
+def rk4_rate(experiment: Experiment, reference_weights: torch.Tensor | None) -> float:
+    """The fastest decay rate that sets rk4's stability limit 2.78 / rate (``GRID``'s note)."""
+    n = experiment.flow.x.shape[0]
+    if experiment.config.flow.kind != "gradient":
+        return 1.0 / n
+    states = [experiment.weights0] + ([] if reference_weights is None else [reference_weights])
+    x = experiment.flow.x
+    return max(float(torch.linalg.eigvalsh(experiment.model.linearize(w, x).gram())[-1]) for w in states) / n
+
+
+def one_run(
+    experiment: Experiment,
+    method: str,
+    setting: float,
+    budget_s: float,
+    reference_weights: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """One solve of ``experiment`` to its t_end by ``method`` at ``setting`` (rtol, or for rk4 the
+    fraction of its stability limit, set with the reference's final weights when given)."""
     solver = experiment.config.solver
     if method == "rk4":
-        n = experiment.flow.x.shape[0]
-        if experiment.config.flow.kind == "gradient":
-            rate = (
-                float(
-                    torch.linalg.eigvalsh(experiment.model.linearize(experiment.weights0, experiment.flow.x).gram())[-1]
-                )
-                / n
-            )
-        else:
-            rate = 1.0 / n
+        rate = rk4_rate(experiment, reference_weights)
         n_steps = math.ceil(solver.t_end / (setting * 2.78 / rate))
         step = solver.t_end / n_steps  # the grid ends at t_end
         solver = replace(solver, method="rk4", step_size=step, max_steps=n_steps + 10, max_cpu_time_s=budget_s)
@@ -171,13 +184,18 @@ def one_run(experiment: Experiment, method: str, setting: float, budget_s: float
     solution = integrate(experiment.flow, experiment.weights0, solver, progress=False)
     cpu = time.process_time() - start
     weights = torch.as_tensor(solution.weights[-1])
-    finite = bool(torch.isfinite(weights).all())
-    accepted, rejected, nfe = int(solution.n_accepted[-1]), int(solution.n_rejected[-1]), int(solution.nfe[-1])
+    # the losses of the state reached (not of an earlier saved state, as after a divergence)
+    finite = bool(torch.isfinite(weights).all()) and math.isclose(
+        float(solution.t[-1]), float(solution.stats["t_reached"]), rel_tol=1e-9
+    )
+    # the counters at the end of the integration (a failed run's last saved state may be far earlier)
+    stats = solution.stats
+    accepted, rejected, nfe = int(stats["n_accepted"]), int(stats["n_rejected"]), int(stats["nfe"])
     return {
         "method": method,
         "setting": setting,
         "status": solution.status,
-        "t_reached": float(solution.t[-1]),
+        "t_reached": float(stats["t_reached"]),
         "cpu_time_s": cpu,
         "nfe": nfe,
         "linearizations": _linearizations(method, nfe, accepted, rejected),
@@ -186,11 +204,24 @@ def one_run(experiment: Experiment, method: str, setting: float, budget_s: float
         "test_loss": _test_loss(experiment, weights) if finite else math.nan,
         "train_loss": experiment.flow.train_loss(weights) if finite else math.nan,
         "weights": weights.flatten().tolist(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": list(os.getloadavg()),
     }
 
 
+def measured_at(record: dict[str, Any]) -> str:
+    """When and at what load a record's CPU seconds were measured (end of run, UTC; one-minute load
+    average), "undated" for records from before the scripts recorded it."""
+    if "date" not in record:
+        return "undated"
+    load = record.get("load_average")
+    return record["date"][:16].replace("T", " ") + (f", {load[0]:.1f}" if load else "")
+
+
 def _errors(run: dict[str, Any], reference: dict[str, Any], w0: np.ndarray, t_end: float) -> tuple[float, float]:
-    if run["t_reached"] < t_end * (1 - 1e-9) or not math.isfinite(run["test_loss"]):
+    if "weights" not in run:  # a row kept from the committed table: its errors against that table's reference
+        return run["weight_error"], run["test_loss_error"]
+    if run["status"] not in ("completed", "converged") or not math.isfinite(run["test_loss"]):
         return math.nan, math.nan
     w, wr = np.asarray(run["weights"]), np.asarray(reference["weights"])
     return (
@@ -207,11 +238,20 @@ def measure(
     methods: list[str],
     t_end: float | None,
     budget_s: float | None,
+    rk4_fractions: list[float] | None = None,
+    again: bool = False,
 ) -> Path:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     store = out / f"work_precision_{scale}_{flow}.json"
-    done: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
+    table_file = out / f"work_precision_{scale}_{flow}.nc"
+    if store.exists():
+        done: dict[str, Any] = json.loads(store.read_text())
+    elif table_file.exists():  # a fresh checkout: the committed table's rows, without their weights
+        done = rows_of_table(table_file)
+        print(f"{table_file}: {len(done)} runs of the committed table kept (with their errors)", flush=True)
+    else:
+        done = {}
     budget = budget_s or SCALES[scale]["budget_s"]
     for tau0 in tau0s:
         config = config_from_dict(base_config(scale, flow, tau0, t_end))
@@ -223,22 +263,79 @@ def measure(
                 f"--methods: {', '.join(unknown)} not measured for the {flow} flow; allowed: "
                 f"{', '.join([*GRID[flow], 'rk4'])}"
             )
-        plan = [reference] + [(m, s) for m in methods for s in (RK4_FRACTIONS[flow] if m == "rk4" else GRID[flow][m])]
+        fractions = rk4_fractions or RK4_FRACTIONS[flow]
+        plan = [reference] + [(m, s) for m in methods for s in (fractions if m == "rk4" else GRID[flow][m])]
         for method, setting in plan:
             key = f"{tau0:g}|{config.solver.t_end:g}|{method}|{setting:g}"
-            if key in done:
+            kept = done.get(key)
+            is_reference = (method, setting) == reference
+            # a kept reference without weights is solved again (the new runs need its weights), and
+            # with `again` every kept run of the methods asked for
+            if kept is not None and not (again and not is_reference) and ("weights" in kept or not is_reference):
                 continue
-            result = one_run(experiment, method, setting, 0.0 if (method, setting) == reference else budget)
+            ref_record = done.get(f"{tau0:g}|{config.solver.t_end:g}|{reference[0]}|{reference[1]:g}", {})
+            ref_weights = (
+                torch.tensor(ref_record["weights"], dtype=experiment.weights0.dtype).reshape(experiment.weights0.shape)
+                if "weights" in ref_record
+                else None
+            )
+            result = one_run(experiment, method, setting, 0.0 if is_reference else budget, ref_weights)
             result["tau0"] = tau0
             result["t_end"] = config.solver.t_end
-            done[key] = result
-            store.write_text(json.dumps(done))
+            if kept is not None:  # solved again: the earlier run is kept beside it (without its weights)
+                result["earlier_run"] = {k: v for k, v in kept.items() if k not in ("weights", "earlier_run")}
+                change = abs(result["test_loss"] - kept["test_loss"]) / kept["test_loss"]
+                result["test_loss_change"] = change
+                print(f"{method} {setting:g} solved again: test loss {change:.1e} from the earlier run's", flush=True)
+            done = _merge(store, done, {key: result})
             print(
                 f"tau0={tau0:g} {method:18s} {setting:8.1e}: {result['status']:>12s} t={result['t_reached']:.3g} "
                 f"{result['cpu_time_s']:8.1f} s, nfe {result['nfe']}, lin {result['linearizations']}",
                 flush=True,
             )
     return store
+
+
+def _merge(store: Path, done: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``records`` into the store as it is now (another invocation, on the other core, may
+    have written runs since this one read it; without a store, into ``done``), replaced atomically."""
+    current = json.loads(store.read_text()) if store.exists() else dict(done)
+    current.update(records)
+    partial = store.with_name(store.name + ".partial")
+    partial.write_text(json.dumps(current))
+    partial.replace(store)
+    return current
+
+
+TABLE_FIELDS = (
+    "tau0",
+    "method",
+    "setting",
+    "status",
+    "t_reached",
+    "t_end",
+    "cpu_time_s",
+    "nfe",
+    "linearizations",
+    "n_accepted",
+    "n_rejected",
+    "test_loss",
+    "train_loss",
+    "weight_error",
+    "test_loss_error",
+)
+
+
+def rows_of_table(path: Path) -> dict[str, Any]:
+    """The runs of a written table (``.nc``) as store records without weights: their errors are
+    those measured against the reference of that table, and they keep their `measured` stamp."""
+    with xr.open_dataset(path) as ds:
+        rows = {}
+        for k in range(ds.sizes["run"]):
+            r = {v: ds[v].values[k].item() for v in (*TABLE_FIELDS, "measured") if v in ds.data_vars}
+            r["method"], r["status"] = str(r["method"]), str(r["status"])
+            rows[f"{r['tau0']:g}|{r['t_end']:g}|{r['method']}|{r['setting']:g}"] = r
+    return rows
 
 
 def table(store: Path, scale: str, flow: str) -> xr.Dataset:
@@ -255,30 +352,16 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
                 continue
             werr, lerr = _errors(r, ref, w0, ref["t_end"])
             records.append(
-                {**{k: v for k, v in r.items() if k != "weights"}, "weight_error": werr, "test_loss_error": lerr}
+                {
+                    **{k: v for k, v in r.items() if k != "weights"},
+                    "weight_error": werr,
+                    "test_loss_error": lerr,
+                    "measured": r.get("measured") or measured_at(r),
+                }
             )
     n = len(records)
     ds = xr.Dataset(
-        {
-            k: ("run", np.array([rec[k] for rec in records]))
-            for k in (
-                "tau0",
-                "method",
-                "setting",
-                "status",
-                "t_reached",
-                "t_end",
-                "cpu_time_s",
-                "nfe",
-                "linearizations",
-                "n_accepted",
-                "n_rejected",
-                "test_loss",
-                "train_loss",
-                "weight_error",
-                "test_loss_error",
-            )
-        },
+        {k: ("run", np.array([rec[k] for rec in records])) for k in (*TABLE_FIELDS, "measured")},
         coords={"run": np.arange(n)},
         attrs={
             "title": f"gnflow work-precision table ({scale}, {flow} flow)",
@@ -288,8 +371,8 @@ def table(store: Path, scale: str, flow: str) -> xr.Dataset:
             ),
         },
     )
-    ds["method"] = ds["method"].astype(str)
-    ds["status"] = ds["status"].astype(str)
+    for name in ("method", "status", "measured"):
+        ds[name] = ds[name].astype(str)
     return ds
 
 
@@ -399,6 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="default: every method measured for the flow (DEFAULT_METHODS)")
     parser.add_argument("--t-end", type=float)
     parser.add_argument("--budget-s", type=float, help="CPU seconds per run before it stops (time-limited)")
+    parser.add_argument(
+        "--rk4-fractions", type=float, nargs="+", help="rk4 steps as fractions of its stability limit (RK4_FRACTIONS)"
+    )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="solve the stored runs of --methods again (same-day timings; the earlier run is kept beside)",
+    )
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
     out = args.output or Path("data/studies/long_horizon") / args.scale
@@ -410,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         args.methods or DEFAULT_METHODS[args.flow],
         args.t_end,
         args.budget_s,
+        args.rk4_fractions,
+        args.again,
     )
     ds = table(store, args.scale, args.flow)
     stem = out / f"work_precision_{args.scale}_{args.flow}"
