@@ -267,6 +267,7 @@ def integration_loop(
     before_wall = before_cpu = 0.0
     bar = ProgressBar(stepper.horizon, flow.name, progress)
     result = RunResult.completed()
+    reached = 0.0  # the flow time of the last accepted step
 
     def position() -> dict[str, Any]:
         return {
@@ -291,6 +292,7 @@ def integration_loop(
             flow.load_state_dict(resume.get("flow", {}))
             before_wall, before_cpu = float(resume["wall_time_s"]), float(resume["cpu_time_s"])
             bar.update(stepper.t, f"resumed, nfe={stepper.nfe}")
+            reached = float(stepper.t)
         remedy = "lower solver.step_size" if stepper.method in FLOW_ONLY_FIXED else "lower solver.rtol"
         monotone = None if monotone_rtol is None else _MonotoneLoss(monotone_rtol, loss0, weights0.dtype, remedy)
         next_index = int(np.searchsorted(times, stepper.t, side="right"))
@@ -305,6 +307,7 @@ def integration_loop(
                 continue
             recorder.n_accepted += 1
             t1 = stepper.t
+            reached = float(t1)
             saved = False
             while next_index < len(times) and times[next_index] <= t1:
                 t_save = float(times[next_index])
@@ -358,7 +361,7 @@ def integration_loop(
         recorder.save(0.0, weights0, 0, math.nan)
     # the flow time reached: the last accepted step (an adaptive step may pass the horizon, whose
     # state is interpolated); a failed run's last saved state may be much earlier
-    t_reached = min(float(stepper.t), float(stepper.horizon))
+    t_reached = min(reached, float(stepper.horizon))
     if result.failed:
         logger.warning("integration stopped at t=%.6g (last saved state t=%.6g): %s", t_reached, recorder.t[-1], result)
     stats: dict[str, float | int] = {

@@ -15,8 +15,9 @@ keeps them).
 ``--method kernel_etd4`` runs the fourth-order method (records keyed ``kernel_etd4|tau0|rtol``,
 weights ``kernel_etd4_paper_<tau0>_<rtol>.npy``), ``--method dopri5`` the baseline
 (``dopri8`` and ``bosh3`` the other explicit methods of the work-precision diagrams,
-``kernel_exponential`` the first-order kernel method with step doubling), whose error at
-this size is measured the same way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6). Several
+``kernel_exponential`` the first-order kernel method with step doubling, ``rk4`` fixed steps at
+the fractions ``--rtol`` of its stability limit), whose error at this size is measured the same
+way (about 75 CPU minutes at tau0 = 1 and rtol 1e-6; ``--budget-s`` stops a run there). Several
 invocations may run at once (one per core): each merges its record into the file.
 
 Every invocation ends by writing ``work_precision_paper_gradient.{md,png,nc}`` beside the JSON

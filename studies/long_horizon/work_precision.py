@@ -97,7 +97,7 @@ GRID: dict[str, dict[str, list[float]]] = {
     },
     "gauss_newton": {
         "dopri5": [1e-4, 1e-6, 1e-8],
-        "dopri8": [1e-6, 1e-8, 1e-10],
+        "dopri8": [1e-4, 1e-6, 1e-8, 1e-10],
         "bosh3": [1e-4, 1e-6],
     },
 }
