@@ -79,6 +79,21 @@ def test_concurrent_invocations_keep_each_others_runs(wp, tmp_path) -> None:
     assert set(json.loads(store.read_text())) == {"kept|row", "1|2e7|rk4|0.9", "0.1|2e7|rk4|0.9", "1|2e7|rk4|0.5"}
 
 
+def test_again_solves_only_the_methods_asked_for_and_keeps_the_earlier_run(wp, table, tmp_path) -> None:
+    out, _ = table
+    before = json.loads((out / "work_precision_smoke_gradient.json").read_text())
+    (tmp_path / "work_precision_smoke_gradient.json").write_text(json.dumps(before))
+    args = ["--scale", "smoke", "--t-end", "500", "-o", str(tmp_path), "--methods", "dopri8", "--again"]
+    assert wp.main(args) == 0
+    after = json.loads((tmp_path / "work_precision_smoke_gradient.json").read_text())
+    assert after.keys() == before.keys()
+    for key, run in after.items():
+        if run["method"] == "dopri8":
+            assert run["earlier_run"]["cpu_time_s"] == before[key]["cpu_time_s"] and run["test_loss_change"] < 1e-12
+        else:
+            assert run == before[key]  # the reference and the other methods are not solved again
+
+
 def test_a_second_invocation_reuses_the_store(wp, table) -> None:
     out, _ = table
     store = out / "work_precision_smoke_gradient.json"

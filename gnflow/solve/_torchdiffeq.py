@@ -88,10 +88,8 @@ class RungeKuttaMethod:
 
     @property
     def t(self) -> float:
-        """Flow time of the current state (the end of the last accepted step; 0 before `start`
-        has evaluated the field)."""
-        state = getattr(self._solver, "rk_state", None)
-        return 0.0 if state is None else float(state.t1)
+        """Flow time of the current state (the end of the last accepted step)."""
+        return float(self._solver.rk_state.t1)
 
     @property
     def y(self) -> torch.Tensor:

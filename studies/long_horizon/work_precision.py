@@ -269,16 +269,15 @@ def measure(
             key = f"{tau0:g}|{config.solver.t_end:g}|{method}|{setting:g}"
             kept = done.get(key)
             is_reference = (method, setting) == reference
-            # a kept reference without weights is solved again (the new runs need its weights), and
-            # with `again` every kept run of the methods asked for
-            if kept is not None and not (again and not is_reference) and ("weights" in kept or not is_reference):
+            # solved again: a kept reference without weights (the new runs need them), and with
+            # `again` every kept run of the methods asked for
+            if kept is not None and not (("weights" not in kept) if is_reference else again):
                 continue
+            ref_weights = None  # rk4's step is set with the reference's final state
             ref_record = done.get(f"{tau0:g}|{config.solver.t_end:g}|{reference[0]}|{reference[1]:g}", {})
-            ref_weights = (
-                torch.tensor(ref_record["weights"], dtype=experiment.weights0.dtype).reshape(experiment.weights0.shape)
-                if "weights" in ref_record
-                else None
-            )
+            if method == "rk4" and "weights" in ref_record:
+                w0 = experiment.weights0
+                ref_weights = torch.tensor(ref_record["weights"], dtype=w0.dtype).reshape(w0.shape)
             result = one_run(experiment, method, setting, 0.0 if is_reference else budget, ref_weights)
             result["tau0"] = tau0
             result["t_end"] = config.solver.t_end
