@@ -45,7 +45,7 @@ def test_predict_matches_definition():
 
 def test_predict_in_chunks_equals_one_block():
     model, w, x, _ = small_problem(n_train=50, width=30)
-    big_x = x.repeat(2000, 1)  # 100k rows -> several blocks of 2^18 / 30 rows
+    big_x = x.repeat(2000, 1)  # 100k rows -> several row blocks (2^16 / 30 rows each)
     out = model.predict(w, big_x)
     assert relative_error(out[-50:], out[:50]) < 1e-15
     assert relative_error(out[:50], model.predict(w, x)) < 1e-15

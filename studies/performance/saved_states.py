@@ -56,15 +56,15 @@ from gnflow.trajectory import measuring_alongside, trajectory_dataset
 OUTPUT = Path("data/studies/performance/saved_states.json")
 
 
-def run_config(n_train: int, width: int, n_test: int, n_save: int, threads: int) -> dict[str, Any]:
-    """The Gauss--Newton run (config defaults: eigmin, dopri5, rtol 1e-6, tau0 = 1)."""
+def run_config(n_train: int, width: int, n_test: int, n_save: int, threads: int, t_end: float = 1e4) -> dict[str, Any]:
+    """The Gauss--Newton run (config defaults: eigmin, dopri5, rtol 1e-6, tau0 = 1, t_end = 1e4)."""
     return {
         "seed": 1,
         "device": "cpu",
         "dtype": "float64",
         "data": {"n_train": n_train, "n_test": n_test},
         "model": {"width": width, "init_scale": 1.0},
-        "solver": {"t_end": 1e5, "n_save": n_save, "stop_loss_ratio": 1e-8},
+        "solver": {"t_end": t_end, "n_save": n_save, "stop_loss_ratio": 1e-8},
         "compute": {"threads": threads},
     }
 
@@ -100,6 +100,11 @@ def measurement_parts(experiment: Any, weights: torch.Tensor, repeats: int) -> d
     return {name: statistics.median(values) for name, values in parts.items()}
 
 
+def _sizes(args: argparse.Namespace) -> dict[str, float]:
+    """The run's sizes and saved times, as recorded with each measurement."""
+    return {name: getattr(args, name) for name in ("n_train", "width", "n_test", "n_save", "t_end")}
+
+
 def _conditions(load_before: tuple[float, ...], load_after: tuple[float, ...], idle_below: float) -> dict[str, Any]:
     """Load averages, whether the machine was otherwise idle, and the provenance of the numbers."""
     idle = max(load_before[0], load_after[0]) <= idle_below
@@ -119,7 +124,7 @@ def _conditions(load_before: tuple[float, ...], load_after: tuple[float, ...], i
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, args.threads))
+    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, args.threads, args.t_end))
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     experiment = build_experiment(config)
@@ -135,7 +140,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     n_saved = len(solution.t)
     per_state = measuring["cpu_s"] / n_saved
     return {
-        "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "n_save": args.n_save},
+        "sizes": _sizes(args),
         "torch_threads": args.threads,
         "status": str(solution.status),
         "t_final": float(solution.t[-1]),
@@ -161,7 +166,7 @@ def _timed(function: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
 
 def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
     """The run as ``gnflow run`` makes it on two threads, against its integration alone at one."""
-    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, 2))
+    config = config_from_dict(run_config(args.n_train, args.width, args.n_test, args.n_save, 2, args.t_end))
     load_before = os.getloadavg()
 
     def integration_alone() -> Any:
@@ -201,7 +206,7 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
     n_saved = len(solution.t)
     return {
         "mode": "alongside: integration at one torch thread, saved states measured meanwhile at the other",
-        "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "n_save": args.n_save},
+        "sizes": _sizes(args),
         "torch_threads": 2,
         "status": str(solution.status),
         "t_final": float(solution.t[-1]),
@@ -225,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--n-save", type=int, default=201)
+    parser.add_argument(
+        "--t-end",
+        type=float,
+        default=1e4,
+        help="end of the log-spaced saved times (SPEC's default 1e4: 186 saved states before the run converges at "
+        "t = 4941; 1e5: 137)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the timed parts of one measurement")
     parser.add_argument(
