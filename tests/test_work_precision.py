@@ -134,7 +134,7 @@ def test_a_fresh_checkout_keeps_the_committed_rows_and_solves_only_the_reference
 
 
 def test_gauss_newton_flow_table_against_its_dopri8_reference(wp, tmp_path) -> None:
-    # the GN flow has no kernel method: its reference is dopri8 at rtol 1e-10 (smoke), checked here
+    # the GN flow's reference is dopri8 at rtol 1e-10 (smoke, independent of the kernel methods), checked here
     # against dopri5 at rtol 1e-8, an independent solve; dopri5's error falls with its tolerance
     args = ["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "dopri5", "rk4"]
     assert wp.main(args) == 0
@@ -153,9 +153,24 @@ def test_gauss_newton_flow_table_against_its_dopri8_reference(wp, tmp_path) -> N
     assert np.all(np.diff(np.log10(rk4_errors)) > 0), rk4_errors  # larger steps, larger errors
 
 
+def test_gauss_newton_kernel_method_at_the_tolerances_asked_for(wp, tmp_path) -> None:
+    # --rtols replaces the grid: the store holds the reference and kernel_etd4 at the two tolerances
+    # only, and kernel_etd4's error against the independent dopri8 reference falls with its rtol
+    args = ["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "kernel_etd4"]
+    assert wp.main([*args, "--rtols", "1e-5", "1e-7"]) == 0
+    store = json.loads((tmp_path / "work_precision_smoke_gauss_newton.json").read_text())
+    planned = sorted((r["method"], r["setting"]) for r in store.values())
+    assert planned == sorted([wp.reference_of("smoke", "gauss_newton"), ("kernel_etd4", 1e-5), ("kernel_etd4", 1e-7)])
+    with xr.open_dataset(tmp_path / "work_precision_smoke_gauss_newton.nc") as ds:
+        ds = ds.load()
+    etd4 = ds.where(ds["method"] == "kernel_etd4", drop=True)
+    errors = etd4["weight_error"].values[np.argsort(-etd4["setting"].values)]
+    assert (etd4["linearizations"].values > 0).all() and errors[1] < errors[0] / 10, errors
+
+
 def test_a_method_without_the_flow_is_refused(wp, tmp_path) -> None:
-    with pytest.raises(SystemExit, match="kernel_etd3 not measured for the gauss_newton flow; allowed: dopri5"):
-        wp.main(["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "kernel_etd3"])
+    with pytest.raises(SystemExit, match="midpoint not measured for the gauss_newton flow; allowed: kernel_etd3"):
+        wp.main(["--scale", "smoke", "--flow", "gauss_newton", "-o", str(tmp_path), "--methods", "midpoint"])
 
 
 PAPER_SCRIPT = SCRIPT.with_name("paper_etd3.py")
