@@ -17,6 +17,8 @@ reported as time-limited (its cost a lower bound, no error). Every finished run 
 
     python studies/long_horizon/work_precision.py --scale small                  # N = 100, M = 1000, GD, tau0 0.1 1 10
     python studies/long_horizon/work_precision.py --scale small --flow gauss_newton --tau0 1     # to t = 40 N
+    python studies/long_horizon/work_precision.py --scale paper --flow gauss_newton --tau0 1 \
+        --methods kernel_etd4 --rtols 1e-4 1e-5                                                  # chosen tolerances
     python studies/long_horizon/work_precision.py --scale smoke -o /tmp/wp       # seconds
 
 Outputs in ``data/studies/long_horizon/<scale>/``: ``work_precision_<scale>_<flow>.{json,nc,png,md}``.
