@@ -2,10 +2,12 @@
 
 On a CPU with two threads for a run, integrating at one torch thread and measuring each saved
 state on the other core as soon as it is saved hides most of the measuring time behind the
-integration: the measurements of a saved state (Gram spectrum, test loss on 10^4 points) cost as
-much as two Gauss--Newton evaluations at the paper's size, and one thread integrates that run
-faster than two (``docs/performance.md``). :class:`MeasuringAlongside` is that worker, a
-:class:`gnflow.solve.StateSink` for ``integrate(on_save=...)``.
+integration: the measurements of a saved state (Gram spectrum, test loss on 10^4 points) cost
+about as much as two Gauss--Newton evaluations at the paper's size, and with SPEC's 201 saved
+times they add up to more than the integration. (Two threads integrate faster than one, 1.5x on
+that run, which pays when there are few saved states: ``docs/performance.md``.)
+:class:`MeasuringAlongside` is that worker, a :class:`gnflow.solve.StateSink` for
+``integrate(on_save=...)``.
 """
 
 from __future__ import annotations
