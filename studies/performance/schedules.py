@@ -1,0 +1,156 @@
+"""Which schedule of integration and saved-state measurement is fastest on two CPU threads.
+
+The paper-size Gauss--Newton run of ``saved_states.py`` (N = 500, M = 5000, 10^4 test points,
+eigmin damping, dopri5, to 1e-8 x the initial train loss, log-spaced saves to t = 1e4) is timed,
+whole (integration and every saved state's measurements, not the file), under three schedules,
+interleaved over ``--rounds`` rounds in one process:
+
+- ``alongside``: what ``gnflow run`` does on two threads: integrate at one torch thread while a
+  worker measures each saved state at the other, then the states left two at a time;
+- ``sequential``: integrate at two threads, then measure the states two at a time;
+- ``switch K``: integrate at two threads until K saved states wait to be measured, then at one
+  thread with the worker measuring alongside (a prototype, not a gnflow schedule: the
+  integration's first part runs at two threads, so its numbers agree with a one-thread run to
+  rounding only).
+
+Writes ``data/studies/performance/schedules.json`` (wall seconds of the integration and of the
+whole, states measured by the worker, the switch time) with the load average before and after.
+
+    python studies/performance/schedules.py                         # about 6 minutes on 2 idle cores
+    python studies/performance/schedules.py --n-save 21 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from saved_states import run_config
+
+from gnflow.config import config_from_dict
+from gnflow.experiment import build_experiment
+from gnflow.solve import integrate
+from gnflow.studies import measurement_provenance
+from gnflow.threads import torch_threads
+from gnflow.trajectory import measuring_alongside, trajectory_dataset
+
+OUTPUT = Path("data/studies/performance/schedules.json")
+
+
+class SwitchToAlongside:
+    """A sink that holds the saved states until ``after`` of them wait, then sets torch to one thread
+    and hands them, and every later state, to a :func:`measuring_alongside` worker."""
+
+    def __init__(self, experiment: Any, after: int) -> None:
+        self.experiment, self.after = experiment, after
+        self.waiting: list[tuple[int, torch.Tensor]] = []
+        self.inner: Any = None
+        self.switched_at: float | None = None
+
+    def put(self, index: int, weights: torch.Tensor) -> None:
+        if self.inner is not None:
+            self.inner.put(index, weights)
+            return
+        self.waiting.append((index, weights))
+        if len(self.waiting) >= self.after:
+            torch.set_num_threads(1)
+            self.inner = measuring_alongside(self.experiment)
+            self.switched_at = time.perf_counter()
+            for item in self.waiting:
+                self.inner.put(*item)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.inner.cpu_s if self.inner is not None else 0.0
+
+
+def _record(start: float, integrated: float, solution: Any, measured: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "integration_s": integrated - start,
+        "whole_s": time.perf_counter() - start,
+        "states": len(solution.t),
+        "evaluations": int(solution.nfe[-1]),
+        "measured_alongside": measured,
+        **extra,
+    }
+
+
+def alongside(config: Any) -> dict[str, Any]:
+    experiment = build_experiment(config)
+    start = time.perf_counter()
+    with torch_threads(1):
+        sink = measuring_alongside(experiment)
+        solution = integrate(experiment.flow, experiment.weights0, config.solver, on_save=sink, progress=False)
+        integrated = time.perf_counter()
+        measured = sink.finish()
+    with torch_threads(2):
+        trajectory_dataset(experiment, solution, progress=False, alongside=sink)
+    return _record(start, integrated, solution, measured)
+
+
+def sequential(config: Any) -> dict[str, Any]:
+    experiment = build_experiment(config)
+    start = time.perf_counter()
+    with torch_threads(2):
+        solution = integrate(experiment.flow, experiment.weights0, config.solver, progress=False)
+        integrated = time.perf_counter()
+        trajectory_dataset(experiment, solution, progress=False)
+    return _record(start, integrated, solution, 0)
+
+
+def switch(config: Any, after: int) -> dict[str, Any]:
+    experiment = build_experiment(config)
+    start = time.perf_counter()
+    with torch_threads(2):
+        sink = SwitchToAlongside(experiment, after)
+        solution = integrate(experiment.flow, experiment.weights0, config.solver, on_save=sink, progress=False)
+        integrated = time.perf_counter()
+        measured = sink.inner.finish() if sink.inner is not None else 0
+        torch.set_num_threads(2)
+        trajectory_dataset(experiment, solution, progress=False, alongside=sink.inner)
+    switched = None if sink.switched_at is None else sink.switched_at - start
+    return _record(start, integrated, solution, measured, switched_after_s=switched)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-save", type=int, nargs="+", default=[201, 21])
+    parser.add_argument("--switch-after", type=int, nargs="*", default=[16, 48], help="K of the switch schedules")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    runs: list[dict[str, Any]] = []
+    for n_save in args.n_save:
+        config = config_from_dict(run_config(500, 5000, 10_000, n_save, 2, 1e4))
+        schedules = [("alongside", alongside), ("sequential", sequential)] + [
+            (f"switch {k}", lambda c, k=k: switch(c, k)) for k in args.switch_after
+        ]
+        for round_ in range(args.rounds):
+            for name, schedule in schedules:
+                record = {"n_save": n_save, "schedule": name, "round": round_, **schedule(config)}
+                runs.append(record)
+                print(json.dumps(record), flush=True)
+    result = {
+        "runs": runs,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+        "definition": "wall seconds from the start of the integration to the end of the measurements (no file)",
+        **measurement_provenance(),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
