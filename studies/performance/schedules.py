@@ -122,6 +122,9 @@ def switch(config: Any, after: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-train", type=int, default=500)
+    parser.add_argument("--width", type=int, default=5000)
+    parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--n-save", type=int, nargs="+", default=[201, 21])
     parser.add_argument("--switch-after", type=int, nargs="*", default=[16, 48], help="K of the switch schedules")
     parser.add_argument("--rounds", type=int, default=2)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     runs: list[dict[str, Any]] = []
     for n_save in args.n_save:
-        config = config_from_dict(run_config(500, 5000, 10_000, n_save, 2, 1e4))
+        config = config_from_dict(run_config(args.n_train, args.width, args.n_test, n_save, 2, 1e4))
         schedules = [("alongside", alongside), ("sequential", sequential)] + [
             (f"switch {k}", lambda c, k=k: switch(c, k)) for k in args.switch_after
         ]
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(record)
                 print(json.dumps(record), flush=True)
     result = {
+        "sizes": {"n_train": args.n_train, "width": args.width, "n_test": args.n_test, "t_end": 1e4},
         "runs": runs,
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
