@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -32,16 +32,22 @@ from gnflow.dataset import (
     write_dataset,
 )
 from gnflow.experiment import build_experiment
-from gnflow.observables import validate_observable_names
+from gnflow.observables import SwitchingAlongside, validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
 from gnflow.solve._loop import auto_choice
 from gnflow.status import SignalInterrupt
 from gnflow.threads import resolve_threads, torch_threads
 from gnflow.trajectory import measuring_alongside, trajectory_dataset
 
-__all__ = ["run", "simulate"]
+__all__ = ["MEASURE_ALONGSIDE_AFTER", "run", "simulate"]
 
 logger = logging.getLogger(__name__)
+
+MEASURE_ALONGSIDE_AFTER = 16
+"""Saved states waiting to be measured at which a run on two CPU threads goes from integrating at
+both to integrating at one and measuring at the other (``studies/performance/schedules.py``: on
+the paper-size GN run the fastest of the schedules measured with 186 states, within 7% of the
+fastest with 20)."""
 
 
 def simulate(
@@ -62,10 +68,10 @@ def simulate(
 
     The run uses ``config.compute.threads`` torch threads (0: the free cores, see
     :mod:`gnflow.threads`); torch's setting is restored afterwards, and the number used is the
-    dataset's ``gnflow_threads``. With two threads on the CPU (not resumed) it integrates at one
-    and measures the saved states at the other while it integrates
-    (:func:`gnflow.trajectory.measuring_alongside`); the states left are measured after, two at a
-    time. The values are those of a run at ``compute.threads = 1``.
+    dataset's ``gnflow_threads``. With two threads on the CPU (not resumed) it integrates at both
+    until ``MEASURE_ALONGSIDE_AFTER`` saved states wait to be measured, then at one while the other
+    measures them (:class:`gnflow.observables.SwitchingAlongside`); the states left are measured
+    after, two at a time. The values agree with a run at ``compute.threads = 1`` to rounding.
     """
     with torch_threads(resolve_threads(config.compute.threads)) as threads:
         ds = _simulate(config, progress=progress, checkpoint=checkpoint, resume=resume, callback=callback)
@@ -110,10 +116,11 @@ def _simulate(
         experiment.device,
         config.dtype,
     )
-    # two threads on the CPU: integrate at one, measure the saved states at the other meanwhile
+    # two threads on the CPU: integrate at both until MEASURE_ALONGSIDE_AFTER saved states wait,
+    # then at one while the other measures them (SwitchingAlongside)
     overlap = torch.get_num_threads() == 2 and experiment.device.type == "cpu" and resume is None
-    with torch_threads(1) if overlap else nullcontext():
-        alongside = measuring_alongside(experiment) if overlap else None
+    sink = SwitchingAlongside(lambda: measuring_alongside(experiment), MEASURE_ALONGSIDE_AFTER) if overlap else None
+    with torch_threads(torch.get_num_threads()):  # restores the count the sink lowers
         try:
             solution = integrate(
                 flow,
@@ -124,11 +131,12 @@ def _simulate(
                 checkpoint=checkpoint,
                 resume=resume,
                 callback=callback,
-                on_save=alongside,
+                on_save=sink,
             )
         finally:  # the worker stops with the integration, whatever ended it
-            if alongside is not None:
-                alongside.finish()
+            if sink is not None:
+                sink.finish()
+    alongside = sink.worker if sink is not None else None
     # the command line prints its own summary of the run: at INFO this line would repeat it
     logger.debug(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",

@@ -9,10 +9,11 @@ import pytest
 import torch
 import xarray as xr
 
+import gnflow.simulation
 from gnflow import load_config, simulate
 from gnflow.experiment import build_experiment
 from gnflow.model import ParticleModel
-from gnflow.observables import MeasuringAlongside, SavedState, trajectory_from_dataset
+from gnflow.observables import MeasuringAlongside, SavedState, SwitchingAlongside, trajectory_from_dataset
 from gnflow.observables._trajectory import Measurement, measure
 from gnflow.solve import StopWatch, integrate
 from gnflow.threads import torch_threads
@@ -63,7 +64,9 @@ def drained(monkeypatch):
     [[], ["flow.kind=gradient"], ['observe.names=["spectrum", "kernel_movement", "residual_topk"]'], ["dtype=float32"]],
     ids=["gauss_newton", "gradient", "with_observables", "float32"],
 )
-def test_two_thread_run_measured_alongside_equals_the_one_thread_run(drained, overrides):
+def test_two_thread_run_measured_alongside_equals_the_one_thread_run(drained, overrides, monkeypatch):
+    # the worker from the first saved state on (t = 0): the whole integration at one thread
+    monkeypatch.setattr(gnflow.simulation, "MEASURE_ALONGSIDE_AFTER", 1)
     one = simulate(small_config("compute.threads=1", *overrides), progress=False)
     assert not drained  # one thread: no worker
     two = simulate(small_config("compute.threads=2", *overrides), progress=False)
@@ -72,6 +75,55 @@ def test_two_thread_run_measured_alongside_equals_the_one_thread_run(drained, ov
     assert_same_variables(one, two)
     assert np.isfinite(two["test_loss"].values).all() and np.isfinite(two["gram_eigmin"].values).all()
     assert two.attrs["gnflow_threads"] == 2 and not worker_alive()
+
+
+def assert_agree_to_rounding(a: xr.Dataset, b: xr.Dataset) -> None:
+    assert sorted(a.data_vars) == sorted(b.data_vars)
+    np.testing.assert_allclose(a["t"].values, b["t"].values, rtol=1e-8)  # the converged time too
+    for name in a.data_vars:
+        if np.issubdtype(a[name].dtype, np.floating):
+            np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-8, atol=1e-12, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+@pytest.mark.parametrize("after", [3, 1000])
+def test_two_thread_run_switches_to_measuring_alongside_after_k_waiting_states(drained, after, monkeypatch):
+    # integrated at two threads until `after` states wait (never, for 1000: measured after the
+    # integration), then at one while the worker measures; the numbers agree with a one-thread run
+    # to rounding, and torch's thread count is restored
+    monkeypatch.setattr(gnflow.simulation, "MEASURE_ALONGSIDE_AFTER", after)
+    one = simulate(small_config("compute.threads=1"), progress=False)
+    before = torch.get_num_threads()
+    two = simulate(small_config("compute.threads=2"), progress=False)
+    assert torch.get_num_threads() == before and two.attrs["gnflow_threads"] == 2
+    n_saved = two.sizes["t"]
+    assert n_saved >= 5
+    assert drained[:1] == ([n_saved] if after < n_saved else [])  # the worker measured every state, or none
+    assert_agree_to_rounding(one, two)
+    assert not worker_alive()
+
+
+def test_switching_sink_hands_the_waiting_states_to_the_worker_in_order(trajectory):
+    indices = _Indices()
+    started = []
+
+    def start():
+        started.append(torch.get_num_threads())
+        return MeasuringAlongside(trajectory, [indices])
+
+    with torch_threads(2):
+        sink = SwitchingAlongside(start, after=3)
+        for k in range(2):
+            sink.put(k, trajectory.weights[k])
+        assert sink.worker is None and sink.cpu_s == 0.0 and torch.get_num_threads() == 2
+        for k in range(2, 5):
+            sink.put(k, trajectory.weights[k])
+        assert started == [1] and torch.get_num_threads() == 1  # the integration goes on at one thread
+        sink.worker.finish(wait=True)
+    assert indices.indices == [0, 1, 2, 3, 4] and sink.finish() == 5
+    with pytest.raises(ValueError, match="after must be >= 1, got 0"):
+        SwitchingAlongside(start, after=0)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ The definitions, units and costs are in docs/observables.md.
 """
 
 from gnflow._exports import present_under
-from gnflow.observables._alongside import MeasuringAlongside
+from gnflow.observables._alongside import MeasuringAlongside, SwitchingAlongside
 from gnflow.observables._builtin import OBSERVABLES
 from gnflow.observables._measures import (
     centered_kernel_alignment,
@@ -68,6 +68,7 @@ __all__ = [
     "ObservableError",
     "ObservableOutput",
     "SavedState",
+    "SwitchingAlongside",
     "Trajectory",
     "add_observables",
     "append_history",

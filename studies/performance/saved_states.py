@@ -18,7 +18,8 @@ Usage::
     python studies/performance/saved_states.py --n-train 200 --width 2000 --n-test 4000
     python studies/performance/saved_states.py --label after -o data/studies/performance/saved_states.json
 
-With ``--alongside`` it measures what ``gnflow run`` does on two CPU threads instead: the run
+With ``--alongside`` it measures the alongside schedule on two CPU threads instead (what ``gnflow
+run`` did before it integrated at both threads until 16 states wait: ``schedules.py``): the run
 integrates at one torch thread while a worker measures the saved states at the other
 (:func:`gnflow.trajectory.measuring_alongside`), and the states left are measured after, two at a
 time. The baseline is the same integration alone at one thread, without any measurement, timed in

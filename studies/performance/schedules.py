@@ -5,13 +5,15 @@ eigmin damping, dopri5, to 1e-8 x the initial train loss, log-spaced saves to t 
 whole (integration and every saved state's measurements, not the file), under three schedules,
 interleaved over ``--rounds`` rounds in one process:
 
-- ``alongside``: what ``gnflow run`` does on two threads: integrate at one torch thread while a
-  worker measures each saved state at the other, then the states left two at a time;
+- ``alongside``: integrate at one torch thread while a worker measures each saved state at the
+  other, then the states left two at a time (what ``gnflow run`` did on two threads before the
+  switch below);
 - ``sequential``: integrate at two threads, then measure the states two at a time;
 - ``switch K``: integrate at two threads until K saved states wait to be measured, then at one
-  thread with the worker measuring alongside (a prototype, not a gnflow schedule: the
-  integration's first part runs at two threads, so its numbers agree with a one-thread run to
-  rounding only).
+  thread with the worker measuring alongside (the integration's first part runs at two threads, so
+  its numbers agree with a one-thread run to rounding only). ``gnflow run`` on two threads does this
+  with K = 16 (``gnflow.simulation.MEASURE_ALONGSIDE_AFTER``, chosen from this study), by the same
+  :class:`gnflow.observables.SwitchingAlongside`.
 
 Writes ``data/studies/performance/schedules.json`` (wall seconds of the integration and of the
 whole, states measured by the worker, the switch time) with the load average before and after.
@@ -37,39 +39,13 @@ from saved_states import run_config
 
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
+from gnflow.observables import SwitchingAlongside
 from gnflow.solve import integrate
 from gnflow.studies import measurement_provenance
 from gnflow.threads import torch_threads
 from gnflow.trajectory import measuring_alongside, trajectory_dataset
 
 OUTPUT = Path("data/studies/performance/schedules.json")
-
-
-class SwitchToAlongside:
-    """A sink that holds the saved states until ``after`` of them wait, then sets torch to one thread
-    and hands them, and every later state, to a :func:`measuring_alongside` worker."""
-
-    def __init__(self, experiment: Any, after: int) -> None:
-        self.experiment, self.after = experiment, after
-        self.waiting: list[tuple[int, torch.Tensor]] = []
-        self.inner: Any = None
-        self.switched_at: float | None = None
-
-    def put(self, index: int, weights: torch.Tensor) -> None:
-        if self.inner is not None:
-            self.inner.put(index, weights)
-            return
-        self.waiting.append((index, weights))
-        if len(self.waiting) >= self.after:
-            torch.set_num_threads(1)
-            self.inner = measuring_alongside(self.experiment)
-            self.switched_at = time.perf_counter()
-            for item in self.waiting:
-                self.inner.put(*item)
-
-    @property
-    def cpu_s(self) -> float:
-        return self.inner.cpu_s if self.inner is not None else 0.0
 
 
 def _record(start: float, integrated: float, solution: Any, measured: int, **extra: Any) -> dict[str, Any]:
@@ -109,14 +85,20 @@ def sequential(config: Any) -> dict[str, Any]:
 def switch(config: Any, after: int) -> dict[str, Any]:
     experiment = build_experiment(config)
     start = time.perf_counter()
+    switched_at: list[float] = []
+
+    def start_worker() -> Any:
+        switched_at.append(time.perf_counter())
+        return measuring_alongside(experiment)
+
     with torch_threads(2):
-        sink = SwitchToAlongside(experiment, after)
+        sink = SwitchingAlongside(start_worker, after)
         solution = integrate(experiment.flow, experiment.weights0, config.solver, on_save=sink, progress=False)
         integrated = time.perf_counter()
-        measured = sink.inner.finish() if sink.inner is not None else 0
+        measured = sink.finish()
         torch.set_num_threads(2)
-        trajectory_dataset(experiment, solution, progress=False, alongside=sink.inner)
-    switched = None if sink.switched_at is None else sink.switched_at - start
+        trajectory_dataset(experiment, solution, progress=False, alongside=sink.worker)
+    switched = switched_at[0] - start if switched_at else None
     return _record(start, integrated, solution, measured, switched_after_s=switched)
 
 
