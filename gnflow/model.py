@@ -91,11 +91,12 @@ _ACTIVATION_VALUES_: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu_,
 }
 
-# predict() works on row blocks of ``max(_CACHE_BLOCK_ROWS, 2^16 / particles)`` rows: at M = 5000
-# particles (10^4 test points, one thread) 16-row blocks cost 1.64 ns per (sample, particle)
-# entry for the product, sigma and the reduction together, against 2.1 ns at 8 rows and 2.0 at
-# 64; at M = 1000 the 2^16-entry blocks (65 rows) are best (1.72 ns). The fixed rows keep the
-# products efficient at large widths, where 2^16 entries would be a row or two.
+# predict() works on row blocks of ``max(_CACHE_BLOCK_ROWS, 2^16 / particles)`` rows. At M = 5000
+# particles (10^4 test points, one thread; studies/performance/parts.py) 16-row blocks cost 1.66 ns
+# per (sample, particle) entry for the product, sigma and the reduction together, against 1.92 ns
+# at 8 rows, 2.03 at 64 and 2.21 for the earlier addmm form; at M = 1000 the 2^16-entry blocks
+# (65 rows) cost 1.73 ns. The fixed rows keep the products efficient at large widths, where 2^16
+# entries would be a row or two (M = 20000: 2.27 ns; 64 rows would give 2.12).
 _CACHE_BLOCK_ENTRIES = 1 << 16
 _CACHE_BLOCK_ROWS = 16
 
