@@ -356,6 +356,18 @@ def _activations(model: ParticleModel, weights: torch.Tensor, x1: torch.Tensor) 
         s, ds = _activation_pair_(model.activation, z)
         return s, ds.mul_(v)
     s = torch.empty_like(z)
+    if model.activation == "silu":
+        # five passes per block, into S and z directly: sigma(z) = z g and sigma'(z) = g + g (z - z g),
+        # g the logistic sigmoid in a scratch block. Through _silu_ (seven passes, two fresh blocks)
+        # S and T took 12.9 against 11.0 ms at N = 500, M = 5000, one thread, and a GN evaluation
+        # 70.1 against 67.5 ms (studies/performance/parts.py, "activations")
+        scratch = torch.empty(min(rows, z.shape[0]), z.shape[1], dtype=z.dtype, device=z.device)
+        for start in range(0, z.shape[0], rows):
+            block, value = z[start : start + rows], s[start : start + rows]
+            g = torch.sigmoid(block, out=scratch[: block.shape[0]])
+            torch.mul(block, g, out=value)
+            torch.addcmul(g, g, block.sub_(value), out=block).mul_(v)
+        return s, z
     for start in range(0, z.shape[0], rows):
         block = z[start : start + rows]
         value, derivative = _activation_pair_(model.activation, block)

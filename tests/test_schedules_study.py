@@ -27,3 +27,23 @@ def test_schedules_time_the_same_run_and_switch_after_k_states(tmp_path, monkeyp
     switched = runs["switch 3"]
     assert switched["switched_after_s"] is not None and switched["measured_alongside"] >= 1
     assert all(run["whole_s"] >= run["integration_s"] > 0 for run in runs.values())
+
+
+def test_saved_states_measures_gnflow_runs_schedule_against_both_baselines(tmp_path, monkeypatch) -> None:
+    script = SCRIPT.parent / "saved_states.py"
+    spec = importlib.util.spec_from_file_location("saved_states_study", script)
+    saved_states = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(saved_states)
+    monkeypatch.setattr("gnflow.simulation.MEASURE_ALONGSIDE_AFTER", 2)
+    monkeypatch.setattr(saved_states, "MEASURE_ALONGSIDE_AFTER", 2)
+    out = tmp_path / "saved_states.json"
+    args = ["--n-train", "12", "--width", "40", "--n-test", "60", "--n-save", "9", "--alongside", "--label", "x"]
+    assert saved_states.main([*args, "-o", str(out)]) == 0
+    result = json.loads(out.read_text())["x"]
+    assert result["mode"].startswith("switch (gnflow run's schedule): integration at both threads until 2 saved")
+    (run,) = result["runs"]
+    assert 1 <= run["alongside"] <= result["saved_states_measured"]  # the worker started and measured
+    assert len(result["integration_alone"]) == 2 and len(result["integration_alone_two_threads"]) == 1
+    whole = run["whole"]["wall_s"]
+    two = result["integration_alone_two_threads"][0]["wall_s"]
+    assert result["share_wall_vs_two_threads"] == (whole - two) / two

@@ -1,6 +1,6 @@
 """Small timings behind performance.md's choices: predict's row blocks, threads per GN evaluation, file compression.
 
-Three measurements at the paper's size, each against a baseline in the same process, interleaved:
+Measurements at the paper's size, each against a baseline in the same process, interleaved:
 
 - ``predict``: the test forward pass (10^4 test points, d = 10, one torch thread) as
   ``ParticleModel.predict`` computes it (the bias inside the product, ``[x, 1] [u, b]^T``) at row
@@ -12,11 +12,18 @@ Three measurements at the paper's size, each against a baseline in the same proc
   ``gnflow run`` imports before it starts), median of 3, against ``python -c "import torch"``;
 - ``write``: writing a run's dataset (``examples/gn.toml``'s shape: 186 saved states of 5000 x 12
   weights, written from a synthetic trajectory) with zlib level 4 and the shuffle filter (what
-  ``gnflow.dataset.write_dataset`` does), level 1, and uncompressed: seconds and MiB.
+  ``gnflow.dataset.write_dataset`` does), level 1, and uncompressed: seconds and MiB;
+- ``activations``: S = sigma(z) and T = sigma'(z) v of a linearization (N = 500, M = 5000, silu,
+  one thread) as ``gnflow.model._activations`` computes them (sigmoid into a scratch block, value
+  and derivative written in place: five passes per block) against the earlier path (``_silu_`` per
+  block: seven passes and two fresh blocks, the value copied into S), alone and inside one
+  Gauss--Newton evaluation; five interleaved rounds of medians, and the largest difference.
 
-Writes ``data/studies/performance/parts.json`` with the load average before and after.
+Writes ``data/studies/performance/parts.json`` with the load average before and after; ``--only``
+measures some sections and keeps the file's others.
 
-    python studies/performance/parts.py          # about two minutes on 2 idle cores
+    python studies/performance/parts.py                      # about three minutes on 2 idle cores
+    python studies/performance/parts.py --only activations
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saved_states import run_config
 
+import gnflow.model
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
 from gnflow.model import ParticleModel
@@ -124,6 +132,60 @@ def gn_threads(repeats: int) -> dict[str, Any]:
     return {f"{k} threads": {"median_s": statistics.median(v), "runs": v} for k, v in samples.items()}
 
 
+def _activations_generic(
+    model: ParticleModel, weights: torch.Tensor, x1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The earlier silu path of ``gnflow.model._activations``: ``_silu_`` per block (seven passes, two
+    fresh blocks), its value copied into S."""
+    d = model.input_dim
+    z = x1 @ weights[:, : d + 1].T
+    v = weights[:, d + 1]
+    rows = max(1, gnflow.model._ELEMENTWISE_BLOCK_ENTRIES // z.shape[1])
+    s = torch.empty_like(z)
+    for start in range(0, z.shape[0], rows):
+        block = z[start : start + rows]
+        value, derivative = gnflow.model._silu_(block)
+        s[start : start + rows] = value
+        derivative.mul_(v)
+    return s, z
+
+
+def activations(repeats: int) -> dict[str, Any]:
+    """S and T of a linearization (N = 500, M = 5000, silu, one thread) and one GN evaluation, with
+    ``gnflow.model._activations`` against the earlier path, interleaved rounds of medians."""
+    experiment = build_experiment(config_from_dict(run_config(500, 5000, 10_000, 201, 1)))
+    weights = experiment.weights0.clone()
+    weights[:, -1] = torch.randn(weights.shape[0], generator=torch.Generator().manual_seed(0), dtype=weights.dtype)
+    x = torch.as_tensor(experiment.data.x_train, dtype=torch.float64)
+    x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    current = gnflow.model._activations
+    paths = {"gnflow": current, "earlier (_silu_ per block)": _activations_generic}
+    s0, t0 = _activations_generic(experiment.model, weights, x1)
+    s1, t1 = current(experiment.model, weights, x1)
+    t = torch.tensor(0.0)
+    samples: dict[str, dict[str, list[float]]] = {name: {"activations_s": [], "gn_evaluation_s": []} for name in paths}
+    with torch_threads(1):
+        for _ in range(5):
+            for name, path in paths.items():
+                samples[name]["activations_s"].append(
+                    _median(lambda path=path: path(experiment.model, weights, x1), repeats)
+                )
+                gnflow.model._activations = path
+                try:
+                    samples[name]["gn_evaluation_s"].append(_median(lambda: experiment.flow(t, weights), repeats))
+                finally:
+                    gnflow.model._activations = current
+    out: dict[str, Any] = {
+        name: {key: {"median_s": statistics.median(v), "runs": v} for key, v in parts.items()}
+        for name, parts in samples.items()
+    }
+    out["max_difference"] = {
+        "S": float((s0 - s1).abs().max()),
+        "T relative to max |T|": float((t0 - t1).abs().max() / t0.abs().max()),
+    }
+    return out
+
+
 def startup() -> dict[str, Any]:
     def wall(code: str) -> float:
         start = time.perf_counter()
@@ -158,21 +220,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=tuple(SECTIONS),
+        help="measure these sections only; the file's other sections are kept (each section records its own "
+        "load average, commit and date)",
+    )
     args = parser.parse_args(argv)
+    names = args.only or list(SECTIONS)
+    result = json.loads(args.output.read_text()) if args.only and args.output.exists() else {}
     load_before = os.getloadavg()
-    result = {
-        "predict": predict_blocks(args.repeats),
-        "gn_evaluation": gn_threads(9),
-        "startup_s": startup(),
-        "write": write_levels(),
-        "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()),
-        **measurement_provenance(),
-    }
+    for name in names:
+        section_load = os.getloadavg()
+        result[name] = SECTIONS[name](args.repeats)
+        if args.only:  # a section measured on its own says when and where
+            conditions = {"load_average_before": list(section_load), "load_average_after": list(os.getloadavg())}
+            result[name] |= conditions | measurement_provenance()
+    if not args.only:
+        conditions = {"load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+        result |= conditions | measurement_provenance()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    print(json.dumps({name: result[name] for name in names}, indent=1))
     return 0
+
+
+SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "predict": predict_blocks,
+    "gn_evaluation": lambda repeats: gn_threads(9),
+    "startup_s": lambda repeats: startup(),
+    "write": lambda repeats: write_levels(),
+    "activations": activations,
+}
 
 
 if __name__ == "__main__":
