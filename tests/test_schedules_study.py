@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "performance" / "schedules.py"
@@ -47,3 +49,26 @@ def test_saved_states_measures_gnflow_runs_schedule_against_both_baselines(tmp_p
     whole = run["whole"]["wall_s"]
     two = result["integration_alone_two_threads"][0]["wall_s"]
     assert result["share_wall_vs_two_threads"] == (whole - two) / two
+
+
+def test_process_worker_prototype_measures_every_state_once_and_agrees_with_the_thread_schedule(
+    tmp_path, monkeypatch
+) -> None:
+    script = SCRIPT.parent / "process_worker.py"
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    # under the name of its file: the spawned process imports the module to find its entry point
+    spec = importlib.util.spec_from_file_location("process_worker", script)
+    process_worker = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "process_worker", process_worker)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]))
+    spec.loader.exec_module(process_worker)
+    monkeypatch.setattr(process_worker, "MEASURE_ALONGSIDE_AFTER", 2)
+    out = tmp_path / "process_worker.json"
+    args = ["--n-train", "12", "--width", "40", "--n-test", "60", "--n-save", "9", "--rounds", "1"]
+    # the script raises when the two schedules' measured variables differ
+    assert process_worker.main([*args, "-o", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    process = run["process"]
+    # the process measured a prefix, this process the rest: split where the script says
+    assert 1 <= process["measured_by_process"] <= run["states"]
+    assert process["measured_by_process"] >= process["process_had_measured_at_integration_end"]

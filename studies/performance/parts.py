@@ -17,7 +17,10 @@ Measurements at the paper's size, each against a baseline in the same process, i
   one thread) as ``gnflow.model._activations`` computes them (sigmoid into a scratch block, value
   and derivative written in place: five passes per block) against the earlier path (``_silu_`` per
   block: seven passes and two fresh blocks, the value copied into S), alone and inside one
-  Gauss--Newton evaluation; five interleaved rounds of medians, and the largest difference.
+  Gauss--Newton evaluation; five interleaved rounds of medians, and the largest difference;
+- ``contention``: a GN evaluation and one saved state's measurements (train and test loss, Gram
+  spectrum), each at one torch thread, alone, side by side as two threads of this process (how
+  ``gnflow run`` on two threads runs them), and side by side as two processes pinned one per core.
 
 Writes ``data/studies/performance/parts.json`` with the load average before and after; ``--only``
 measures some sections and keeps the file's others.
@@ -186,6 +189,82 @@ def activations(repeats: int) -> dict[str, Any]:
     return out
 
 
+def _contention_work(role: str, seconds: float) -> list[float]:
+    """Seconds per call of ``role`` repeated for ``seconds``: one GN evaluation of the paper-size
+    flow, or one saved state's measurements (train and test loss, Gram spectrum), one thread."""
+    from gnflow.observables._trajectory import SavedState
+    from gnflow.trajectory import _run_dtype_trajectory
+
+    experiment = build_experiment(config_from_dict(run_config(500, 5000, 10_000, 201, 1)))
+    weights = experiment.weights0.clone()
+    weights[:, -1] = torch.randn(weights.shape[0], generator=torch.Generator().manual_seed(0), dtype=weights.dtype)
+    trajectory = _run_dtype_trajectory(experiment, None)
+    t = torch.tensor(0.0)
+
+    def call() -> None:
+        if role == "gn_evaluation":
+            experiment.flow(t, weights)
+        else:
+            state = SavedState(trajectory, 0, weights=weights)
+            _ = (state.train_loss, state.test_loss, state.eigenvalues)
+
+    call()
+    times = []
+    end = time.perf_counter() + seconds
+    with torch.no_grad():
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def contention(repeats: int, seconds: float = 12.0) -> dict[str, Any]:
+    """A GN evaluation and a saved state's measurements, each at one torch thread: alone, side by
+    side as two threads of one process (as ``gnflow run`` runs them on two threads: the evaluations
+    in the calling thread, the measurements in a worker), and side by side as two processes pinned
+    to cores 0 and 1; medians in seconds."""
+    import threading
+
+    from gnflow import _blas
+
+    roles = ("gn_evaluation", "saved_state")
+    out: dict[str, Any] = {}
+    with torch_threads(1):
+        _blas.hold_blas_at_one_thread()
+        out["alone"] = {role: statistics.median(_contention_work(role, seconds / 2)) for role in roles}
+        # as in gnflow run: the integration's evaluations in the calling thread, the measurements in a worker
+        results: dict[str, list[float]] = {}
+        worker = threading.Thread(
+            target=lambda: results.__setitem__("saved_state", _contention_work("saved_state", seconds))
+        )
+        worker.start()
+        results["gn_evaluation"] = _contention_work("gn_evaluation", seconds)
+        worker.join()
+        out["two threads of one process"] = {role: statistics.median(results[role]) for role in roles}
+    if len(os.sched_getaffinity(0)) >= 2:
+        code = (
+            "import json, statistics, sys; sys.path.insert(0, sys.argv[3]); import parts; "
+            "print(json.dumps(statistics.median(parts._contention_work(sys.argv[1], float(sys.argv[2])))))"
+        )
+        env = os.environ | {"OMP_NUM_THREADS": "1"}
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, role, str(seconds), str(Path(__file__).resolve().parent)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                preexec_fn=lambda core=core: os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[core]}),
+            )
+            for core, role in enumerate(roles)
+        ]
+        out["two processes, one core each"] = {
+            role: json.loads(process.communicate()[0].strip().splitlines()[-1])
+            for role, process in zip(roles, processes, strict=True)
+        }
+    return out
+
+
 def startup() -> dict[str, Any]:
     def wall(code: str) -> float:
         start = time.perf_counter()
@@ -227,23 +306,34 @@ def main(argv: list[str] | None = None) -> int:
         help="measure these sections only; the file's other sections are kept (each section records its own "
         "load average, commit and date)",
     )
+    parser.add_argument(
+        "--label", default="", help="with --only: store the sections as 'NAME (LABEL)', beside the unlabeled ones"
+    )
     args = parser.parse_args(argv)
     names = args.only or list(SECTIONS)
+    keys = {name: f"{name} ({args.label})" if args.label else name for name in names}
     result = json.loads(args.output.read_text()) if args.only and args.output.exists() else {}
     load_before = os.getloadavg()
     for name in names:
         section_load = os.getloadavg()
-        result[name] = SECTIONS[name](args.repeats)
+        key = keys[name]
+        result[key] = SECTIONS[name](args.repeats)
         if args.only:  # a section measured on its own says when and where
             conditions = {"load_average_before": list(section_load), "load_average_after": list(os.getloadavg())}
-            result[name] |= conditions | measurement_provenance()
+            result[key] |= conditions | measurement_provenance() | _environment()
     if not args.only:
         conditions = {"load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
-        result |= conditions | measurement_provenance()
+        result |= conditions | measurement_provenance() | _environment()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({name: result[name] for name in names}, indent=1))
+    print(json.dumps({keys[name]: result[keys[name]] for name in names}, indent=1))
     return 0
+
+
+def _environment() -> dict[str, Any]:
+    """The environment variables that change these timings (glibc's heap, OpenMP), where set."""
+    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "OMP_NUM_THREADS")
+    return {"environment": {name: os.environ[name] for name in names if name in os.environ}}
 
 
 SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -252,6 +342,7 @@ SECTIONS: dict[str, Callable[[int], dict[str, Any]]] = {
     "startup_s": lambda repeats: startup(),
     "write": lambda repeats: write_levels(),
     "activations": activations,
+    "contention": contention,
 }
 
 
