@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_states import run_config
+from saved_states import add_size_arguments, run_config
 
 from gnflow.config import config_from_dict, config_to_json
 from gnflow.experiment import build_experiment
@@ -183,10 +183,7 @@ def run_process(config: Any, after: int) -> tuple[float, Any, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-train", type=int, default=500)
-    parser.add_argument("--width", type=int, default=5000)
-    parser.add_argument("--n-test", type=int, default=10_000)
-    parser.add_argument("--n-save", type=int, default=201)
+    add_size_arguments(parser)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--process-after",

@@ -261,12 +261,17 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--n-train, --width, --n-test and --n-save, the paper's size by default."""
     parser.add_argument("--n-train", type=int, default=500)
     parser.add_argument("--width", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--n-save", type=int, default=201)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_size_arguments(parser)
     parser.add_argument(
         "--t-end",
         type=float,
