@@ -32,6 +32,7 @@ from gnflow.dataset import (
     write_dataset,
 )
 from gnflow.experiment import build_experiment
+from gnflow.measuring_process import MeasuringProcess, worth_a_process
 from gnflow.observables import SwitchingAlongside, validate_observable_names
 from gnflow.solve import Callback, CheckpointHook, integrate
 from gnflow.solve._loop import auto_choice
@@ -39,7 +40,7 @@ from gnflow.status import SignalInterrupt
 from gnflow.threads import resolve_threads, torch_threads
 from gnflow.trajectory import measuring_alongside, trajectory_dataset
 
-__all__ = ["MEASURE_ALONGSIDE_AFTER", "run", "simulate"]
+__all__ = ["MEASURE_ALONGSIDE_AFTER", "MEASURE_IN_PROCESS", "run", "simulate"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,13 @@ MEASURE_ALONGSIDE_AFTER = 16
 both to integrating at one and measuring at the other (``studies/performance/schedules.py``: on
 the paper-size GN run the fastest of the schedules measured with 186 states, within 7% of the
 fastest with 20)."""
+
+MEASURE_IN_PROCESS = False
+"""Whether runs with much to measure (:func:`gnflow.measuring_process.worth_a_process`) on two CPU
+threads measure their saved states in a second process (:mod:`gnflow.measuring_process`) instead
+of a worker thread. ``gnflow run`` sets it. A spawned process imports the caller's main module
+again, so the Python API leaves it off: a script that guards its work with ``if __name__ ==
+"__main__":`` may set it (the studies do)."""
 
 
 def simulate(
@@ -116,11 +124,18 @@ def _simulate(
         experiment.device,
         config.dtype,
     )
-    # two threads on the CPU: integrate at both until MEASURE_ALONGSIDE_AFTER saved states wait,
-    # then at one while the other measures them (SwitchingAlongside)
+    # two threads on the CPU: a run with much to measure integrates at one while a second process
+    # measures its saved states (MeasuringProcess); others integrate at both until
+    # MEASURE_ALONGSIDE_AFTER saved states wait, then at one while a thread measures them
     overlap = torch.get_num_threads() == 2 and experiment.device.type == "cpu" and resume is None
-    sink = SwitchingAlongside(lambda: measuring_alongside(experiment), MEASURE_ALONGSIDE_AFTER) if overlap else None
+    sink: MeasuringProcess | SwitchingAlongside | None = None
+    if overlap and MEASURE_IN_PROCESS and worth_a_process(experiment):
+        sink = MeasuringProcess(experiment)
+    elif overlap:
+        sink = SwitchingAlongside(lambda: measuring_alongside(experiment), MEASURE_ALONGSIDE_AFTER)
     with torch_threads(torch.get_num_threads()):  # restores the count the sink lowers
+        if isinstance(sink, MeasuringProcess):
+            torch.set_num_threads(1)  # the other core measures from the first saved state on
         try:
             solution = integrate(
                 flow,
@@ -134,9 +149,11 @@ def _simulate(
                 on_save=sink,
             )
         finally:  # the worker stops with the integration, whatever ended it
-            if sink is not None:
+            if isinstance(sink, MeasuringProcess):
+                sink.stop()
+            elif sink is not None:
                 sink.finish()
-    alongside = sink.worker if sink is not None else None
+    alongside = sink.worker if isinstance(sink, SwitchingAlongside) else sink
     # the command line prints its own summary of the run: at INFO this line would repeat it
     logger.debug(
         "%s at t=%.6g after %.2f s: %d evaluations, %d steps (%d rejected)",
@@ -158,7 +175,11 @@ def _simulate(
             stats.cg_steps,
             stats.eigvalsh_fallbacks,
         )
-    ds = trajectory_dataset(experiment, solution, progress=progress, alongside=alongside)
+    try:
+        ds = trajectory_dataset(experiment, solution, progress=progress, alongside=alongside)
+    finally:
+        if isinstance(sink, MeasuringProcess):
+            sink.close()
     if chosen_by_auto:
         ds.attrs["gnflow_solver"] = f"{description.solver}, chosen by solver.method = auto: {chosen_by_auto}"
     return ds

@@ -11,6 +11,7 @@ while it integrates (:func:`measuring_alongside`), and this pass takes the state
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from gnflow.observables import (
 from gnflow.solve import Solution
 from gnflow.status import RunResult, interruption_reason
 
-__all__ = ["measuring_alongside", "trajectory_dataset"]
+__all__ = ["MeasuringWorker", "measures_eigenvectors", "measuring_alongside", "trajectory_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,18 @@ def _run_dtype_trajectory(experiment: Experiment, solution: Solution | None) -> 
     )
 
 
+class MeasuringWorker(Protocol):
+    """What :func:`trajectory_dataset` reads of the sink a run was integrated with
+    (:class:`~gnflow.observables.MeasuringAlongside`, :class:`gnflow.measuring_process.MeasuringProcess`):
+    the built-in variables as ``measurements[0]``, measured at time indices 0 to k - 1 once
+    :meth:`finish` has returned k."""
+
+    measurements: list[Any]
+
+    def finish(self) -> int:
+        """Stop measuring; the number k of states measured."""
+
+
 def measuring_alongside(experiment: Experiment) -> MeasuringAlongside:
     """A sink for ``integrate(on_save=...)`` that measures the built-in variables of the run's saved
     states in a worker thread while it integrates; pass it to :func:`trajectory_dataset`.
@@ -121,11 +134,19 @@ def measuring_alongside(experiment: Experiment) -> MeasuringAlongside:
     :class:`~gnflow.observables.MeasuringAlongside`). In a float64 run whose observables read
     eigenvectors, the built-in variables read the eigenvalues of ``eigh``, as in their joint pass.
     """
-    names = select_observables(experiment.config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
-    eigenvectors = experiment.dtype == torch.float64 and any(OBSERVABLES[name].needs_eigenvectors for name in names)
     return MeasuringAlongside(
-        _run_dtype_trajectory(experiment, None), [_BuiltinVariables(experiment.flow)], eigenvectors=eigenvectors
+        _run_dtype_trajectory(experiment, None),
+        [_BuiltinVariables(experiment.flow)],
+        eigenvectors=measures_eigenvectors(experiment),
     )
+
+
+def measures_eigenvectors(experiment: Experiment) -> bool:
+    """Whether the built-in variables of a run measured apart from its observables read the
+    eigenvalues of ``eigh``, as in their joint pass (a float64 run whose observables read
+    eigenvectors) rather than ``eigvalsh``'s."""
+    names = select_observables(experiment.config.observe.names, has_teacher=experiment.data.teacher_weights is not None)
+    return experiment.dtype == torch.float64 and any(OBSERVABLES[name].needs_eigenvectors for name in names)
 
 
 def _measure(
@@ -164,7 +185,7 @@ def trajectory_dataset(
     solution: Solution,
     *,
     progress: bool | None = False,
-    alongside: MeasuringAlongside | None = None,
+    alongside: MeasuringWorker | None = None,
 ) -> xr.Dataset:
     """The CF-1.8 trajectory dataset of an integrated run (variables: ``gnflow.dataset.VARIABLES``).
 
@@ -199,15 +220,16 @@ def trajectory_dataset(
         stored["y_test"] = (("test_sample",), data.y_test)
     if data.teacher_weights is not None:
         stored["teacher_weights"] = (("teacher_particle", "component"), data.teacher_weights)
-    inputs = xr.Dataset(stored, coords=coords, attrs={"gnflow_config": config_to_json(config)})
     result = solution.result
     if alongside is not None:
-        start = alongside.finish()
         builtins = alongside.measurements[0]
         assert isinstance(builtins, _BuiltinVariables)
     else:
-        start, builtins = 0, _BuiltinVariables(experiment.flow, n_saved)
+        builtins = _BuiltinVariables(experiment.flow, n_saved)
     try:
+        # finishing may measure (a measuring process leaves half of the last states here)
+        start = alongside.finish() if alongside is not None else 0
+        inputs = xr.Dataset(stored, coords=coords, attrs={"gnflow_config": config_to_json(config)})
         observables = _measure(experiment, solution, inputs, builtins, progress, min(start, n_saved))
     except KeyboardInterrupt as exc:  # keep the finished integration: states measured so far, NaN for the rest
         observables = []

@@ -40,7 +40,7 @@ def test_saved_states_measures_gnflow_runs_schedule_against_both_baselines(tmp_p
     monkeypatch.setattr(saved_states, "MEASURE_ALONGSIDE_AFTER", 2)
     out = tmp_path / "saved_states.json"
     args = ["--n-train", "12", "--width", "40", "--n-test", "60", "--n-save", "9", "--alongside", "--label", "x"]
-    assert saved_states.main([*args, "-o", str(out)]) == 0
+    assert saved_states.main([*args, "--schedule", "switch", "-o", str(out)]) == 0
     result = json.loads(out.read_text())["x"]
     assert result["mode"].startswith("switch (gnflow run's schedule): integration at both threads until 2 saved")
     (run,) = result["runs"]
@@ -72,3 +72,17 @@ def test_process_worker_prototype_measures_every_state_once_and_agrees_with_the_
     # the process measured a prefix, this process the rest: split where the script says
     assert 1 <= process["measured_by_process"] <= run["states"]
     assert process["measured_by_process"] >= process["process_had_measured_at_integration_end"]
+
+
+def test_saved_states_measures_the_process_schedule(tmp_path) -> None:
+    script = SCRIPT.parent / "saved_states.py"
+    spec = importlib.util.spec_from_file_location("saved_states_study_process", script)
+    saved_states = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(saved_states)
+    out = tmp_path / "saved_states.json"
+    args = ["--n-train", "12", "--width", "40", "--n-test", "60", "--n-save", "9", "--alongside", "--label", "p"]
+    assert saved_states.main([*args, "-o", str(out)]) == 0  # the integrations compared bit for bit
+    result = json.loads(out.read_text())["p"]
+    assert result["mode"].startswith("process (gnflow run's schedule at this size)")
+    (run,) = result["runs"]
+    assert run["alongside"] == result["saved_states_measured"]  # every state, by one side or the other

@@ -44,8 +44,12 @@ def _config_of_source(init_from: str, sets: list[str]) -> tuple[RunConfig, RunCo
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import gnflow.simulation
     from gnflow.cli._config_command import override_output_path, resolve_config
     from gnflow.simulation import run
+
+    # the command line's main module is guarded, so a spawned measuring process may import it
+    gnflow.simulation.MEASURE_IN_PROCESS = True
 
     sets = list(args.set or [])
     if args.init_from is not None:

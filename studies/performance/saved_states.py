@@ -53,6 +53,7 @@ import torch
 import gnflow
 from gnflow.config import config_from_dict
 from gnflow.experiment import build_experiment
+from gnflow.measuring_process import MeasuringProcess
 from gnflow.observables import SwitchingAlongside
 from gnflow.simulation import MEASURE_ALONGSIDE_AFTER
 from gnflow.solve import integrate
@@ -185,7 +186,18 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
         experiment = build_experiment(config)
         flow, weights0 = experiment.flow, experiment.weights0
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        if args.schedule == "switch":  # gnflow run's: both threads until MEASURE_ALONGSIDE_AFTER states wait
+        if args.schedule == "process":  # gnflow run's for this size: one thread, a second process measures
+            with torch_threads(2):
+                sink = MeasuringProcess(experiment)
+                with torch_threads(1):
+                    solution, integration = _timed(lambda: integrate(flow, weights0, config.solver, on_save=sink))
+                sink.stop()
+                _, after = _timed(lambda: trajectory_dataset(experiment, solution, progress=False, alongside=sink))
+                sink.close()
+            measured = sink.finish()
+            whole = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
+            return solution, integration, after, whole, measured
+        if args.schedule == "switch":  # both threads until MEASURE_ALONGSIDE_AFTER states wait
             with torch_threads(2):
                 sink = SwitchingAlongside(lambda: measuring_alongside(experiment), MEASURE_ALONGSIDE_AFTER)
                 with torch_threads(2):  # restores the count the sink lowers
@@ -214,7 +226,7 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
         # threads, so equal to rounding
         same = (
             torch.equal(solution.weights, solution_b.weights)
-            if args.schedule == "alongside"
+            if args.schedule in ("alongside", "process")
             else solution.weights.shape == solution_b.weights.shape
             and torch.allclose(solution.weights, solution_b.weights, rtol=1e-6, atol=1e-9)
         )
@@ -231,6 +243,8 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
     n_saved = len(solution.t)
     alone_two_wall = statistics.median(a["wall_s"] for a in alone_two)
     modes = {
+        "process": "process (gnflow run's schedule at this size): integration at one thread, saved states measured "
+        "in a second process meanwhile, the states left split between the two",
         "alongside": "alongside: integration at one torch thread, saved states measured meanwhile at the other",
         "switch": (
             f"switch (gnflow run's schedule): integration at both threads until {MEASURE_ALONGSIDE_AFTER} saved states "
@@ -251,6 +265,11 @@ def measure_alongside(args: argparse.Namespace) -> dict[str, Any]:
         "share_cpu": (whole_cpu - alone_cpu) / alone_cpu,
         "integration_alone_two_threads": alone_two,
         "share_wall_vs_two_threads": (whole_wall - alone_two_wall) / alone_two_wall,
+        **(
+            {"note_cpu": "process: share_cpu counts this process only, not the measuring process"}
+            if args.schedule == "process"
+            else {}
+        ),
         "definition": (
             "share_wall = (median whole run with measurements - median integration alone at one thread) / median "
             "integration alone, wall seconds; share_cpu the same in processor seconds; share_wall_vs_two_threads "
@@ -287,9 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="--alongside: rounds of (integration alone, whole run)")
     parser.add_argument(
         "--schedule",
-        choices=("switch", "alongside"),
-        default="switch",
-        help="--alongside: gnflow run's schedule (switch, default) or measuring alongside from the first state",
+        choices=("process", "switch", "alongside"),
+        default="process",
+        help="--alongside: gnflow run's schedule at this size (process, default: a second process measures), "
+        "the thread schedule of smaller runs (switch), or a thread alongside from the first state",
     )
     parser.add_argument("--label", default="current", help="key of this measurement in the output file")
     parser.add_argument("-o", "--output", type=Path, default=OUTPUT)
