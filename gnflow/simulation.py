@@ -53,9 +53,9 @@ fastest with 20)."""
 MEASURE_IN_PROCESS = False
 """Whether runs with much to measure (:func:`gnflow.measuring_process.worth_a_process`) on two CPU
 threads measure their saved states in a second process (:mod:`gnflow.measuring_process`) instead
-of a worker thread. ``gnflow run`` sets it. A spawned process imports the caller's main module
-again, so the Python API leaves it off: a script that guards its work with ``if __name__ ==
-"__main__":`` may set it (the studies do)."""
+of a worker thread. ``gnflow run``, started as the ``gnflow`` command or ``python -m gnflow``,
+sets it for the run. A spawned process imports the caller's main module again, so the Python API
+leaves it off: a script that guards its work with ``if __name__ == "__main__":`` may set it."""
 
 
 def simulate(

@@ -125,3 +125,18 @@ def test_a_stalled_process_is_stopped_and_its_states_measured_here(spied, monkey
     two = simulate(small_config("compute.threads=2"), progress=False)
     assert spied["process"] == [0] and spied["k"] == [0]
     assert_same_variables(one, two)
+
+
+def test_the_command_line_in_this_process_keeps_the_thread_schedule(monkeypatch, tmp_path) -> None:
+    # pytest's main module is not gnflow's entry point: gnflow.cli.main here must not spawn
+    from gnflow.cli import main
+
+    monkeypatch.setattr(gnflow.measuring_process, "MIN_WORK", 0.0)
+    started: list[int] = []
+    monkeypatch.setattr(MeasuringProcess, "__init__", lambda self, experiment: started.append(1) or 1 / 0)
+    sets = ["model.width=40", "data.n_train=12", "data.n_test=60", "solver.n_save=9", "solver.stop_loss_ratio=1e-6"]
+    args = ["run", "--threads", "2", "-q", "-o", str(tmp_path / "r.nc")]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert not started and gnflow.simulation.MEASURE_IN_PROCESS is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,13 +44,20 @@ def _config_of_source(init_from: str, sets: list[str]) -> tuple[RunConfig, RunCo
     return config_from_dict(apply_overrides(values, sets)), config_from_dict(values)
 
 
+def _main_module_is_gnflow() -> bool:
+    """Whether this process was started as ``gnflow`` (the console script, whose work is guarded by
+    ``if __name__ == "__main__":``) or ``python -m gnflow`` (which a spawned process does not run)."""
+    import gnflow.cli
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (spec is not None and spec.name == "gnflow.__main__") or getattr(main, "main", None) is gnflow.cli.main
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import gnflow.simulation
     from gnflow.cli._config_command import override_output_path, resolve_config
     from gnflow.simulation import run
-
-    # the command line's main module is guarded, so a spawned measuring process may import it
-    gnflow.simulation.MEASURE_IN_PROCESS = True
 
     sets = list(args.set or [])
     if args.init_from is not None:
@@ -64,6 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # A resumed run writes where the interrupted one was writing, beside its checkpoint.
     out = _output_path(args.output, str(configured), args.overwrite or args.resume)
     progress = False if args.quiet else None
+    before = gnflow.simulation.MEASURE_IN_PROCESS
+    # a spawned measuring process imports the main module again: safe for gnflow's own entry points
+    gnflow.simulation.MEASURE_IN_PROCESS = before or _main_module_is_gnflow()
     try:
         ds, written = run(
             config,
@@ -77,6 +88,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     except OutputExistsError as exc:
         raise CommandError(str(exc)) from None
+    finally:
+        gnflow.simulation.MEASURE_IN_PROCESS = before
     _print_summary(ds, written, quiet=args.quiet)
     result = dataset_result(ds)
     signum = result.interruption_signal
