@@ -9,9 +9,10 @@ experiment from its config, and measures the built-in variables of every saved s
 in time order, at one torch thread. When the integration ends, the states left are split: the
 process measures the first half, the calling process the second, at the same time.
 
-On the paper-size GN run with SPEC's 201 saved times (186 states) this made the measurements add
-0.16 of the integration's wall time, against 0.27 for the thread schedule, in the same rounds
-(``studies/performance/process_worker.py --process-after 1``). Starting the process costs about
+On the paper-size GN run with SPEC's 201 saved times (186 states) the measurements add 0.21-0.23
+of the integration's wall time this way (``studies/performance/saved_states.py --alongside``),
+against 0.34 with the thread schedule; the prototype of ``studies/performance/process_worker.py
+--process-after 1`` gave 0.16 against 0.27 in the same rounds. Starting the process costs about
 2.5 s of a core (importing gnflow, building the experiment), so
 :func:`gnflow.simulation.simulate` uses it only for runs with much to measure
 (:data:`MIN_WORK`), and only where :data:`gnflow.simulation.MEASURE_IN_PROCESS` is set (by
@@ -31,6 +32,7 @@ import multiprocessing
 import queue
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -64,6 +66,32 @@ def worth_a_process(experiment: Experiment) -> bool:
     return work >= MIN_WORK
 
 
+def _measure_in_turn(
+    trajectory: Any,
+    builtins: _BuiltinVariables,
+    states: Iterable[tuple[int, torch.Tensor]],
+    eigenvectors: bool,
+    *,
+    start: int,
+    progress: Any = None,
+) -> tuple[int, str]:
+    """Update ``builtins`` on ``states`` while their indices run start, start + 1, ...; the number
+    updated and, if a measurement raised, its error (the caller's pass meets it again and raises it)."""
+    count = 0
+    with torch.no_grad():
+        for index, weights in states:
+            if index != start + count:  # out of turn
+                break
+            try:
+                builtins.update(SavedState(trajectory, index, weights=weights, eigenvectors=eigenvectors))
+            except Exception as exc:
+                return count, f"{type(exc).__name__}: {exc}"
+            count += 1
+            if progress is not None:
+                progress.value = count
+    return count, ""
+
+
 def _child(config_json: str, eigenvectors: bool, states: Any, results: Any, progress: Any, limit: Any) -> None:
     """The measuring process: the built-in variables of the states it is sent, in time order,
     below ``limit``; sends (states measured, values, unmeasured indices, error) when it stops."""
@@ -75,23 +103,12 @@ def _child(config_json: str, eigenvectors: bool, states: Any, results: Any, prog
     experiment = build_experiment(config_from_json(config_json))
     trajectory = _run_dtype_trajectory(experiment, None)
     builtins = _BuiltinVariables(experiment.flow)
-    measured, error = 0, ""
-    with torch.no_grad():
-        while True:
-            item = states.get()
-            if item is None:
-                break
-            index, weights = item
-            if index != measured or index >= limit.value:  # out of turn, or the other half
-                break
-            state = SavedState(trajectory, index, weights=torch.from_numpy(weights), eigenvectors=eigenvectors)
-            try:
-                builtins.update(state)
-            except Exception as exc:  # measured again by the caller's pass, which raises it there
-                error = f"{type(exc).__name__}: {exc}"
-                break
-            measured += 1
-            progress.value = measured
+
+    def received() -> Iterator[tuple[int, torch.Tensor]]:
+        while (item := states.get()) is not None and item[0] < limit.value:  # not the other half
+            yield item[0], torch.from_numpy(item[1])
+
+    measured, error = _measure_in_turn(trajectory, builtins, received(), eigenvectors, start=0, progress=progress)
     values = {name: column[:measured] for name, column in builtins.values.items()}
     results.put((measured, values, builtins.unmeasured, builtins.error, error))
 
@@ -175,19 +192,12 @@ class MeasuringProcess:
     def _measure_here(self, split: int) -> int:
         """The states from ``split`` on, here at one torch thread; how many in order."""
         trajectory = _run_dtype_trajectory(self.experiment, None)
-        builtins = self.measurements[0]
-        count = 0
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with torch.no_grad():
-                for index, weights in self._sent[split:]:
-                    state = SavedState(trajectory, index, weights=weights, eigenvectors=self._eigenvectors)
-                    try:
-                        builtins.update(state)
-                    except Exception:  # the pass after the integration meets it again and raises it
-                        break
-                    count += 1
+            count, _ = _measure_in_turn(
+                trajectory, self.measurements[0], self._sent[split:], self._eigenvectors, start=split
+            )
         finally:
             torch.set_num_threads(threads)
         return count

@@ -8,24 +8,13 @@ import signal
 
 import numpy as np
 import pytest
-import xarray as xr
+from test_alongside import assert_same_variables, small_config
 
 import gnflow.measuring_process
 import gnflow.simulation
 from gnflow import load_config, simulate
 from gnflow.experiment import build_experiment
 from gnflow.measuring_process import MeasuringProcess, worth_a_process
-
-
-def small_config(*overrides: str):
-    base = ["model.width=40", "data.n_train=12", "data.n_test=60", "solver.n_save=9", "solver.stop_loss_ratio=1e-6"]
-    return load_config(None, [*base, *overrides])
-
-
-def assert_same_variables(a: xr.Dataset, b: xr.Dataset) -> None:
-    assert sorted(a.data_vars) == sorted(b.data_vars)
-    for name in a.data_vars:
-        xr.testing.assert_identical(a[name], b[name])
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ import torch
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from saved_states import run_config
+from saved_states import _median_time, run_config
 
 import gnflow.model
 from gnflow.config import config_from_dict
@@ -61,13 +61,9 @@ OUTPUT = Path("data/studies/performance/parts.json")
 
 
 def _median(function: Callable[[], object], repeats: int) -> float:
+    """saved_states' median of ``repeats`` timed calls, after one untimed call."""
     function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _median_time(function, repeats)
 
 
 def _predict_rows(weights: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor:
